@@ -1,0 +1,41 @@
+# Quick start: `make demo` runs the demo DAG against the built-in emulator; `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+AIRFLOW_VERSION ?= 3.3.2
+# The oldest Airflow this provider supports; `make test` runs the suite on it too.
+OLDEST_AIRFLOW_VERSION ?= 3.0.6
+OLDEST_VENV ?= .venv-oldest
+PYTEST_ARGS ?=
+
+.PHONY: test test-newest test-oldest lint venv demo bench clean
+
+test: lint test-newest test-oldest
+
+venv: $(VENV)/.installed
+
+# A venv per Airflow version; uv is used when it can be had (it is much faster), pip otherwise.
+%/.installed: pyproject.toml
+	@AIRFLOW=$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_AIRFLOW_VERSION),$(AIRFLOW_VERSION)); \
+	echo "== installing apache-airflow==$$AIRFLOW and .[test] into $*"; \
+	test -x $*/bin/python || $(PYTHON) -m venv $*; \
+	$*/bin/python -m pip install -q uv >/dev/null 2>&1 || true; \
+	if test -x $*/bin/uv; then \
+		$*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" -e ".[test]"; \
+	else \
+		$*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" -e ".[test]"; \
+	fi
+	@touch $@
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test-newest: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-oldest: $(OLDEST_VENV)/.installed
+	$(OLDEST_VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,155 @@
+"""Exceptions raised by the FireRed provider.
+
+The hierarchy lets callers decide on retries by type: ``FireRedValidationError`` and
+non-retryable ``FireRedApiError`` are permanent, ``retryable`` errors are worth another try.
+No exception text ever contains the subscription key: messages are built from the gateway's
+answer and from values the user passed, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class FireRedError(Exception):
+    """Base class for every error raised by this provider."""
+
+    #: Whether trying the same request again may succeed.
+    retryable: bool = False
+
+
+class FireRedValidationError(FireRedError, ValueError):
+    """
+    Bad input, detected before anything is sent.
+
+    :param field: the offending field, by its API name (``parameters.output_quality``, ``prompt``, ...).
+    :param message: what is wrong and what is allowed.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class FireRedApiError(FireRedError):
+    """
+    The gateway answered with an error status (or an answer that cannot be used).
+
+    :param status_code: the HTTP status (0 when no answer was received).
+    :param error: the gateway's ``error`` field.
+    :param message: the gateway's ``message`` field, or a description of the problem.
+    :param request_id: the job concerned, when known.
+    :param retry_after: seconds the gateway asked to wait (``Retry-After``), when given.
+    """
+
+    #: Statuses that are worth another try: rate limiting and server-side failures.
+    RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str | None = None,
+        message: str | None = None,
+        *,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.error = error
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.retryable = status_code in self.RETRYABLE_STATUSES or status_code >= 500
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = [f"FireRed gateway answered HTTP {self.status_code}"]
+        if self.error:
+            parts.append(f"error={self.error!r}")
+        if self.message:
+            parts.append(f"message={self.message!r}")
+        if self.request_id:
+            parts.append(f"request_id={self.request_id}")
+        return ", ".join(parts)
+
+
+class FireRedResponseError(FireRedApiError):
+    """A 2xx answer whose body is not what the gateway documents (malformed JSON, missing fields)."""
+
+    def __init__(
+        self, status_code: int, message: str, *, request_id: str | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(status_code, "Unexpected response", message, request_id=request_id)
+        self.retryable = retryable
+
+
+class FireRedConnectionError(FireRedError):
+    """
+    The gateway or CDN could not be reached, or the answer was cut off (transient).
+
+    :param url_host: host that was being contacted (never a full URL with credentials).
+    :param reason: what went wrong.
+    """
+
+    retryable = True
+
+    def __init__(self, url_host: str, reason: str, *, request_id: str | None = None) -> None:
+        self.url_host = url_host
+        self.reason = reason
+        self.request_id = request_id
+        suffix = f", request_id={request_id}" if request_id else ""
+        super().__init__(f"Could not complete the request to {url_host}: {reason}{suffix}")
+
+
+class FireRedJobFailedError(FireRedError):
+    """
+    The job ended ``FAILED`` or ``ERROR`` at the gateway.
+
+    :param request_id: the job.
+    :param status: ``FAILED`` or ``ERROR``.
+    :param error: the gateway's error text.
+    """
+
+    def __init__(self, request_id: str, status: str, error: str | None) -> None:
+        self.request_id = request_id
+        self.status = status
+        self.error = error
+        charged = " (ERROR jobs are not charged)" if status == "ERROR" else ""
+        super().__init__(
+            f"FireRed job {request_id} ended {status}: {error or 'no error text given'}{charged}"
+        )
+
+
+class FireRedTimeoutError(FireRedError):
+    """
+    The job did not finish before the deadline; it may still complete at the gateway.
+
+    :param request_id: the job, which can still be collected later (for example with the sensor).
+    :param timeout: the wait that elapsed, in seconds.
+    :param last_status: the last status seen.
+    """
+
+    def __init__(self, request_id: str, timeout: float, last_status: str | None = None) -> None:
+        self.request_id = request_id
+        self.timeout = timeout
+        self.last_status = last_status
+        seen = f" (last status {last_status})" if last_status else ""
+        super().__init__(
+            f"FireRed job {request_id} did not finish within {timeout:g}s{seen}; it may still complete: "
+            f"collect it with FireRedStatusSensor(request_id={request_id!r}) or retry the task to resume it"
+        )
+
+
+class FireRedDownloadError(FireRedError):
+    """
+    A media file could not be downloaded as expected.
+
+    :param url: the media URL (CDN URLs carry no credentials).
+    :param reason: what went wrong.
+    :param retryable: whether another try may succeed (timeouts, truncated bodies).
+    """
+
+    def __init__(self, url: str, reason: str, *, retryable: bool = False) -> None:
+        self.url = url
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(f"Could not download {url}: {reason}")

@@ -1,0 +1,84 @@
+"""Provider registration, read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_firered import __version__
+
+_INTEGRATION = "FireRed Image Edit"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider: its modules, the ``firered`` connection type and its form."""
+    return {
+        "package-name": "airflow-provider-firered",
+        "name": "FireRed Image Edit",
+        "description": "Edit images with the FireRed Image Edit API from Airflow: a hook, a deferrable "
+        "operator, a trigger and a sensor.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": _INTEGRATION,
+                "external-doc-url": "https://www.pixazo.ai/models/firered-image-edit",
+                "tags": ["software"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": _INTEGRATION, "python-modules": ["airflow_provider_firered.hooks.firered"]}
+        ],
+        "operators": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_firered.operators.firered"],
+            }
+        ],
+        "sensors": [
+            {"integration-name": _INTEGRATION, "python-modules": ["airflow_provider_firered.sensors.firered"]}
+        ],
+        "triggers": [
+            {
+                "integration-name": _INTEGRATION,
+                "python-modules": ["airflow_provider_firered.triggers.firered"],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_firered.hooks.firered.FireRedHook",
+                "hook-name": "FireRed Image Edit",
+                "connection-type": "firered",
+                # Airflow 3.2+ builds the form from these; 3.0/3.1 call FireRedHook.get_ui_field_behaviour.
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"host": "Gateway URL", "password": "API key"},
+                    "placeholders": {
+                        "host": "https://gateway.pixazo.ai",
+                        "password": "Ocp-Apim-Subscription-Key",
+                    },
+                },
+                "conn-fields": {
+                    "request_timeout": {
+                        "label": "Request timeout (seconds)",
+                        "description": "Seconds allowed for one HTTP exchange with the gateway or CDN.",
+                        "schema": {"type": ["number", "null"], "minimum": 1},
+                    },
+                    "retry_max_attempts": {
+                        "label": "Retry attempts",
+                        "description": "Tries of one call on 429, 5xx and network errors, the first included.",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                    "retry_max_wait": {
+                        "label": "Longest backoff (seconds)",
+                        "description": "Cap on the exponential wait between retries.",
+                        "schema": {"type": ["number", "null"], "minimum": 0},
+                    },
+                    "max_download_bytes": {
+                        "label": "Largest output file (bytes)",
+                        "description": "Downloads larger than this are refused.",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
+                },
+            }
+        ],
+        "extra-links": ["airflow_provider_firered.operators.firered.FireRedOutputLink"],
+    }

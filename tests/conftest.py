@@ -1,0 +1,46 @@
+"""Shared test setup: an isolated Airflow home, the emulator fixtures, and a connection to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# Airflow reads its configuration at import: point it at a throwaway home before anything imports it.
+_HOME = tempfile.mkdtemp(prefix="firered-tests-airflow-")
+os.environ["AIRFLOW_HOME"] = _HOME
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+
+pytest_plugins = ["airflow_provider_firered.emulator.testing"]
+
+#: A recognisable key: tests scan logs, errors and recorded requests for it.
+TEST_KEY = "sk-firered-TESTKEY-0123456789abcdef"
+#: Fast retries so fault tests finish quickly, still exponential with jitter.
+FAST_RETRY_EXTRAS: dict[str, Any] = {
+    "retry_max_attempts": 4,
+    "retry_initial_wait": 0.01,
+    "retry_max_wait": 0.05,
+    "retry_jitter": 0.01,
+    "retry_max_retry_after": 0.5,
+    "request_timeout": 5,
+}
+
+
+def conn_uri_json(host: str, key: str = TEST_KEY, **extra: Any) -> str:
+    """The ``AIRFLOW_CONN_*`` JSON for a FireRed connection."""
+    return json.dumps(
+        {"conn_type": "firered", "host": host, "password": key, "extra": {**FAST_RETRY_EXTRAS, **extra}}
+    )
+
+
+@pytest.fixture
+def firered_conn(firered_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Point ``firered_default`` at a fresh emulator; yields the conn id."""
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(firered_emulator.gateway_url))
+    return "firered_default"

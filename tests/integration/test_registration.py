@@ -1,0 +1,65 @@
+"""The provider as Airflow's CLI sees it: registration, the connection type, and a key check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_firered.emulator import Emulator
+from tests.conftest import TEST_KEY
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("airflow-cli")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
+    }
+    env.pop("AIRFLOW_CONN_FIRERED_DEFAULT", None)
+    run(["db", "migrate"], env)
+    return env
+
+
+def run(args: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, f"airflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout + done.stderr
+
+
+def test_provider_and_connection_type_are_registered(airflow_env: dict[str, str]) -> None:
+    assert "airflow-provider-firered" in run(["providers", "list"], airflow_env)
+    hooks = run(["providers", "hooks"], airflow_env)
+    assert "airflow_provider_firered.hooks.firered.FireRedHook" in hooks
+    assert "firered" in hooks
+
+
+def test_cli_connection_add_and_test(airflow_env: dict[str, str]) -> None:
+    with Emulator().start() as emulator:
+        run(
+            [
+                "connections",
+                "add",
+                "my_firered",
+                "--conn-type",
+                "firered",
+                "--conn-host",
+                emulator.gateway_url,
+                "--conn-password",
+                TEST_KEY,
+            ],
+            airflow_env,
+        )
+        output = run(["connections", "test", "my_firered"], airflow_env)
+        assert "accepted the API key" in output
+        assert TEST_KEY not in output
+        assert emulator.submit_attempts() == []
