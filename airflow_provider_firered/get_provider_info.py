@@ -64,7 +64,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "retry_max_attempts": {
                         "label": "Retry attempts",
-                        "description": "Tries of one call on 429, 5xx and network errors, the first included.",
+                        "description": "Tries of one call on 429, 5xx and network errors, first included.",
                         "schema": {"type": ["integer", "null"], "minimum": 1},
                     },
                     "retry_max_wait": {

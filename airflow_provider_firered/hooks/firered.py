@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -365,6 +366,8 @@ class FireRedHook(HttpHook):
                 part = Path(tmp) / "download.part"
                 fetch(self._fetch_to_file, url, part, limit, settings.request_timeout)
                 # Object stores publish an object only once its upload completes.
+                with contextlib.suppress(OSError, NotImplementedError):
+                    target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
                 with part.open("rb") as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst, _CHUNK)
         self.log.info("Downloaded %s to %s", url, target)
@@ -389,6 +392,8 @@ class FireRedHook(HttpHook):
                         if size > limit:
                             raise FireRedDownloadError(url, f"body exceeds the {limit}-byte limit")
                         out.write(chunk)
+        except requests.exceptions.ChunkedEncodingError:
+            raise FireRedDownloadError(url, "truncated: the body ended early", retryable=True) from None
         except requests.RequestException as err:
             raise FireRedDownloadError(
                 url, f"transfer failed ({type(err).__name__})", retryable=True
