@@ -14,8 +14,11 @@ import pytest
 _HOME = tempfile.mkdtemp(prefix="firered-tests-airflow-")
 os.environ["AIRFLOW_HOME"] = _HOME
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME}/airflow.db"
+# dag.test() (3.3) runs DAGs that live in a bundle: tests write their DAG files here.
+DAGS_FOLDER = os.path.join(_HOME, "dags")
+os.makedirs(DAGS_FOLDER, exist_ok=True)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = DAGS_FOLDER
 
 pytest_plugins = ["airflow_provider_firered.emulator.testing"]
 

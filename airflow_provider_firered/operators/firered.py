@@ -1,0 +1,238 @@
+"""Operator that submits a FireRed image edit and waits for it, deferred or on the worker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
+
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedTimeoutError
+from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.options import DEFAULT_MODEL, validate_edit
+from airflow_provider_firered.results import JobStatus, JobStatusResult
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.waiting import (
+    REQUEST_ID_STATE_KEY,
+    REQUEST_ID_XCOM_KEY,
+    airflow_errors,
+    check_event,
+    check_status,
+    download_outputs,
+    validate_wait,
+)
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import TaskInstanceKey
+    from airflow.sdk import Context
+
+#: Extra seconds Airflow's own deferral timeout allows beyond the trigger's deadline, so the
+#: trigger's clearer timeout event normally wins.
+_DEFER_SLACK = 60.0
+
+
+class FireRedOutputLink(BaseOperatorLink):
+    """Extra link to the first output image of the edit."""
+
+    name = "FireRed output"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
+
+
+class FireRedEditOperator(BaseOperator):
+    """
+    Submit an image edit to the FireRed gateway, wait for it, and optionally download the outputs.
+
+    The edit is submitted on the worker, then waited for in the triggerer (``deferrable=True``, no
+    worker slot held) or by polling on the worker. The request id is pushed to XCom (key
+    ``request_id``) and, on Airflow 3.3+, kept in ``task_state_store``, so a retry after a crash, a
+    timeout or a lost triggerer resumes the same job instead of paying for a new one.
+
+    Returns ``{"request_id", "model_id", "status", "media_urls", "media_type", "output_paths"}``.
+
+    :param prompt: the edit instruction. (templated)
+    :param images: input image URLs, http or https. (templated)
+    :param model: ``firered-image-edit-v1-1`` (default) or ``firered-image-edit``.
+    :param parameters: the model's documented options by API name, e.g. ``{"num_images": 2}``. (templated)
+    :param firered_conn_id: the FireRed connection.
+    :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    :param wait_for_completion: wait for the job; if False, return right after the submit.
+    :param poll_interval: seconds between status reads.
+    :param timeout: seconds one try waits for the job; a retry resumes the same job with a fresh wait.
+    :param output_dir: download every output here: a local folder or an object storage URL such as
+        ``s3://bucket/edits/``. (templated)
+    :param webhook_url: https URL the gateway calls back (``X-Webhook-URL``).
+    :param webhook_mode: ``terminal`` or ``sync`` (``X-Webhook-Mode``).
+    """
+
+    template_fields: Sequence[str] = ("prompt", "images", "parameters", "output_dir")
+    template_fields_renderers = {"parameters": "json", "images": "json"}
+    ui_color = "#ffe4d6"
+    operator_extra_links = (FireRedOutputLink(),)
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        images: list[str],
+        model: str = DEFAULT_MODEL,
+        parameters: dict[str, Any] | None = None,
+        firered_conn_id: str = FireRedHook.default_conn_name,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        wait_for_completion: bool = True,
+        poll_interval: float = 5.0,
+        timeout: float = 3600.0,
+        output_dir: str | None = None,
+        webhook_url: str | None = None,
+        webhook_mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.images = images
+        self.model = model
+        self.parameters = parameters
+        self.firered_conn_id = firered_conn_id
+        self.deferrable = deferrable
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.output_dir = output_dir
+        self.webhook_url = webhook_url
+        self.webhook_mode = webhook_mode
+
+    @cached_property
+    def hook(self) -> FireRedHook:
+        """The FireRed hook (created on first use, never in ``__init__``)."""
+        return FireRedHook(self.firered_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with airflow_errors():
+            # Validated after rendering and before any request: a bad task fails alone, without retries.
+            validate_edit(
+                self.model,
+                self.prompt,
+                self.images,
+                self.parameters,
+                webhook_url=self.webhook_url,
+                webhook_mode=self.webhook_mode,
+            )
+            validate_wait(self.poll_interval, self.timeout)
+            request_id, status = self._resume_or_submit(context)
+            if status is None:
+                return self._submitted_only(request_id)
+            if status.status.is_terminal:
+                return self._finish(context, status)
+            deadline = time.time() + self.timeout
+            if self.deferrable:
+                self.defer(
+                    trigger=FireRedStatusTrigger(
+                        request_id=status.request_id,
+                        firered_conn_id=self.firered_conn_id,
+                        poll_interval=self.poll_interval,
+                        deadline=deadline,
+                        timeout=self.timeout,
+                    ),
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=self.timeout + _DEFER_SLACK),
+                )
+            return self._poll(context, status, deadline)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired: collect the outputs or fail with the request id."""
+        result = check_event(event)
+        with airflow_errors():
+            return self._collect(context, result)
+
+    # -- submit or resume ------------------------------------------------------------------------
+
+    def _resume_or_submit(self, context: Context) -> tuple[str, JobStatusResult | None]:
+        """Return the request to wait for and its status (None when not waiting)."""
+        store = context.get("task_state_store")  # type: ignore[call-overload]
+        if store is None:
+            self.log.info(
+                "This Airflow has no task_state_store (3.3+): crash recovery is off, "
+                "a retry submits a new edit"
+            )
+        stored = store.get(REQUEST_ID_STATE_KEY) if store is not None else None
+        if stored:
+            previous = self._stored_status(str(stored))
+            if previous is not None and previous.status is JobStatus.COMPLETED:
+                self.log.info("Request %s already COMPLETED: collecting it without posting again", stored)
+                return previous.request_id, previous
+            if previous is not None and not previous.status.is_terminal:
+                self.log.info(
+                    "Resuming request %s (%s) instead of posting again", stored, previous.raw_status
+                )
+                context["ti"].xcom_push(key=REQUEST_ID_XCOM_KEY, value=stored)
+                return previous.request_id, previous if self.wait_for_completion else None
+            if previous is not None:
+                self.log.info(
+                    "Previous request %s ended %s: submitting a fresh edit", stored, previous.raw_status
+                )
+        submitted = self.hook.submit_edit(
+            self.model,
+            self.prompt,
+            self.images,
+            self.parameters,
+            webhook_url=self.webhook_url,
+            webhook_mode=self.webhook_mode,
+        )
+        context["ti"].xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
+        if store is not None:
+            store.set(REQUEST_ID_STATE_KEY, submitted.request_id)
+        if not self.wait_for_completion:
+            return submitted.request_id, None
+        return submitted.request_id, self.hook.get_status(submitted.request_id)
+
+    def _stored_status(self, request_id: str) -> JobStatusResult | None:
+        try:
+            return self.hook.get_status(request_id)
+        except FireRedApiError as err:
+            if err.status_code == 404:  # forgotten by the gateway: nothing left to resume
+                self.log.info(
+                    "Stored request %s is unknown to the gateway: submitting a fresh edit", request_id
+                )
+                return None
+            raise
+
+    def _submitted_only(self, request_id: str) -> dict[str, Any]:
+        return {
+            "request_id": request_id,
+            "model_id": self.model,
+            "status": JobStatus.QUEUED.value,
+            "media_urls": [],
+            "media_type": None,
+            "output_paths": [],
+        }
+
+    # -- waiting and results ---------------------------------------------------------------------
+
+    def _poll(self, context: Context, status: JobStatusResult, deadline: float) -> dict[str, Any]:
+        while not status.status.is_terminal:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise FireRedTimeoutError(status.request_id, self.timeout, status.raw_status)
+            time.sleep(min(self.poll_interval, remaining))
+            status = self.hook.get_status(status.request_id)
+        return self._finish(context, status)
+
+    def _finish(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
+        check_status(status)
+        return self._collect(context, status.to_dict())
+
+    def _collect(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        result["output_paths"] = download_outputs(self.hook, result, self.output_dir)
+        if result["media_urls"]:
+            context["ti"].xcom_push(key=FireRedOutputLink().xcom_key, value=result["media_urls"][0])
+        self.log.info(
+            "FireRed job %s COMPLETED with %d output(s)%s",
+            result["request_id"],
+            len(result["media_urls"]),
+            f", saved to {self.output_dir}" if result["output_paths"] else "",
+        )
+        return result

@@ -1,0 +1,110 @@
+"""Sensor that waits for a FireRed job submitted elsewhere, by its request id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+
+from airflow_provider_firered.hooks.firered import FireRedHook, status_path
+from airflow_provider_firered.results import JobStatusResult
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.waiting import airflow_errors, check_event, check_status, download_outputs
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class FireRedStatusSensor(BaseSensorOperator):
+    """
+    Wait for a FireRed job to finish and return the same result dict as ``FireRedEditOperator``.
+
+    ``COMPLETED`` succeeds; ``FAILED`` and ``ERROR`` fail the task (skip it with ``soft_fail``).
+    Works in ``poke`` and ``reschedule`` modes and, with ``deferrable=True``, waits in the triggerer.
+
+    :param request_id: the job, e.g. ``"{{ ti.xcom_pull('submit', key='request_id') }}"``. (templated)
+    :param firered_conn_id: the FireRed connection.
+    :param output_dir: download every output here (local folder or object storage URL). (templated)
+    :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    """
+
+    template_fields: Sequence[str] = ("request_id", "output_dir")
+    ui_color = "#ffe4d6"
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        firered_conn_id: str = FireRedHook.default_conn_name,
+        output_dir: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.request_id = request_id
+        self.firered_conn_id = firered_conn_id
+        self.output_dir = output_dir
+        self.deferrable = deferrable
+
+    @cached_property
+    def hook(self) -> FireRedHook:
+        """The FireRed hook (created on first use)."""
+        return FireRedHook(self.firered_conn_id)
+
+    def _check_request_id(self) -> None:
+        with airflow_errors():
+            status_path(self.request_id)
+
+    def execute(self, context: Context) -> Any:
+        self._check_request_id()
+        if not self.deferrable:
+            return super().execute(context)
+        with airflow_errors():
+            status = self.hook.get_status(self.request_id)
+        if status.status.is_terminal:
+            return self._done(status)
+        self.defer(
+            trigger=FireRedStatusTrigger(
+                request_id=self.request_id,
+                firered_conn_id=self.firered_conn_id,
+                poll_interval=self.poke_interval,
+                deadline=time.time() + self.timeout,
+                timeout=self.timeout,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout),
+        )
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        with airflow_errors():
+            status = self.hook.get_status(self.request_id)
+        if status.status.is_terminal:
+            return PokeReturnValue(is_done=True, xcom_value=self._done(status))
+        self.log.info("FireRed job %s is %s", self.request_id, status.raw_status)
+        return False
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired (soft_fail turns failures into a skip)."""
+        return self._collect(check_event(event))
+
+    def _done(self, status: JobStatusResult) -> dict[str, Any]:
+        try:
+            check_status(status)
+        except Exception as err:
+            # FAILED/ERROR are final for this request id: no retry can change them.
+            raise AirflowFailException(str(err)) from None
+        return self._collect(status.to_dict())
+
+    def _collect(self, result: dict[str, Any]) -> dict[str, Any]:
+        with airflow_errors():
+            result["output_paths"] = download_outputs(self.hook, result, self.output_dir)
+        return result

@@ -1,0 +1,102 @@
+"""Trigger that waits for a FireRed job in the triggerer, without holding a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_firered.exceptions import FireRedError
+from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.results import JobStatus
+
+
+class FireRedStatusTrigger(BaseTrigger):
+    """
+    Poll ``GET /v2/requests/status/{request_id}`` until the job ends or the deadline passes.
+
+    It never submits anything (a restarted triggerer must not post again), keeps one aiohttp
+    session for its whole run, and yields exactly one event whose ``status`` is ``success``
+    (``result`` holds the result dict), ``failed`` / ``error`` (``message`` holds the gateway's
+    error text), ``timeout``, or ``api_error`` (``retryable`` tells whether Airflow should retry).
+    Its kwargs are plain values: no key, no connection object.
+
+    :param request_id: the job to wait for.
+    :param firered_conn_id: the FireRed connection.
+    :param poll_interval: seconds between status reads.
+    :param deadline: absolute wall-clock deadline (epoch seconds); survives a triggerer restart.
+    :param timeout: the wait the deadline stands for, in seconds (for the timeout message).
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        firered_conn_id: str = FireRedHook.default_conn_name,
+        poll_interval: float = 5.0,
+        deadline: float | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.request_id = request_id
+        self.firered_conn_id = firered_conn_id
+        self.poll_interval = float(poll_interval)
+        self.deadline = None if deadline is None else float(deadline)
+        self.timeout = None if timeout is None else float(timeout)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "request_id": self.request_id,
+                "firered_conn_id": self.firered_conn_id,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+                "timeout": self.timeout,
+            },
+        )
+
+    def _event(self, status: str, **payload: Any) -> TriggerEvent:
+        return TriggerEvent({"status": status, "request_id": self.request_id, **payload})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        last_status: str | None = None
+        async with FireRedHook(self.firered_conn_id) as hook:
+            while True:
+                try:
+                    result = await hook.aget_status(self.request_id)
+                except FireRedError as err:
+                    yield self._event(
+                        "api_error",
+                        message=str(err),
+                        retryable=err.retryable,
+                        http_status=getattr(err, "status_code", None),
+                    )
+                    return
+                last_status = result.raw_status
+                if result.status is JobStatus.COMPLETED:
+                    yield self._event("success", result=result.to_dict())
+                    return
+                if result.status in (JobStatus.FAILED, JobStatus.ERROR):
+                    yield self._event(result.status.value.lower(), message=result.error)
+                    return
+                remaining = None if self.deadline is None else self.deadline - time.time()
+                if remaining is not None and remaining <= 0:
+                    yield self._event(
+                        "timeout", last_status=last_status, timeout=self.timeout, deadline=self.deadline
+                    )
+                    return
+                self.log.debug("Job %s is %s", self.request_id, last_status)
+                await asyncio.sleep(
+                    self.poll_interval if remaining is None else min(self.poll_interval, remaining)
+                )
+
+    async def on_kill(self) -> None:
+        """The gateway has no cancel endpoint: say so, the job may still complete and be charged."""
+        self.log.warning(
+            "Stopped waiting for FireRed job %s; the gateway has no cancel endpoint, so the job may "
+            "still complete (collect it with FireRedStatusSensor)",
+            self.request_id,
+        )

@@ -1,0 +1,275 @@
+"""FireRedEditOperator through real Airflow (``dag.test()``) against the emulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from airflow_provider_firered.emulator import Emulator
+from tests.conftest import DAGS_FOLDER, TEST_KEY
+
+pytestmark = pytest.mark.usefixtures("airflow_db")
+
+V10 = "firered-image-edit"
+V11 = "firered-image-edit-v1-1"
+
+
+DAG_TEMPLATE = """
+import json
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_firered.operators.firered import FireRedEditOperator
+
+KWARGS = json.loads({kwargs!r})
+if "retry_delay" in KWARGS:
+    KWARGS["retry_delay"] = timedelta(seconds=KWARGS["retry_delay"])
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    FireRedEditOperator(task_id="edit", **KWARGS)
+"""
+
+
+def run_dag(dag_id: str, **operator_kwargs: Any) -> Any:
+    """Write a one-task DAG file into the dags folder, run it with dag.test(); return (run, ti)."""
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(DAG_TEMPLATE.format(kwargs=json.dumps(operator_kwargs), dag_id=dag_id))
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = module.dag.test()
+    (ti,) = [t for t in run.get_task_instances() if t.task_id == "edit"]
+    return run, ti
+
+
+def xcom(ti: Any, key: str = "return_value") -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        value = (
+            session.query(XComModel.value)
+            .filter_by(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, key=key)
+            .scalar()
+        )
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+@pytest.mark.parametrize("model", [V10, V11])
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_edit_with_outputs(
+    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, model: str, deferrable: bool
+) -> None:
+    parameters = {"output_format": "png"} if model == V10 else {"num_images": 2, "output_format": "jpeg"}
+    run, ti = run_dag(
+        f"edit_{model}_{deferrable}".replace("-", "_"),
+        prompt="Make the {{ 'background' }} red",
+        images=firered_emulator.sample_images[:1],
+        model=model,
+        parameters=parameters,
+        deferrable=deferrable,
+        poll_interval=0.1,
+        output_dir=str(tmp_path / "{{ ds }}"),
+    )
+    assert ti.state == "success", ti.state
+    result = xcom(ti)
+    assert set(result) == {"request_id", "model_id", "status", "media_urls", "media_type", "output_paths"}
+    assert result["status"] == "COMPLETED"
+    assert result["model_id"] == model
+    assert len(result["media_urls"]) == len(result["output_paths"]) == parameters.get("num_images", 1)
+    assert xcom(ti, "request_id") == result["request_id"]
+    for index, path in enumerate(result["output_paths"]):
+        assert Path(path).name == f"{result['request_id']}_{index}{'.png' if model == V10 else '.jpg'}"
+        assert Path(path).parent.name == run.logical_date.strftime("%Y-%m-%d") if run.logical_date else True
+        with Image.open(path) as img:
+            assert img.format == ("PNG" if model == V10 else "JPEG")
+    (post,) = firered_emulator.submissions()
+    assert post.body["prompt"] == "Make the background red"
+
+
+def test_without_output_dir(firered_emulator: Emulator, firered_conn: str) -> None:
+    _, ti = run_dag(
+        "edit_no_output",
+        prompt="blue",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=0.1,
+    )
+    result = xcom(ti)
+    assert ti.state == "success"
+    assert result["output_paths"] == []
+    assert len(result["media_urls"]) == 1
+
+
+def test_no_wait(firered_emulator: Emulator, firered_conn: str) -> None:
+    firered_emulator.set_timings(processing_seconds=30)
+    _, ti = run_dag(
+        "edit_no_wait", prompt="x", images=firered_emulator.sample_images[:1], wait_for_completion=False
+    )
+    result = xcom(ti)
+    assert ti.state == "success"
+    assert result["status"] == "QUEUED"
+    assert result["media_urls"] == []
+    (_post,) = firered_emulator.submissions()
+    assert result["request_id"].startswith("firered-image-edit-v1-1_")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"prompt": "  "}, "prompt"),
+        ({"images": []}, "images"),
+        ({"images": ["file:///etc/passwd"]}, "images[0]"),
+        ({"parameters": {"num_images": "{{ 2 }}"}}, "parameters.num_images"),
+        ({"parameters": {"seed": 1}}, "parameters.seed"),
+        ({"model": "other"}, "model"),
+        ({"webhook_url": "http://hooks.test/x"}, "webhook_url"),
+        ({"timeout": 0}, "timeout"),
+    ],
+)
+def test_bad_input_fails_without_requests(
+    firered_emulator: Emulator,
+    firered_conn: str,
+    kwargs: dict[str, Any],
+    field: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    args: dict[str, Any] = {
+        "prompt": "p",
+        "images": firered_emulator.sample_images[:1],
+        "retries": 3,
+        **kwargs,
+    }
+    _, ti = run_dag("edit_bad_input", **args)
+    assert ti.state == "failed"
+    assert ti.try_number == 1  # AirflowFailException: no retries
+    assert f"Invalid input: {field}:" in capfd.readouterr().out
+    assert firered_emulator.requests == []
+
+
+@pytest.mark.parametrize(("outcome", "text"), [("FAILED", "NSFW content"), ("ERROR", "GPU lost")])
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_job_failure_fails_the_task(
+    firered_emulator: Emulator,
+    firered_conn: str,
+    outcome: str,
+    text: str,
+    deferrable: bool,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    firered_emulator.set_next_outcome(outcome, text)
+    _, ti = run_dag(
+        "edit_job_fails",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=deferrable,
+        poll_interval=0.1,
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "failed"
+    request_id = firered_emulator.submissions()[0]
+    assert f"ended {outcome}: {text}" in out
+    assert request_id
+
+
+def test_gateway_402_fails_without_retries(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import conn_uri_json
+
+    with Emulator(balance=0).start() as emulator:
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(emulator.gateway_url))
+        _, ti = run_dag("edit_402", prompt="x", images=emulator.sample_images[:1], retries=2)
+    assert ti.state == "failed"
+    assert ti.try_number == 1
+    out = capfd.readouterr().out
+    assert "HTTP 402" in out
+    assert "Your wallet does not have enough balance." in out
+    assert TEST_KEY not in out
+
+
+def test_timeout_names_the_request(
+    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    firered_emulator.set_timings(processing_seconds=30)
+    _, ti = run_dag(
+        "edit_timeout",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=0.1,
+        timeout=0.5,
+    )
+    assert ti.state == "failed"
+    (_post,) = firered_emulator.submissions()
+    assert "did not finish within 0.5s" in capfd.readouterr().out
+
+
+def test_key_not_in_trigger_kwargs_or_logs(
+    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _, ti = run_dag(
+        "edit_secret",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=0.1,
+    )
+    assert ti.state == "success"
+    out = capfd.readouterr()
+    assert TEST_KEY not in out.out + out.err
+    assert TEST_KEY not in json.dumps(xcom(ti))
+    assert firered_emulator.cdn_key_violations == []
+
+
+@pytest.mark.skipif(
+    "not __import__('airflow').__version__.startswith('3.3')", reason="task_state_store needs Airflow 3.3+"
+)
+@pytest.mark.parametrize(
+    ("retry_delay", "path_taken"),
+    [(0, "instead of posting again"), (3, "already COMPLETED: collecting it without posting again")],
+    ids=["resume-running", "collect-completed"],
+)
+def test_pay_once_retry_reuses_the_request(
+    firered_emulator: Emulator,
+    firered_conn: str,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    retry_delay: int,
+    path_taken: str,
+) -> None:
+    # The first try times out before the job ends; the retry picks the same request up again.
+    firered_emulator.set_timings(processing_seconds=2.0)
+    _, ti = run_dag(
+        f"edit_pay_once_{retry_delay}",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=0.1,
+        timeout=0.8,
+        # dag.test() counts the resume after a deferral as a try, so one real retry needs retries=2.
+        retries=2,
+        retry_delay=retry_delay,
+        output_dir=str(tmp_path),
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "success"
+    assert "did not finish within 0.8s" in out  # the first try did end on the timeout
+    assert path_taken in out
+    (post,) = firered_emulator.submissions()
+    request_id = xcom(ti)["request_id"]
+    assert post.path.startswith("/firered-image-edit-v1-1/")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{request_id}_0.png"]

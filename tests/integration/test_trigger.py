@@ -1,0 +1,138 @@
+"""FireRedStatusTrigger run directly in an event loop against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_firered.emulator import Emulator, Fault
+from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from tests.conftest import TEST_KEY, conn_uri_json
+
+V11 = "firered-image-edit-v1-1"
+
+
+def submit(emulator: Emulator, conn_id: str) -> str:
+    return FireRedHook(conn_id).submit_edit(V11, "x", emulator.sample_images[:1]).request_id
+
+
+async def events(trigger: FireRedStatusTrigger, limit: float = 20) -> list[dict[str, Any]]:
+    async def collect() -> list[dict[str, Any]]:
+        return [event.payload async for event in trigger.run()]
+
+    return await asyncio.wait_for(collect(), limit)
+
+
+async def test_success(firered_emulator: Emulator, firered_conn: str) -> None:
+    request_id = submit(firered_emulator, firered_conn)
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
+    assert event["status"] == "success"
+    assert event["result"]["status"] == "COMPLETED"
+    assert event["result"]["media_urls"]
+    assert firered_emulator.submit_attempts()[0].path.startswith("/firered-image-edit-v1-1/")
+    assert len(firered_emulator.submit_attempts()) == 1  # the trigger never posts
+
+
+@pytest.mark.parametrize("outcome", ["FAILED", "ERROR"])
+async def test_failed_and_error(firered_emulator: Emulator, firered_conn: str, outcome: str) -> None:
+    firered_emulator.set_next_outcome(outcome, "went wrong")
+    request_id = submit(firered_emulator, firered_conn)
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
+    assert (event["status"], event["message"], event["request_id"]) == (
+        outcome.lower(),
+        "went wrong",
+        request_id,
+    )
+
+
+async def test_deadline_is_wall_clock(firered_emulator: Emulator, firered_conn: str) -> None:
+    firered_emulator.set_timings(processing_seconds=30)
+    request_id = submit(firered_emulator, firered_conn)
+    # A deadline already in the past (as after a long triggerer outage) ends the wait at once.
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, 0.05, deadline=time.time() - 1))
+    assert event["status"] == "timeout"
+    assert event["last_status"] in ("QUEUED", "PROCESSING")
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, 0.05, deadline=time.time() + 0.3))
+    assert event["status"] == "timeout"
+
+
+async def test_429_storm_and_500s_and_drops_recover(
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = conn_uri_json(firered_emulator.gateway_url, retry_max_attempts=10)
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn)
+    request_id = submit(firered_emulator, firered_conn)
+    firered_emulator.inject(
+        Fault(target="status", kind="status", status_code=429, headers={"Retry-After": "0"}, count=3)
+    )
+    firered_emulator.inject(Fault(target="status", kind="status", status_code=500, fraction=0.3))
+    firered_emulator.inject(Fault(target="status", kind="drop", count=2))
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
+    assert event["status"] == "success"
+    statuses = [r.status for r in firered_emulator.requests if r.path.startswith("/v2/requests/status/")]
+    assert 429 in statuses
+    assert 0 in statuses
+
+
+async def test_exhausted_retries_yield_a_retryable_error(
+    firered_emulator: Emulator, firered_conn: str
+) -> None:
+    request_id = submit(firered_emulator, firered_conn)
+    firered_emulator.inject(Fault(target="status", kind="status", status_code=503, count=100))
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
+    assert event["status"] == "api_error"
+    assert event["retryable"] is True
+    assert event["http_status"] == 503
+
+
+async def test_unknown_request_is_a_final_error(firered_emulator: Emulator, firered_conn: str) -> None:
+    (event,) = await events(FireRedStatusTrigger("firered-image-edit-v1-1_gone", firered_conn, 0.05))
+    assert (event["status"], event["retryable"], event["http_status"]) == ("api_error", False, 404)
+
+
+async def test_session_closed_on_cancellation(firered_emulator: Emulator, firered_conn: str) -> None:
+    firered_emulator.set_timings(processing_seconds=30)
+    request_id = submit(firered_emulator, firered_conn)
+    opened: list[Any] = []
+    original = FireRedHook._get_async_session
+
+    def spy(self: FireRedHook, settings: Any) -> Any:
+        session = original(self, settings)
+        opened.append(session)
+        return session
+
+    FireRedHook._get_async_session = spy  # type: ignore[method-assign]
+    try:
+        task = asyncio.ensure_future(
+            events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
+        )
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        FireRedHook._get_async_session = original  # type: ignore[method-assign]
+    assert len({id(s) for s in opened}) == 1  # one session for the whole wait
+    assert opened[0].closed
+
+
+def test_serialize_round_trip_without_secret(firered_conn: str) -> None:
+    trigger = FireRedStatusTrigger(
+        "firered-image-edit-v1-1_abc", firered_conn, 2.5, deadline=1_900_000_000.5, timeout=60
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_firered.triggers.firered.FireRedStatusTrigger"
+    assert kwargs == {
+        "request_id": "firered-image-edit-v1-1_abc",
+        "firered_conn_id": firered_conn,
+        "poll_interval": 2.5,
+        "deadline": 1_900_000_000.5,
+        "timeout": 60.0,
+    }
+    assert TEST_KEY not in json.dumps(kwargs)
+    assert FireRedStatusTrigger(**kwargs).serialize() == (classpath, kwargs)
