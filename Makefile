@@ -5,6 +5,8 @@ AIRFLOW_VERSION ?= 3.3.2
 # The oldest Airflow this provider supports; `make test` runs the suite on it too.
 OLDEST_AIRFLOW_VERSION ?= 3.0.6
 OLDEST_VENV ?= .venv-oldest
+# Airflow 3.0.6's own constraints of its day: its execution API breaks with later fastapi/pydantic.
+OLDEST_PINS ?= "fastapi==0.116.1" "pydantic<2.12"
 PYTEST_ARGS ?=
 
 .PHONY: test test-newest test-oldest lint venv demo bench clean
@@ -16,13 +18,14 @@ venv: $(VENV)/.installed
 # A venv per Airflow version; uv is used when it can be had (it is much faster), pip otherwise.
 %/.installed: pyproject.toml
 	@AIRFLOW=$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_AIRFLOW_VERSION),$(AIRFLOW_VERSION)); \
+	PINS='$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_PINS),)'; \
 	echo "== installing apache-airflow==$$AIRFLOW and .[test] into $*"; \
 	test -x $*/bin/python || $(PYTHON) -m venv $*; \
 	$*/bin/python -m pip install -q uv >/dev/null 2>&1 || true; \
 	if test -x $*/bin/uv; then \
-		$*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" -e ".[test]"; \
+		eval $*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"'; \
 	else \
-		$*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" -e ".[test]"; \
+		eval $*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"'; \
 	fi
 	@touch $@
 

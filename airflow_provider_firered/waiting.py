@@ -6,11 +6,11 @@ import mimetypes
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException, ObjectStoragePath
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
@@ -18,6 +18,7 @@ from airflow_provider_firered.exceptions import (
     FireRedTimeoutError,
     FireRedValidationError,
 )
+from airflow_provider_firered.hooks.firered import as_target
 from airflow_provider_firered.results import JobStatus
 
 if TYPE_CHECKING:
@@ -99,8 +100,7 @@ def download_outputs(
     """
     if not output_dir:
         return []
-    text = os.fspath(output_dir)
-    base: Path | ObjectStoragePath = ObjectStoragePath(text) if "://" in text else Path(text)
+    base = as_target(output_dir)
     return [
         hook.download(url, base / output_name(result["request_id"], index, result.get("media_type"), url))
         for index, url in enumerate(result["media_urls"])

@@ -349,7 +349,7 @@ class FireRedHook(HttpHook):
             raise FireRedValidationError("url", f"must be an http(s) URL, got {url!r}")
         settings = self.settings
         limit = max_bytes or settings.max_download_bytes
-        target = _as_target(destination)
+        target = as_target(destination)
         fetch = settings.retry.retrying()
         if isinstance(target, Path):
             # A temp file beside the target, then an atomic rename: readers never see a partial file.
@@ -566,7 +566,8 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
         return None
 
 
-def _as_target(destination: str | os.PathLike[str] | ObjectStoragePath) -> Path | ObjectStoragePath:
+def as_target(destination: str | os.PathLike[str] | ObjectStoragePath) -> Path | ObjectStoragePath:
+    """A local ``Path`` for plain paths and ``file://`` URLs, an ``ObjectStoragePath`` for other URLs."""
     if isinstance(destination, ObjectStoragePath):
         return destination
     text = os.fspath(destination)

@@ -9,7 +9,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
+    AirflowException,
     AirflowFailException,
+    AirflowSkipException,
     BaseSensorOperator,
     PokeReturnValue,
     conf,
@@ -94,12 +96,21 @@ class FireRedStatusSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired (soft_fail turns failures into a skip)."""
-        return self._collect(check_event(event))
+        try:
+            result = check_event(event)
+        except AirflowException as err:
+            # Airflow 3.3 applies soft_fail to deferred sensors itself; 3.0-3.2 do not.
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping due to soft_fail: {err}") from err
+            raise
+        return self._collect(result)
 
     def _done(self, status: JobStatusResult) -> dict[str, Any]:
         try:
             check_status(status)
-        except Exception as err:
+        except AirflowException as err:
+            if self.soft_fail:
+                raise AirflowSkipException(f"Skipping due to soft_fail: {err}") from None
             # FAILED/ERROR are final for this request id: no retry can change them.
             raise AirflowFailException(str(err)) from None
         return self._collect(status.to_dict())

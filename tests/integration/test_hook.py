@@ -104,7 +104,10 @@ def test_download_to_object_storage_path(
 
     hook = FireRedHook(firered_conn)
     done = wait_done(hook, hook.submit_edit(V11, "blue", firered_emulator.sample_images[:1]).request_id)
-    target = ObjectStoragePath(f"file://{tmp_path}/store/edit.png")
+    try:
+        target = ObjectStoragePath(f"file://{tmp_path}/store/edit.png")
+    except TypeError as err:  # Airflow 3.0's ObjectStoragePath with universal-pathlib 0.3
+        pytest.skip(f"this Airflow cannot build a file:// ObjectStoragePath: {err}")
     hook.download(done.media_urls[0], target)
     with Image.open(tmp_path / "store" / "edit.png") as img:
         assert img.format == "PNG"
