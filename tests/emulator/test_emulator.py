@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -397,9 +398,7 @@ def test_admin_api(firered_emulator: Emulator) -> None:
 def test_cli_serves_the_documented_curl_example(tmp_path: Any) -> None:
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "airflow_provider_firered.emulator",
+            str(Path(sys.executable).with_name("firered-emulator")),  # the console script
             "--port",
             "0",
             "--queued-seconds",

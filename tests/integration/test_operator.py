@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ import pytest
 from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator
+from airflow_provider_firered.operators.firered import FireRedOutputLink
 from tests.conftest import DAGS_FOLDER, TEST_KEY, without_masker_registration
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -91,6 +95,7 @@ def test_edit_with_outputs(
     assert result["model_id"] == model
     assert len(result["media_urls"]) == len(result["output_paths"]) == parameters.get("num_images", 1)
     assert xcom(ti, "request_id") == result["request_id"]
+    assert xcom(ti, FireRedOutputLink().xcom_key) == result["media_urls"][0]  # the extra link
     for index, path in enumerate(result["output_paths"]):
         assert Path(path).name == f"{result['request_id']}_{index}{'.png' if model == V10 else '.jpg'}"
         assert Path(path).parent.name == run.logical_date.strftime("%Y-%m-%d") if run.logical_date else True
@@ -273,3 +278,38 @@ def test_pay_once_retry_reuses_the_request(
     request_id = xcom(ti)["request_id"]
     assert post.path.startswith("/firered-image-edit-v1-1/")
     assert [p.name for p in tmp_path.iterdir()] == [f"{request_id}_0.png"]
+
+
+@pytest.mark.parametrize("model", [V10, V11])
+def test_airflow_dags_test_cli(
+    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, model: str
+) -> None:
+    # The acceptance run: `airflow dags test` defers, completes and leaves images behind.
+    dag_id = f"cli_{model}".replace("-", "_")
+    kwargs = {
+        "prompt": "Make it green",
+        "images": firered_emulator.sample_images[:2],
+        "model": model,
+        "deferrable": True,
+        "poll_interval": 0.1,
+        "output_dir": str(tmp_path),
+    }
+    (Path(DAGS_FOLDER) / f"{dag_id}.py").write_text(
+        DAG_TEMPLATE.format(kwargs=json.dumps(kwargs), dag_id=dag_id)
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "dags", "test", dag_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "DEFERRED" in output.upper()
+    (image,) = tmp_path.iterdir()
+    with Image.open(image) as img:
+        assert img.format == ("WEBP" if model == V10 else "PNG")
+    assert TEST_KEY not in without_masker_registration(output)
