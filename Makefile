@@ -29,6 +29,10 @@ venv: $(VENV)/.installed
 	fi
 	@touch $@
 
+# The demo: the catalogue example DAG against the emulator (the real gateway when FIRERED_API_KEY is set).
+demo: $(VENV)/.installed
+	$(VENV)/bin/python scripts/demo.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

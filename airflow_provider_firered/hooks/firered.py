@@ -164,7 +164,12 @@ class FireRedHook(HttpHook):
     async def aget_settings(self) -> GatewaySettings:
         """The resolved connection, looked up without blocking the event loop."""
         if self._settings is None:
-            self._use_settings(GatewaySettings.from_connection(await self._aget_connection()))
+            from asgiref.sync import sync_to_async
+
+            conn = await self._aget_connection()
+            # from_connection masks the key, and mask_secret talks to the triggerer's supervisor with a
+            # blocking call that Airflow 3.0 refuses on the event loop's thread: run it in a worker thread.
+            self._use_settings(await sync_to_async(GatewaySettings.from_connection)(conn))
         return self._settings  # type: ignore[return-value]
 
     async def _aget_connection(self) -> Connection:

@@ -1,0 +1,432 @@
+"""
+The one-command demo (``make demo``): the nightly catalogue example, end to end, on this machine.
+
+1. Starts the offline FireRed emulator (or, with ``FIRERED_API_KEY`` set, uses the real gateway).
+2. Prepares an isolated Airflow home in ``.airflow-demo/`` (SQLite) and passes the ``firered_default``
+   connection and the example's Variables through the environment: nothing is written elsewhere.
+3. Runs ``firered_catalogue_reedit`` with ``airflow dags test``: every edit is submitted, waits
+   deferred in the trigger, and downloads its images.
+4. Prints one line per SKU and the folder holding the edited images (``demo-output/<date>/``).
+
+Exits non-zero if anything fails, and stops every process it started.
+
+Environment (all optional):
+
+* ``FIRERED_API_KEY``: use the real gateway with this key (each SKU is one paid edit).
+* ``FIRERED_GATEWAY_URL``: the gateway root, when it is not the default one.
+* ``FIRERED_MANIFEST``: a catalogue manifest (CSV or JSON: ``sku``, ``image_url``, ``prompt``) of
+  public image URLs; with a key and no manifest, one SKU of the reference's sample image is edited.
+* ``FIRERED_DEMO_HOME``, ``FIRERED_DEMO_OUTPUT``: the Airflow home and the output folder
+  (``.airflow-demo/`` and ``demo-output/`` in the repository by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+REPO = Path(__file__).resolve().parents[1]
+DAGS_FOLDER = REPO / "example_dags"
+SAMPLE_MANIFEST = DAGS_FOLDER / "firered_catalogue_manifest.csv"
+#: The throwaway Airflow home and the output folder; the environment may move them (the tests do).
+HOME = Path(os.environ.get("FIRERED_DEMO_HOME") or REPO / ".airflow-demo").resolve()
+OUTPUT_ROOT = Path(os.environ.get("FIRERED_DEMO_OUTPUT") or REPO / "demo-output").resolve()
+DAG_ID = "firered_catalogue_reedit"
+#: The sample input of the FireRed reference documentation: the default image with a real key.
+REFERENCE_IMAGE = "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/f1.png"
+
+_STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
+_DEFERRED = re.compile(r"\[DAG TEST\] running trigger in line")
+_ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+
+
+class DemoError(Exception):
+    """A failure the demo explains in one message."""
+
+
+def say(message: str = "", *, indent: int = 4) -> None:
+    print((" " * indent + message) if message else "", flush=True)
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (shorter lines), else absolute."""
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def step(number: int, total: int, message: str) -> None:
+    print(f"\n==> [{number}/{total}] {message}", flush=True)
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 10) -> None:
+    """SIGTERM the process group started for ``proc``, then SIGKILL it after ``grace`` seconds."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # anything the process left in its group
+
+
+def _pump(stream: IO[str], lines: queue.Queue[str | None], log: IO[str]) -> None:
+    """Copy a child's output to its log and to ``lines`` (so the pipe never fills up)."""
+    for line in stream:
+        log.write(line)
+        log.flush()
+        lines.put(line)
+    lines.put(None)
+
+
+@contextlib.contextmanager
+def streamed(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None, *, stderr_to_log: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str | None]]]:
+    """
+    Start ``argv`` in a session of its own, its output copied to ``log_path`` and to a queue of lines
+    (``None`` once it closes its output); the whole process group is stopped on exit.
+
+    :param stderr_to_log: send stderr to the log only, so the queue holds stdout alone.
+    """
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log if stderr_to_log else subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            lines: queue.Queue[str | None] = queue.Queue()
+            threading.Thread(target=_pump, args=(proc.stdout, lines, log), daemon=True).start()
+            yield proc, lines
+        finally:
+            stop_process(proc)
+
+
+@contextlib.contextmanager
+def emulator(log_path: Path) -> Iterator[dict[str, Any]]:
+    """Start ``python -m airflow_provider_firered.emulator``; yield its first line (URLs, samples)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "airflow_provider_firered.emulator",
+        "--port",
+        "0",
+        "--cdn-port",
+        "0",
+        "--queued-seconds",
+        "1",
+        "--processing-seconds",
+        "3",
+    ]
+    with streamed(argv, log_path, stderr_to_log=True) as (proc, lines):
+        try:
+            first = lines.get(timeout=60)
+        except queue.Empty:
+            raise DemoError(f"the emulator printed nothing within 60 s (log: {log_path})") from None
+        if first is None:
+            raise DemoError(f"the emulator exited with {proc.wait(5)} (log: {log_path})")
+        try:
+            info = dict(json.loads(first))
+        except ValueError:
+            raise DemoError(f"unexpected first line from the emulator: {first!r}") from None
+        yield info
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """The manifest's rows (the DAG parses it again; this is for the progress lines and checks)."""
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if path.suffix.lower() == ".json" else list(csv.DictReader(text.splitlines()))
+    return [{k: str(v).strip() for k, v in row.items() if k} for row in rows]
+
+
+def base_url_for(sample_images: list[str], rows: list[dict[str, str]]) -> str:
+    """The emulator's sample folder, after checking it serves every image the manifest names."""
+    if not sample_images:
+        raise DemoError("the emulator announced no sample images")
+    base = sample_images[0].rsplit("/", 1)[0] + "/"
+    served = {url.rsplit("/", 1)[-1] for url in sample_images}
+    missing = [r["image_url"] for r in rows if "://" not in r["image_url"] and r["image_url"] not in served]
+    if missing:
+        raise DemoError(
+            f"the emulator serves {sorted(served)}, not {missing} named by {SAMPLE_MANIFEST.name}"
+        )
+    return base
+
+
+def airflow_env(extra: dict[str, str]) -> dict[str, str]:
+    """An environment with no Airflow settings from the caller's shell: only the demo's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(HOME),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME / 'airflow.db'}",
+            "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(OUTPUT_ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def run_quiet(argv: list[str], env: dict[str, str], log_path: Path, timeout: float) -> None:
+    """Run a command to completion, its output in ``log_path``; raise with the log's tail if it fails."""
+    with log_path.open("w") as log:
+        try:
+            code = subprocess.run(
+                argv, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=False
+            ).returncode
+        except subprocess.TimeoutExpired:
+            raise DemoError(f"{' '.join(argv[1:3])} took over {timeout:.0f} s (log: {log_path})") from None
+    if code != 0:
+        raise DemoError(f"{' '.join(argv[1:3])} exited {code}:\n{tail(log_path)}")
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def task_state(task_id: str, map_index: int) -> str:
+    """The state ``airflow dags test`` recorded for a task (the demo's own throwaway SQLite DB)."""
+    try:
+        conn = sqlite3.connect(f"file:{HOME / 'airflow.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT state FROM task_instance WHERE dag_id = ? AND task_id = ? AND map_index = ?"
+                " ORDER BY start_date DESC LIMIT 1",
+                (DAG_ID, task_id, map_index),
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return "?"
+    return str(row[0]) if row and row[0] else "?"
+
+
+def run_dag(
+    env: dict[str, str], logical_date: str, conf: dict[str, Any], skus: list[str], timeout: float
+) -> tuple[int, set[int]]:
+    """
+    Run the DAG with ``airflow dags test``, printing a line per task.
+
+    :return: the command's exit code and the map indexes of the edits that waited deferred.
+    """
+    log_path = HOME / "dags-test.log"
+    argv = [
+        str(Path(sys.executable).parent / "airflow"),
+        "dags",
+        "test",
+        DAG_ID,
+        logical_date,
+        "--conf",
+        json.dumps(conf),
+    ]
+    say(f"full log: {shown(log_path)}")
+    deferred: set[int] = set()
+    with streamed(argv, log_path, env) as (proc, lines):
+        started = last_output = time.monotonic()
+        current: tuple[str, int] | None = None
+        while True:
+            if time.monotonic() - started > timeout:
+                raise DemoError(f"the DAG run took over {timeout:.0f} s (log: {log_path})")
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                if time.monotonic() - last_output > 20:
+                    say(f"... still working ({time.monotonic() - started:.0f} s)")
+                    last_output = time.monotonic()
+                continue
+            if line is None:
+                break
+            if match := _STARTING.search(line):
+                current = (match[1], int(match[2]))
+            elif _DEFERRED.search(line) and current:
+                if current[0] == "edit":
+                    deferred.add(current[1])
+                say(f"{label(current, skus):<28} submitted; waiting deferred in the trigger")
+                last_output = time.monotonic()
+            elif match := _ENDED.search(line):
+                ended = (match[1], int(match[2]))
+                say(f"{label(ended, skus):<28} {task_state(*ended)}")
+                last_output = time.monotonic()
+        code = proc.wait(timeout=30)
+    return code, deferred
+
+
+def label(task: tuple[str, int], skus: list[str]) -> str:
+    task_id, index = task
+    if index < 0:
+        return task_id
+    return f"{task_id} [{skus[index] if index < len(skus) else index}]"
+
+
+def check_image(path: Path) -> str:
+    """The image format of ``path`` (Pillow decodes it), or a reason it is not a valid image."""
+    if not path.is_file():
+        return "missing"
+    try:
+        from PIL import Image
+    except ImportError:  # the emulator extra brings Pillow; without it, trust a non-empty file
+        return "ok" if path.stat().st_size else "empty"
+    try:
+        with Image.open(path) as image:
+            image.verify()
+            return str(image.format)
+    except Exception as err:
+        return f"not an image ({type(err).__name__})"
+
+
+def report(summary: dict[str, Any], run_folder: Path) -> bool:
+    """Print the SKU table (files relative to ``run_folder``); return whether every SKU has valid images."""
+    ok = not summary.get("failed")
+    rows = summary.get("skus") or []
+    say(f"{'SKU':<16} {'status':<10} output file (in {run_folder.name}/)")
+    say(f"{'-' * 16} {'-' * 10} {'-' * 60}")
+    for row in rows:
+        paths = row.get("output_paths") or []
+        if row.get("state") == "success" and not paths:
+            ok = False
+        for i, output in enumerate(paths or ["-"]):
+            shown = output
+            if output != "-":
+                kind = check_image(Path(output))
+                ok = ok and kind not in ("missing", "empty") and not kind.startswith("not an image")
+                with contextlib.suppress(ValueError):
+                    shown = str(Path(output).relative_to(run_folder))
+                shown = f"{shown}  ({kind})"
+            status = str(row.get("state")) if i == 0 else ""
+            say(f"{row['sku'] if i == 0 else '':<16} {status:<10} {shown}")
+    return ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--timeout", type=float, default=None, help="seconds allowed for the DAG run")
+    args = parser.parse_args(argv)
+
+    api_key = os.environ.get("FIRERED_API_KEY", "").strip()
+    real = bool(api_key)
+    total = 4
+    started = time.monotonic()
+    if HOME.is_dir() and any(HOME.iterdir()) and not (HOME / "airflow.db").exists():
+        raise DemoError(f"{HOME} is not empty and holds no demo database: not deleting it")
+    shutil.rmtree(HOME, ignore_errors=True)  # a fresh, throwaway Airflow home each time
+    HOME.mkdir(parents=True)
+    OUTPUT_ROOT.mkdir(parents=True, exist_ok=True)
+
+    with contextlib.ExitStack() as stack:
+        if real:
+            step(1, total, "Using the real FireRed gateway (FIRERED_API_KEY is set)")
+            manifest = Path(os.environ["FIRERED_MANIFEST"]) if os.environ.get("FIRERED_MANIFEST") else None
+            if manifest is None:
+                manifest = HOME / "manifest.csv"
+                manifest.write_text(
+                    "sku,image_url,prompt\n"
+                    f'DEMO-001,{REFERENCE_IMAGE},"Add a magical aurora borealis to the sky"\n',
+                    encoding="utf-8",
+                )
+            rows = read_manifest(manifest)
+            say(f"manifest: {manifest} ({len(rows)} SKU(s); each is one paid edit)")
+            conn = {"conn_type": "firered", "password": api_key}
+            if os.environ.get("FIRERED_GATEWAY_URL"):
+                conn["host"] = os.environ["FIRERED_GATEWAY_URL"]
+            extra = {"AIRFLOW_VAR_FIRERED_MANIFEST": str(manifest.resolve())}
+            conf: dict[str, Any] = {"poll_interval": 10}
+            timeout = args.timeout or 3600
+        else:
+            step(1, total, "Starting the offline FireRed emulator")
+            rows = read_manifest(SAMPLE_MANIFEST)
+            info = stack.enter_context(emulator(HOME / "emulator.log"))
+            base = base_url_for(list(info.get("sample_images") or []), rows)
+            say(f"gateway {info['gateway_url']}, CDN {info['cdn_url']}")
+            say(f"{len(rows)} SKU(s) in {shown(SAMPLE_MANIFEST)}, images from {base}")
+            conn = {"conn_type": "firered", "host": info["gateway_url"], "password": "demo-key"}
+            extra = {"AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": base}
+            conf = {"poll_interval": 1}
+            timeout = args.timeout or 600
+        skus = [row["sku"] for row in rows]
+        env = airflow_env({"AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(conn), **extra})
+
+        step(2, total, f"Preparing an isolated Airflow home: {shown(HOME)}/ (SQLite)")
+        airflow = str(Path(sys.executable).parent / "airflow")
+        run_quiet([airflow, "db", "migrate"], env, HOME / "db-migrate.log", timeout=300)
+        say("metadata database ready")
+
+        step(3, total, f"Running {DAG_ID} with `airflow dags test` (deferrable edits)")
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        code, deferred = run_dag(env, now.isoformat(), conf, skus, timeout)
+
+        step(4, total, "Results")
+        run_folder = OUTPUT_ROOT / now.strftime("%Y-%m-%d")
+        summary_path = run_folder / "summary.json"
+        if not summary_path.is_file():
+            raise DemoError(
+                f"airflow dags test exited {code} without a summary:\n{tail(HOME / 'dags-test.log', 40)}"
+            )
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        ok = report(summary, run_folder)
+        say("")
+        say(f"{summary.get('succeeded', 0)} of {len(skus)} SKU(s) edited; {len(deferred)} waited deferred.")
+        say(f"Edited images: {run_folder}")
+        say(f"Summary:       {summary_path}")
+        say(f"Took {time.monotonic() - started:.0f} s.")
+        if code != 0 or not ok:
+            failed = ", ".join(summary.get("failed") or []) or "none"
+            raise DemoError(f"the run failed (failed SKUs: {failed}); log: {HOME / 'dags-test.log'}")
+        if not real and len(deferred) != len(skus):
+            # The emulator's jobs outlast the first status read: every edit must have deferred.
+            raise DemoError(f"only {len(deferred)} of {len(skus)} edits waited deferred (log: {HOME})")
+        return 0
+
+
+if __name__ == "__main__":
+    # `kill` or a CI timeout: unwind through the finally blocks so the emulator and Airflow stop too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        sys.exit(main())
+    except DemoError as err:
+        print(f"\ndemo failed: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("\ndemo interrupted", file=sys.stderr, flush=True)
+        sys.exit(130)
