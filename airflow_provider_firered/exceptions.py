@@ -100,6 +100,25 @@ class FireRedConnectionError(FireRedError):
         super().__init__(f"Could not complete the request to {url_host}: {reason}{suffix}")
 
 
+class FireRedSubmitUncertainError(FireRedError):
+    """
+    A submit reached the gateway but its answer was lost (a reset or a read timeout): the gateway may
+    have accepted, and charged for, the edit. Not retried, so an edit is never paid for twice.
+
+    :param url_host: the gateway host.
+    :param reason: what went wrong.
+    """
+
+    def __init__(self, url_host: str, reason: str) -> None:
+        self.url_host = url_host
+        self.reason = reason
+        super().__init__(
+            f"The submit to {url_host} was sent but its answer was lost ({reason}): the gateway may have "
+            "accepted the edit, so it is not posted again automatically. Check the gateway's usage "
+            "before clearing the task to submit again."
+        )
+
+
 class FireRedJobFailedError(FireRedError):
     """
     The job ended ``FAILED`` or ``ERROR`` at the gateway.

@@ -15,6 +15,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedJobFailedError,
+    FireRedSubmitUncertainError,
     FireRedTimeoutError,
     FireRedValidationError,
 )
@@ -44,6 +45,8 @@ def airflow_errors() -> Iterator[None]:
         yield
     except FireRedValidationError as err:
         raise AirflowFailException(f"Invalid input: {err}") from None
+    except FireRedSubmitUncertainError as err:
+        raise AirflowFailException(str(err)) from None  # a retry could pay for the edit twice
     except FireRedApiError as err:
         if err.retryable:
             raise AirflowException(str(err)) from None
@@ -105,6 +108,18 @@ def download_outputs(
         hook.download(url, base / output_name(result["request_id"], index, result.get("media_type"), url))
         for index, url in enumerate(result["media_urls"])
     ]
+
+
+#: The most resubmissions of an ERROR job ``resubmit_on_error`` may ask for.
+MAX_RESUBMITS = 10
+
+
+def validate_resubmits(value: Any) -> None:
+    """Check ``resubmit_on_error``, naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RESUBMITS:
+        raise FireRedValidationError(
+            "resubmit_on_error", f"must be a whole number from 0 to {MAX_RESUBMITS}, got {value!r}"
+        )
 
 
 def validate_wait(poll_interval: Any, timeout: Any) -> None:

@@ -21,6 +21,7 @@ import aiohttp
 import requests
 from airflow.providers.common.compat.sdk import ObjectStoragePath, mask_secret
 from airflow.providers.http.hooks.http import HttpHook
+from urllib3.exceptions import NewConnectionError
 
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
@@ -28,6 +29,7 @@ from airflow_provider_firered.exceptions import (
     FireRedDownloadError,
     FireRedError,
     FireRedResponseError,
+    FireRedSubmitUncertainError,
     FireRedValidationError,
 )
 from airflow_provider_firered.options import STATUS_PATH, validate_edit
@@ -257,8 +259,13 @@ class FireRedHook(HttpHook):
         :param request_id: the id returned by :meth:`submit_edit`.
         """
         path = status_path(request_id)
-        status, data = self.settings.retry.retrying()(self._gateway_call, "GET", path, request_id=request_id)
-        return self._parse_status(data, request_id, status)
+
+        def read() -> JobStatusResult:
+            # Parsed inside the retried call: an answer without a status is retried like a 503.
+            status, data = self._gateway_call("GET", path, request_id=request_id)
+            return self._parse_status(data, request_id, status)
+
+        return self.settings.retry.retrying()(read)
 
     def test_connection(self) -> tuple[bool, str]:
         """
@@ -305,6 +312,8 @@ class FireRedHook(HttpHook):
             )
             content = response.content
         except requests.RequestException as err:
+            if method == "POST" and not _never_sent(err):
+                raise FireRedSubmitUncertainError(_host(url), type(err).__name__) from None
             raise FireRedConnectionError(_host(url), type(err).__name__, request_id=request_id) from None
         return response.status_code, parse_gateway_answer(
             response.status_code, response.headers, content, method=method, request_id=request_id
@@ -419,7 +428,8 @@ class FireRedHook(HttpHook):
         async for attempt in settings.retry.async_retrying():
             with attempt:
                 status, data = await self._agateway_get(settings, path, request_id)
-        return self._parse_status(data, request_id, status)
+                return self._parse_status(data, request_id, status)
+        raise AssertionError("unreachable: async_retrying re-raises the last failure")
 
     async def _agateway_get(self, settings: GatewaySettings, path: str, request_id: str) -> tuple[int, Any]:
         url = settings.base_url + path
@@ -535,6 +545,14 @@ def _gateway_root(host: str | None, schema: str | None, port: int | None) -> str
     if port and parts.port is None:
         netloc = f"{netloc}:{port}"
     return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
+
+
+def _never_sent(err: requests.RequestException) -> bool:
+    """Whether a failed request surely never reached the server, so sending it again is safe."""
+    if isinstance(err, requests.ConnectTimeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(err, requests.ConnectionError) and isinstance(reason, NewConnectionError)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -22,6 +22,7 @@ from airflow_provider_firered.waiting import (
     check_event,
     check_status,
     download_outputs,
+    validate_resubmits,
     validate_wait,
 )
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 #: Extra seconds Airflow's own deferral timeout allows beyond the trigger's deadline, so the
 #: trigger's clearer timeout event normally wins.
 _DEFER_SLACK = 60.0
+#: XCom key counting the resubmissions of ERROR jobs within a try.
+RESUBMISSIONS_XCOM_KEY = "resubmissions"
 
 
 class FireRedOutputLink(BaseOperatorLink):
@@ -67,6 +70,9 @@ class FireRedEditOperator(BaseOperator):
         ``s3://bucket/edits/``. (templated)
     :param webhook_url: https URL the gateway calls back (``X-Webhook-URL``).
     :param webhook_mode: ``terminal`` or ``sync`` (``X-Webhook-Mode``).
+    :param resubmit_on_error: how many times a job that ends ``ERROR`` (a failure on the gateway's
+        side, not charged) is submitted again within one try; 0, the default, fails the task at once.
+        ``FAILED`` jobs (a problem with the input) are never resubmitted.
     """
 
     template_fields: Sequence[str] = ("prompt", "images", "parameters", "output_dir")
@@ -89,6 +95,7 @@ class FireRedEditOperator(BaseOperator):
         output_dir: str | None = None,
         webhook_url: str | None = None,
         webhook_mode: str | None = None,
+        resubmit_on_error: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -104,6 +111,7 @@ class FireRedEditOperator(BaseOperator):
         self.output_dir = output_dir
         self.webhook_url = webhook_url
         self.webhook_mode = webhook_mode
+        self.resubmit_on_error = resubmit_on_error
 
     @cached_property
     def hook(self) -> FireRedHook:
@@ -122,9 +130,28 @@ class FireRedEditOperator(BaseOperator):
                 webhook_mode=self.webhook_mode,
             )
             validate_wait(self.poll_interval, self.timeout)
+            validate_resubmits(self.resubmit_on_error)
             request_id, status = self._resume_or_submit(context)
             if status is None:
                 return self._submitted_only(request_id)
+            return self._wait(context, status)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired: collect the outputs or fail with the request id."""
+        if event and event.get("status") == "error" and (left := self._resubmissions_left(context)):
+            with airflow_errors():
+                status = self._resubmit(context, str(event.get("request_id")), event.get("message"), left)
+                return self._wait(context, status)
+        result = check_event(event)
+        with airflow_errors():
+            return self._collect(context, result)
+
+    def _wait(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
+        """Wait for the job (deferred or here) and collect it; resubmit an ERROR job while allowed."""
+        while True:
+            if status.status is JobStatus.ERROR and (left := self._resubmissions_left(context)):
+                status = self._resubmit(context, status.request_id, status.error, left)
+                continue
             if status.status.is_terminal:
                 return self._finish(context, status)
             deadline = time.time() + self.timeout
@@ -140,40 +167,46 @@ class FireRedEditOperator(BaseOperator):
                     method_name="execute_complete",
                     timeout=timedelta(seconds=self.timeout + _DEFER_SLACK),
                 )
-            return self._poll(context, status, deadline)
-
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger fired: collect the outputs or fail with the request id."""
-        result = check_event(event)
-        with airflow_errors():
-            return self._collect(context, result)
+            status = self._poll(status, deadline)
 
     # -- submit or resume ------------------------------------------------------------------------
 
     def _resume_or_submit(self, context: Context) -> tuple[str, JobStatusResult | None]:
         """Return the request to wait for and its status (None when not waiting)."""
         store = context.get("task_state_store")  # type: ignore[call-overload]
+        ti = context["ti"]
         if store is None:
             self.log.info(
                 "This Airflow has no task_state_store (3.3+): crash recovery is off, "
                 "a retry submits a new edit"
             )
-        stored = store.get(REQUEST_ID_STATE_KEY) if store is not None else None
+        stored = (
+            None if store is None else self._stored_request_id(store.get(REQUEST_ID_STATE_KEY), ti.max_tries)
+        )
         if stored:
             previous = self._stored_status(str(stored))
-            if previous is not None and previous.status is JobStatus.COMPLETED:
-                self.log.info("Request %s already COMPLETED: collecting it without posting again", stored)
-                return previous.request_id, previous
-            if previous is not None and not previous.status.is_terminal:
+            if previous is not None and (
+                previous.status is JobStatus.COMPLETED or not previous.status.is_terminal
+            ):
+                ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=stored)
+                if previous.status is JobStatus.COMPLETED:
+                    self.log.info("Request %s already COMPLETED: collecting it without posting again", stored)
+                    return previous.request_id, previous
                 self.log.info(
                     "Resuming request %s (%s) instead of posting again", stored, previous.raw_status
                 )
-                context["ti"].xcom_push(key=REQUEST_ID_XCOM_KEY, value=stored)
                 return previous.request_id, previous if self.wait_for_completion else None
             if previous is not None:
                 self.log.info(
                     "Previous request %s ended %s: submitting a fresh edit", stored, previous.raw_status
                 )
+        request_id = self._submit(context)
+        if not self.wait_for_completion:
+            return request_id, None
+        return request_id, self.hook.get_status(request_id)
+
+    def _submit(self, context: Context) -> str:
+        """Post the edit; record its request id (XCom, and task_state_store where Airflow has it)."""
         submitted = self.hook.submit_edit(
             self.model,
             self.prompt,
@@ -182,12 +215,46 @@ class FireRedEditOperator(BaseOperator):
             webhook_url=self.webhook_url,
             webhook_mode=self.webhook_mode,
         )
-        context["ti"].xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
+        ti = context["ti"]
+        ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
+        store = context.get("task_state_store")  # type: ignore[call-overload]
         if store is not None:
-            store.set(REQUEST_ID_STATE_KEY, submitted.request_id)
-        if not self.wait_for_completion:
-            return submitted.request_id, None
-        return submitted.request_id, self.hook.get_status(submitted.request_id)
+            # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
+            store.set(REQUEST_ID_STATE_KEY, {"request_id": submitted.request_id, "max_tries": ti.max_tries})
+        return submitted.request_id
+
+    def _resubmissions_left(self, context: Context) -> int:
+        """How many more times an ERROR job may be resubmitted in this try."""
+        if not self.resubmit_on_error:
+            return 0
+        # Counted in XCom, which lasts for the try and across its deferrals.
+        ti = context["ti"]
+        done = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index, key=RESUBMISSIONS_XCOM_KEY)
+        return max(self.resubmit_on_error - int(done or 0), 0)
+
+    def _resubmit(self, context: Context, request_id: str, error: str | None, left: int) -> JobStatusResult:
+        self.log.warning(
+            "Request %s ended ERROR (%s), which the gateway does not charge: submitting the edit again "
+            "(%d of %d resubmissions left)",
+            request_id,
+            error or "no reason given",
+            left - 1,
+            self.resubmit_on_error,
+        )
+        context["ti"].xcom_push(key=RESUBMISSIONS_XCOM_KEY, value=self.resubmit_on_error - left + 1)
+        return self.hook.get_status(self._submit(context))
+
+    def _stored_request_id(self, stored: Any, max_tries: int) -> str | None:
+        """The request an earlier try of this task submitted, unless the task was cleared since."""
+        if not isinstance(stored, dict) or not stored.get("request_id"):
+            return None
+        if stored.get("max_tries") != max_tries:
+            self.log.info(
+                "The task was cleared after request %s was submitted: submitting a fresh edit, as asked",
+                stored["request_id"],
+            )
+            return None
+        return str(stored["request_id"])
 
     def _stored_status(self, request_id: str) -> JobStatusResult | None:
         try:
@@ -212,14 +279,15 @@ class FireRedEditOperator(BaseOperator):
 
     # -- waiting and results ---------------------------------------------------------------------
 
-    def _poll(self, context: Context, status: JobStatusResult, deadline: float) -> dict[str, Any]:
+    def _poll(self, status: JobStatusResult, deadline: float) -> JobStatusResult:
+        """Read the status on the worker until the job ends or ``deadline`` (epoch seconds) passes."""
         while not status.status.is_terminal:
             remaining = deadline - time.time()
             if remaining <= 0:
                 raise FireRedTimeoutError(status.request_id, self.timeout, status.raw_status)
             time.sleep(min(self.poll_interval, remaining))
             status = self.hook.get_status(status.request_id)
-        return self._finish(context, status)
+        return status
 
     def _finish(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
         check_status(status)

@@ -21,7 +21,9 @@ class FireRedStatusTrigger(BaseTrigger):
     It never submits anything (a restarted triggerer must not post again), keeps one aiohttp
     session for its whole run, and yields exactly one event whose ``status`` is ``success``
     (``result`` holds the result dict), ``failed`` / ``error`` (``message`` holds the gateway's
-    error text), ``timeout``, or ``api_error`` (``retryable`` tells whether Airflow should retry).
+    error text), ``timeout``, or ``api_error`` (a final answer such as 404). Transient failures
+    that outlast one read's retry policy (an outage, a long 429 storm) do not end the wait: polling
+    goes on, with backoff, until the deadline.
     Its kwargs are plain values: no key, no connection object.
 
     :param request_id: the job to wait for.
@@ -68,20 +70,26 @@ class FireRedStatusTrigger(BaseTrigger):
                 try:
                     result = await hook.aget_status(self.request_id)
                 except FireRedError as err:
-                    yield self._event(
-                        "api_error",
-                        message=str(err),
-                        retryable=err.retryable,
-                        http_status=getattr(err, "status_code", None),
-                    )
-                    return
-                last_status = result.raw_status
-                if result.status is JobStatus.COMPLETED:
-                    yield self._event("success", result=result.to_dict())
-                    return
-                if result.status in (JobStatus.FAILED, JobStatus.ERROR):
-                    yield self._event(result.status.value.lower(), message=result.error)
-                    return
+                    if not err.retryable:
+                        yield self._event(
+                            "api_error",
+                            message=str(err),
+                            retryable=False,
+                            http_status=getattr(err, "status_code", None),
+                        )
+                        return
+                    # The read's own retries ran out (an outage, a long 429 storm): waiting here is
+                    # cheap, so keep polling until the deadline rather than failing the task's try.
+                    self.log.warning("Status of %s unavailable, still waiting: %s", self.request_id, err)
+                    last_status = f"unavailable ({err})"
+                else:
+                    last_status = result.raw_status
+                    if result.status is JobStatus.COMPLETED:
+                        yield self._event("success", result=result.to_dict())
+                        return
+                    if result.status in (JobStatus.FAILED, JobStatus.ERROR):
+                        yield self._event(result.status.value.lower(), message=result.error)
+                        return
                 remaining = None if self.deadline is None else self.deadline - time.time()
                 if remaining is not None and remaining <= 0:
                     yield self._event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -12,6 +13,15 @@ import pytest
 from tests.e2e.harness import AirflowDeployment
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
+#: DAGs that exist only for the end-to-end tests.
+TEST_DAGS = Path(__file__).resolve().parent / "dags"
+
+
+#: For the tests where a retry must resume the request it stored: that needs Airflow 3.3's task_state_store.
+needs_task_state_store = pytest.mark.skipif(
+    "not __import__('airflow').__version__.startswith('3.3')",
+    reason="a retry resumes its stored request only with task_state_store (Airflow 3.3+)",
+)
 
 
 def _version_tuple(dist: str) -> tuple[int, ...]:
@@ -38,15 +48,22 @@ def deployment_skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[AirflowDeployment]:
-    """An Airflow deployment serving ``example_dags``; every process it started is stopped afterwards."""
+@contextlib.contextmanager
+def running_deployment(home: Path, dags_folder: Path) -> Iterator[AirflowDeployment]:
+    """An Airflow deployment serving ``dags_folder``; every process it started is stopped afterwards."""
     reason = deployment_skip_reason()
     if reason:
         pytest.skip(reason)
-    airflow = AirflowDeployment(home=tmp_path / "airflow-home", dags_folder=EXAMPLE_DAGS)
+    airflow = AirflowDeployment(home=home, dags_folder=dags_folder)
     try:
         yield airflow
     finally:
         left = airflow.stop_all()
         assert not left, f"processes still running after the test: {left}"
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[AirflowDeployment]:
+    """A deployment serving ``example_dags``."""
+    with running_deployment(tmp_path / "airflow-home", EXAMPLE_DAGS) as airflow:
+        yield airflow

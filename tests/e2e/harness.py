@@ -238,6 +238,33 @@ class AirflowDeployment:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.popen.wait(timeout=10)
 
+    def kill_busy_workers(self) -> list[int]:
+        """
+        SIGKILL every LocalExecutor worker that is running a task, with the task's processes: a
+        worker machine lost mid-task. Returns the pids killed.
+        """
+        busy = [
+            pid for pid, title in self.titles().items() if "LocalExecutor" in title and "<idle>" not in title
+        ]
+        victims = [*busy, *(child for pid in busy for child in self._tree(pid))]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        return victims
+
+    def titles(self) -> dict[int, str]:
+        """
+        The process title of every live process started here and of their descendants (found by
+        ancestry: a title set with setproctitle overwrites the environment that carries the marker).
+        """
+        pids = {pid for proc in self.processes if proc.running() for pid in (proc.pid, *self._tree(proc.pid))}
+        titles = {}
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                titles[pid] = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+        return titles
+
     def stop(self, proc: ManagedProcess, grace: float = 15) -> None:
         """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
         if proc.running():
@@ -303,6 +330,32 @@ class AirflowDeployment:
                 return
             time.sleep(1)
         raise TimeoutError(f"deployment not healthy after {timeout:.0f}s: {health}\n{self.tail_logs()}")
+
+    def wait_parsed(self, dag_id: str, deadline: float) -> None:
+        """Wait until the dag-processor has serialized ``dag_id`` (``deadline`` on the monotonic clock)."""
+        while not self.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", (dag_id,)):
+            assert time.monotonic() < deadline, f"{dag_id} never parsed:\n{self.tail_logs()}"
+            self.check_running()
+            time.sleep(1)
+
+    def trigger(self, dag_id: str, run_id: str, conf: Mapping[str, Any] | None = None) -> None:
+        """Unpause ``dag_id`` and trigger a run of it named ``run_id``."""
+        self.cli("dags", "unpause", dag_id)
+        self.cli(
+            "dags", "trigger", dag_id, "--run-id", run_id, *(("--conf", json.dumps(conf)) if conf else ())
+        )
+
+    def run_state(self, run_id: str) -> str | None:
+        rows = self.query("SELECT state FROM dag_run WHERE run_id = ?", (run_id,))
+        return str(rows[0][0]) if rows else None
+
+    def wait_run(self, run_id: str, deadline: float) -> str:
+        """Wait until the run ends; return its state (``success`` or ``failed``)."""
+        while (state := self.run_state(run_id)) not in ("success", "failed"):
+            assert time.monotonic() < deadline, f"run {run_id} not finished:\n{self.tail_logs()}"
+            self.check_running()
+            time.sleep(1)
+        return str(state)
 
     def check_running(self) -> None:
         """Fail fast, with its log, if a component died on its own."""

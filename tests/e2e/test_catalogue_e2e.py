@@ -38,6 +38,8 @@ BUDGET_SECONDS = 360
 #: How long the triggerer stays dead: long enough for the waiting jobs to complete meanwhile.
 TRIGGERER_DOWN_SECONDS = 8.0
 OUTPUT_FORMAT = "webp"
+#: A recognisable key: after the run, logs, metadata tables and CDN requests are scanned for it.
+API_KEY = "sk-firered-E2E-7f3a9c0d5e1b44c2"
 
 
 def _sample_skus() -> list[str]:
@@ -51,6 +53,8 @@ class Observation:
 
     states: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     classpaths: set[str] = field(default_factory=set)
+    #: The stored kwargs of every trigger seen (a trigger's row is deleted once it fires).
+    trigger_kwargs: set[str] = field(default_factory=set)
     #: (seconds since epoch, map indexes of edit TIs in ``running``) at every sample.
     running: list[tuple[float, set[int]]] = field(default_factory=list)
     max_deferred: int = 0
@@ -71,16 +75,17 @@ class Observation:
 def sample(deployment: AirflowDeployment, seen: Observation) -> list[tuple[Any, ...]]:
     """One look at the edit TIs (and their triggers) of the run; returns the rows."""
     rows = deployment.query(
-        "SELECT ti.map_index, ti.state, ti.try_number, t.classpath, t.triggerer_id"
+        "SELECT ti.map_index, ti.state, ti.try_number, t.classpath, t.triggerer_id, t.kwargs"
         " FROM task_instance ti LEFT JOIN trigger t ON t.id = ti.trigger_id"
         " WHERE ti.dag_id = ? AND ti.run_id = ? AND ti.task_id = ? AND ti.map_index >= 0",
         (DAG_ID, RUN_ID, EDIT),
     )
     now = time.time()
-    for index, state, _try, classpath, _triggerer in rows:
+    for index, state, _try, classpath, _triggerer, kwargs in rows:
         seen.record(index, str(state))
         if classpath:
             seen.classpaths.add(str(classpath))
+            seen.trigger_kwargs.add(str(kwargs))
     states = [str(r[1]) for r in rows]
     seen.running.append((now, {r[0] for r in rows if r[1] == "running"}))
     seen.max_deferred = max(seen.max_deferred, states.count("deferred"))
@@ -116,7 +121,7 @@ def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path:
     deployment.env.update(
         {
             "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
-                {"conn_type": "firered", "host": emulator.gateway_url, "password": "e2e-key"}
+                {"conn_type": "firered", "host": emulator.gateway_url, "password": API_KEY}
             ),
             "AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": base_url,
             "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(output_root),
@@ -127,16 +132,12 @@ def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path:
     deployment.cli("pools", "set", "firered_gateway", str(POOL_SLOTS), "FireRed jobs", "--include-deferred")
     deployment.start_all()
     deployment.wait_healthy(timeout=deadline - time.monotonic())
-    while not deployment.query("SELECT 1 FROM serialized_dag WHERE dag_id = ?", (DAG_ID,)):
-        assert time.monotonic() < deadline, f"{DAG_ID} never parsed:\n{deployment.tail_logs()}"
-        deployment.check_running()
-        time.sleep(1)
+    deployment.wait_parsed(DAG_ID, deadline)
     errors = deployment.query("SELECT filename, stacktrace FROM import_error")
     assert not errors, errors
 
     conf = {"poll_interval": 1, "parameters": {"output_format": OUTPUT_FORMAT}}
-    deployment.cli("dags", "unpause", DAG_ID)
-    deployment.cli("dags", "trigger", DAG_ID, "--run-id", RUN_ID, "--conf", json.dumps(conf))
+    deployment.trigger(DAG_ID, RUN_ID, conf)
 
     seen = Observation()
     while True:
@@ -164,11 +165,9 @@ def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path:
         if seen.killed_at and not seen.restarted_at and time.time() - seen.killed_at > TRIGGERER_DOWN_SECONDS:
             deployment.start_triggerer()
             seen.restarted_at = time.time()
-        state = deployment.query(
-            "SELECT state FROM dag_run WHERE dag_id = ? AND run_id = ?", (DAG_ID, RUN_ID)
-        )
-        if state and state[0][0] in ("success", "failed"):
-            seen.run_state = str(state[0][0])
+        state = deployment.run_state(RUN_ID)
+        if state in ("success", "failed"):
+            seen.run_state = state
             break
         time.sleep(0.5)
 
@@ -240,11 +239,51 @@ def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path:
             with Image.open(path) as image:
                 assert image.format == OUTPUT_FORMAT.upper(), (path, image.format)
 
+    # A user clears the edits: that is a request for new edits, so each SKU is submitted again.
+    # Airflow 3.3 matches --task-regex as a substring, 3.0 as a regex: a plain name works on both.
+    deployment.cli("tasks", "clear", DAG_ID, "--task-regex", EDIT, "--yes")
+    while True:
+        assert time.monotonic() < deadline, f"cleared edits not done:\n{deployment.tail_logs()}"
+        deployment.check_running()
+        cleared = deployment.query(
+            "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+            (DAG_ID, RUN_ID, EDIT),
+        )
+        if cleared and all(state == "success" for (state,) in cleared):
+            break
+        time.sleep(0.5)
+    again = Counter(_body(record)["prompt"] for record in emulator.control("GET", "submissions"))
+    assert again == Counter({prompt: 2 for prompt in _sample_prompts().values()}), again
+
+    assert_key_nowhere(deployment, emulator)
+    # Stored in clear (no Fernet key here), so the scan reads what a trigger really carries.
+    assert any("firered_conn_id" in kwargs for kwargs in seen.trigger_kwargs), seen.trigger_kwargs
+    assert not [kwargs for kwargs in seen.trigger_kwargs if API_KEY in kwargs], "key in trigger kwargs"
+
     print(
         f"e2e finished in {time.monotonic() - started:.0f}s; triggerer job {seen.killed_job} killed while "
         f"running edits {sorted(seen.running_at_kill)}; at most {seen.max_deferred} edits deferred at once; "
         f"states seen: {dict(seen.states)}"
     )
+
+
+def assert_key_nowhere(deployment: AirflowDeployment, emulator: EmulatorProcess) -> None:
+    """The key is in no Airflow log, no metadata row a user can read, and no request off the gateway."""
+    logs = [*deployment.home.joinpath("logs").rglob("*.log"), *deployment.logs.glob("*.log")]
+    logs = [path for path in logs if path.name != "emulator.log"]  # the gateway's own side
+    assert len(logs) > 10, logs
+    leaked = [str(path) for path in logs if API_KEY in path.read_text(errors="replace")]
+    assert not leaked, f"key found in {leaked}"
+    for table, column in (
+        ("xcom", "value"),
+        ("rendered_task_instance_fields", "rendered_fields"),
+        ("task_instance", "next_kwargs"),
+    ):
+        rows = deployment.query(f"SELECT {column} FROM {table}")
+        assert not [row for row in rows if API_KEY in str(row[0])], f"key found in {table}.{column}"
+    off_gateway = [r for r in emulator.control("GET", "requests") if r["origin"] != "gateway"]
+    assert off_gateway, "the CDN served nothing?"
+    assert not [r for r in off_gateway if API_KEY in json.dumps(r["headers"])], "key sent to the CDN"
 
 
 def _sample_prompts() -> dict[str, str]:

@@ -143,6 +143,8 @@ def test_no_wait(firered_emulator: Emulator, firered_conn: str) -> None:
         ({"model": "other"}, "model"),
         ({"webhook_url": "http://hooks.test/x"}, "webhook_url"),
         ({"timeout": 0}, "timeout"),
+        ({"resubmit_on_error": -1}, "resubmit_on_error"),
+        ({"resubmit_on_error": 11}, "resubmit_on_error"),
     ],
 )
 def test_bad_input_fails_without_requests(
@@ -188,6 +190,49 @@ def test_job_failure_fails_the_task(
     request_id = firered_emulator.submissions()[0]
     assert f"ended {outcome}: {text}" in out
     assert request_id
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_error_job_is_resubmitted_when_asked(
+    firered_emulator: Emulator, firered_conn: str, deferrable: bool, capfd: pytest.CaptureFixture[str]
+) -> None:
+    firered_emulator.set_next_outcome("ERROR", "GPU lost")
+    _, ti = run_dag(
+        "edit_resubmit",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=deferrable,
+        poll_interval=0.1,
+        resubmit_on_error=2,
+    )
+    assert ti.state == "success"
+    first, second = (p.body["prompt"] for p in firered_emulator.submissions())
+    assert first == second == "x"
+    assert "ended ERROR (GPU lost), which the gateway does not charge: submitting the edit again" in (
+        capfd.readouterr().out
+    )
+    assert xcom(ti, "request_id") == xcom(ti)["request_id"]  # the XCom names the request that finished
+
+
+@pytest.mark.parametrize(
+    ("outcome", "count", "resubmits", "posts"),
+    [("ERROR", 2, 1, 2), ("FAILED", 1, 3, 1)],
+    ids=["error-beyond-the-allowance", "failed-is-never-resubmitted"],
+)
+def test_resubmission_limits(
+    firered_emulator: Emulator, firered_conn: str, outcome: str, count: int, resubmits: int, posts: int
+) -> None:
+    firered_emulator.set_next_outcome(outcome, "broken", count=count)
+    _, ti = run_dag(
+        "edit_resubmit_limits",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=0.1,
+        resubmit_on_error=resubmits,
+    )
+    assert ti.state == "failed"
+    assert len(firered_emulator.submissions()) == posts
 
 
 def test_gateway_402_fails_without_retries(
@@ -276,6 +321,7 @@ def test_pay_once_retry_reuses_the_request(
     assert path_taken in out
     (post,) = firered_emulator.submissions()
     request_id = xcom(ti)["request_id"]
+    assert xcom(ti, "request_id") == request_id  # pushed on the resuming try too
     assert post.path.startswith("/firered-image-edit-v1-1/")
     assert [p.name for p in tmp_path.iterdir()] == [f"{request_id}_0.png"]
 

@@ -79,15 +79,32 @@ async def test_429_storm_and_500s_and_drops_recover(
     assert 0 in statuses
 
 
-async def test_exhausted_retries_yield_a_retryable_error(
+async def test_exhausted_retries_keep_waiting_until_the_job_ends(
+    firered_emulator: Emulator,
+    firered_conn: str,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    request_id = submit(firered_emulator, firered_conn)
+    # More 503s than one read's retry budget (4 attempts on the test connection): the wait goes on.
+    firered_emulator.inject(Fault(target="status", kind="status", status_code=503, count=10))
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
+    assert event["status"] == "success"
+    statuses = [r.status for r in firered_emulator.requests if r.path.startswith("/v2/requests/status/")]
+    assert statuses[:10] == [503] * 10
+    # Airflow 3.3 routes trigger logs through structlog to stdout, older versions through logging.
+    assert "unavailable, still waiting" in caplog.text + capfd.readouterr().out
+
+
+async def test_outage_until_the_deadline_is_a_timeout_naming_the_error(
     firered_emulator: Emulator, firered_conn: str
 ) -> None:
     request_id = submit(firered_emulator, firered_conn)
-    firered_emulator.inject(Fault(target="status", kind="status", status_code=503, count=100))
-    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05))
-    assert event["status"] == "api_error"
-    assert event["retryable"] is True
-    assert event["http_status"] == 503
+    firered_emulator.inject(Fault(target="status", kind="status", status_code=503, count=1000))
+    trigger = FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05, deadline=time.time() + 1.0)
+    (event,) = await events(trigger)
+    assert event["status"] == "timeout"
+    assert "HTTP 503" in event["last_status"]
 
 
 async def test_unknown_request_is_a_final_error(firered_emulator: Emulator, firered_conn: str) -> None:

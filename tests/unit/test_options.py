@@ -94,15 +94,18 @@ def test_unknown_model() -> None:
         validate_edit("dall-e", "p", [IMG])
 
 
+BAD_PROMPTS: list[tuple[Any, ...]] = [
+    ("", "empty"),
+    ("   \n", "blank"),
+    (None, "NoneType"),
+    (7, "int"),
+    ("x" * (MAX_PROMPT_CHARS + 1), "at most"),
+]
+
+
 @pytest.mark.parametrize(
     ("prompt", "why"),
-    [
-        ("", "empty"),
-        ("   \n", "blank"),
-        (None, "NoneType"),
-        (7, "int"),
-        ("x" * (MAX_PROMPT_CHARS + 1), "at most"),
-    ],
+    BAD_PROMPTS,
 )
 def test_bad_prompt(prompt: Any, why: str) -> None:
     with pytest.raises(FireRedValidationError, match=why) as info:
@@ -114,24 +117,27 @@ def test_longest_prompt_is_accepted() -> None:
     assert validate_edit(V11, "x" * MAX_PROMPT_CHARS, [IMG]).body["prompt"]
 
 
+BAD_IMAGES: list[tuple[Any, ...]] = [
+    ([], "images", "at least one"),
+    (IMG, "images", "list"),
+    (None, "images", "list"),
+    ([f"{IMG}?{i}" for i in range(MAX_IMAGES + 1)], "images", "at most"),
+    ([IMG, IMG], "images[1]", "duplicates"),
+    (["not a url"], "images[0]", "http"),
+    (["file:///etc/passwd"], "images[0]", "http"),
+    (["ftp://host/a.png"], "images[0]", "http"),
+    (["s3://bucket/a.png"], "images[0]", "http"),
+    (["https://"], "images[0]", "http"),
+    (["https://user:pw@host/a.png"], "images[0]", "credentials"),
+    (["https://host:99999/a.png"], "images[0]", "http"),
+    ([42], "images[0]", "int"),
+    (["https://host/" + "a" * 2100], "images[0]", "at most"),
+]
+
+
 @pytest.mark.parametrize(
     ("images", "field", "why"),
-    [
-        ([], "images", "at least one"),
-        (IMG, "images", "list"),
-        (None, "images", "list"),
-        ([f"{IMG}?{i}" for i in range(MAX_IMAGES + 1)], "images", "at most"),
-        ([IMG, IMG], "images[1]", "duplicates"),
-        (["not a url"], "images[0]", "http"),
-        (["file:///etc/passwd"], "images[0]", "http"),
-        (["ftp://host/a.png"], "images[0]", "http"),
-        (["s3://bucket/a.png"], "images[0]", "http"),
-        (["https://"], "images[0]", "http"),
-        (["https://user:pw@host/a.png"], "images[0]", "credentials"),
-        (["https://host:99999/a.png"], "images[0]", "http"),
-        ([42], "images[0]", "int"),
-        (["https://host/" + "a" * 2100], "images[0]", "at most"),
-    ],
+    BAD_IMAGES,
 )
 def test_bad_images(images: Any, field: str, why: str) -> None:
     with pytest.raises(FireRedValidationError, match=why) as info:
@@ -150,14 +156,17 @@ def test_webhook_headers() -> None:
     assert validate_edit(V11, "p", [IMG]).headers == {}
 
 
+BAD_WEBHOOKS: list[tuple[Any, ...]] = [
+    ("http://h.test/cb", None, "webhook_url"),
+    ("https://h.test/cb", "always", "webhook_mode"),
+    (None, "sync", "webhook_mode"),
+    ("ftp://h.test", "terminal", "webhook_url"),
+]
+
+
 @pytest.mark.parametrize(
     ("url", "mode", "field"),
-    [
-        ("http://h.test/cb", None, "webhook_url"),
-        ("https://h.test/cb", "always", "webhook_mode"),
-        (None, "sync", "webhook_mode"),
-        ("ftp://h.test", "terminal", "webhook_url"),
-    ],
+    BAD_WEBHOOKS,
 )
 def test_bad_webhook(url: Any, mode: Any, field: str) -> None:
     with pytest.raises(FireRedValidationError) as info:
