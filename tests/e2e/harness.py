@@ -188,9 +188,14 @@ class AirflowDeployment:
             )
         return result
 
-    def start(self, name: str, *args: str) -> ManagedProcess:
-        """Start ``airflow <args>`` in its own process group, its output in ``process-logs/<name>.log``."""
-        return self.start_command(name, [str(self.airflow_bin), *args])
+    def start(self, name: str, *args: str, niceness: int = 0) -> ManagedProcess:
+        """
+        Start ``airflow <args>`` in its own process group, its output in ``process-logs/<name>.log``.
+
+        :param niceness: run it (and the processes it starts) at this lower CPU priority.
+        """
+        prefix = ["nice", "-n", str(niceness)] if niceness else []
+        return self.start_command(name, [*prefix, str(self.airflow_bin), *args])
 
     def start_command(self, name: str, argv: Sequence[str], *, stdout_pipe: bool = False) -> ManagedProcess:
         """
@@ -213,11 +218,19 @@ class AirflowDeployment:
         self.processes.append(proc)
         return proc
 
-    def start_all(self) -> None:
-        """Start the four components of a deployment."""
-        self.start("api-server", "api-server", "--port", str(self.api_port), "--host", "127.0.0.1")
-        self.start("scheduler", "scheduler")
-        self.start("dag-processor", "dag-processor")
+    def start_all(self, *, background_niceness: int = 0) -> None:
+        """
+        Start the four components of a deployment.
+
+        :param background_niceness: CPU niceness for all but the triggerer (the scheduler's workers
+            inherit it), so that on a small machine the triggerer is not starved by busy workers.
+        """
+        nice = background_niceness
+        self.start(
+            "api-server", "api-server", "--port", str(self.api_port), "--host", "127.0.0.1", niceness=nice
+        )
+        self.start("scheduler", "scheduler", niceness=nice)
+        self.start("dag-processor", "dag-processor", niceness=nice)
         self.start_triggerer()
 
     def start_triggerer(self) -> ManagedProcess:
