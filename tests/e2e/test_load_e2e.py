@@ -29,6 +29,10 @@ DAG_ID = "firered_load"
 RUN_ID = "e2e_load"
 BUDGET_SECONDS = 780
 BLOCKED = "Triggerer's async thread was blocked"
+#: The triggerer's blocked-loop warning threshold here. Airflow's default, 0.2 s, also fired on
+#: this two-core machine for stalls that were not the triggers' doing (0.28-0.29 s, once per run:
+#: test_trigger_loop.py shows no trigger step near 50 ms, so the triggerer process itself was paused).
+BLOCKED_THRESHOLD = 1.0
 #: Seconds after the first deferral in which the one-time trigger import may be reported.
 WARMUP_SECONDS = 10
 
@@ -57,6 +61,7 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
                 "FIRERED_LOAD_EDITS": str(EDITS),
                 "AIRFLOW__CORE__PARALLELISM": "8",
                 "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(EDITS),
+                "AIRFLOW__TRIGGERER__BLOCKED_MAIN_THREAD_WARNING_THRESHOLD": str(BLOCKED_THRESHOLD),
             }
         )
         deployment.cli("db", "migrate")
@@ -128,8 +133,9 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
         ]
         # Airflow imports a trigger's module on the event loop when the first one arrives (about
         # 0.16 s for this provider's, idle, most of it `requests`); on two busy cores that one-time
-        # import can pass the 0.2 s threshold. From then on, while the waits and the storm go on,
-        # the loop must never be blocked.
+        # import took up to 0.94 s. From then on, while the waits and the storm go on, the loop must
+        # never stall for BLOCKED_THRESHOLD. (How long the triggers' own steps hold the loop is
+        # measured directly, in milliseconds, by tests/integration/test_trigger_loop.py.)
         steady = [line for line in blocked if _epoch(line) > first_deferred_at + WARMUP_SECONDS]
         assert steady == [], steady
         retried = sum(try_number > 1 for _, _, try_number in tis)
