@@ -33,6 +33,13 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/python scripts/demo.py
 
+# The benchmarks (docs/benchmarks.md): emulator throughput (C) and trigger cost (A), under 5 minutes;
+# `make bench WORKER_COST=1` adds the worker cost in a real Airflow (B, about 10 minutes more).
+bench: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/emulator_throughput.py
+	$(VENV)/bin/python benchmarks/trigger_cost.py
+	$(if $(WORKER_COST),$(VENV)/bin/python benchmarks/worker_cost.py)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

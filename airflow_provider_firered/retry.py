@@ -8,19 +8,21 @@ HTTP date). Everything else (400/401/402/403/404, bad input) fails at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 
 from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Connection extras that tune the policy, mapped to :class:`RetryPolicy` fields.
 EXTRA_KEYS = {
@@ -157,6 +159,34 @@ class RetryPolicy:
         """A tenacity ``Retrying`` for blocking calls."""
         return tenacity.Retrying(**self._tenacity_kwargs())
 
-    def async_retrying(self) -> tenacity.AsyncRetrying:
-        """A tenacity ``AsyncRetrying`` for coroutines (sleeps with ``asyncio.sleep``)."""
-        return tenacity.AsyncRetrying(**self._tenacity_kwargs())
+    async def acall(self, call: Callable[[], Awaitable[T]]) -> T:
+        """
+        Await ``call()`` under this policy, sleeping with ``asyncio.sleep`` between tries.
+
+        The same stops, waits and log lines as :meth:`retrying`, without its per-call machinery: a
+        trigger runs this once per status poll, and the first try is almost always the last.
+
+        :param call: makes one try.
+        """
+        started = time.monotonic()
+        attempt = 1
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if (
+                    not self.should_retry(exc)
+                    or attempt >= self.max_attempts
+                    or time.monotonic() - started >= self.max_elapsed
+                ):
+                    raise
+                wait = self.wait_seconds(attempt, exc)
+                log.warning(
+                    "FireRed call failed (try %d of %d): %s; retrying in %.1fs",
+                    attempt,
+                    self.max_attempts,
+                    exc,
+                    wait,
+                )
+            await asyncio.sleep(wait)
+            attempt += 1

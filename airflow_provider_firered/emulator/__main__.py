@@ -39,6 +39,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--disabled-models", type=_csv, default=[], help="models answered with 400")
     parser.add_argument("--max-concurrent-jobs", type=int, default=None, help="unfinished jobs before 429")
     parser.add_argument("--max-rps", type=float, default=None, help="gateway requests per second before 429")
+    parser.add_argument(
+        "--no-render",
+        action="store_true",
+        help="skip the Pillow edit: a completed job returns its first input image (cheap load runs)",
+    )
     parser.add_argument("--job-ttl", type=float, default=3600.0, help="seconds a finished job is kept")
     return parser.parse_args(argv)
 
@@ -66,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         disabled_models=args.disabled_models,
         max_concurrent_jobs=args.max_concurrent_jobs,
         max_requests_per_second=args.max_rps,
+        render_edits=not args.no_render,
     ).start()
     line = {
         "gateway_url": emulator.gateway_url,

@@ -16,6 +16,7 @@ KINDS = (
     "malformed_json",  # a 2xx with a body that is not JSON
     "missing_fields",  # valid JSON without the documented fields
     "status_value",  # the status endpoint reports status_value
+    "pending_status",  # the status endpoint answers status_code while the job is unfinished
     "foreign_polling_url",  # the submit answer's polling_url is on another host
     "wrong_content_type",  # CDN answers text/html
     "truncated",  # CDN announces more bytes than it sends
@@ -30,7 +31,7 @@ class Fault:
 
     :param target: which requests it applies to: ``submit``, ``status``, ``cdn`` or ``any``.
     :param kind: what happens (see ``KINDS``).
-    :param status_code: the HTTP status for ``kind="status"``.
+    :param status_code: the HTTP status for ``kind="status"`` and ``kind="pending_status"``.
     :param body: the JSON body for ``kind="status"`` (a documented error body when None).
     :param headers: extra answer headers (``Retry-After``, ``Location``, ...).
     :param delay_seconds: the wait for ``kind="delay"``.

@@ -102,6 +102,8 @@ class Emulator:
     :param max_concurrent_jobs: unfinished jobs allowed at once before submits get 429.
     :param max_requests_per_second: gateway requests per second before 429.
     :param duplicate_webhooks: deliver every webhook twice (as network retries may).
+    :param render_edits: render every edit with Pillow (the default). False makes jobs cheap for load
+        runs and benchmarks: a completed job's output is its first input image, unedited.
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class Emulator:
         max_concurrent_jobs: int | None = None,
         max_requests_per_second: float | None = None,
         duplicate_webhooks: bool = False,
+        render_edits: bool = True,
         public_host: str = "127.0.0.1",
     ) -> None:
         self.port = port
@@ -135,6 +138,7 @@ class Emulator:
         self.max_concurrent_jobs = max_concurrent_jobs
         self.max_requests_per_second = max_requests_per_second
         self.duplicate_webhooks = duplicate_webhooks
+        self.render_edits = render_edits
         self.host = public_host
         self.gateway_url = ""
         self.cdn_url = ""
@@ -492,6 +496,12 @@ class Emulator:
             body["status"] = fault.status_value
         if fault is not None and fault.kind == "missing_fields":
             body = {"request_id": job.request_id}
+        if (
+            fault is not None
+            and fault.kind == "pending_status"
+            and body["status"] in ("QUEUED", "PROCESSING")
+        ):
+            return web.json_response(body, status=fault.status_code)
         return web.json_response(body)
 
     def _status_body(self, job: _Job, now: float) -> dict[str, Any]:
@@ -515,7 +525,9 @@ class Emulator:
         await asyncio.sleep(job.queued_seconds)
         if job.webhook_mode == "sync":
             self._spawn(self._deliver(job))
-        if job.outcome == "COMPLETED":
+        if job.outcome == "COMPLETED" and not self.render_edits:
+            job.media, job.media_type = job.images[:1], "image/png"
+        elif job.outcome == "COMPLETED":
             try:
                 await self._edit(job)
             except Exception as err:  # any input problem fails the job, as the gateway does

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import aiohttp
 import requests
 from airflow.providers.common.compat.sdk import ObjectStoragePath, mask_secret
 from airflow.providers.http.hooks.http import HttpHook
+from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 from urllib3.exceptions import NewConnectionError
 
 from airflow_provider_firered.exceptions import (
@@ -32,6 +34,7 @@ from airflow_provider_firered.exceptions import (
     FireRedSubmitUncertainError,
     FireRedValidationError,
 )
+from airflow_provider_firered.hooks import loop_shared
 from airflow_provider_firered.options import STATUS_PATH, validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 from airflow_provider_firered.retry import RetryPolicy, parse_retry_after
@@ -82,9 +85,17 @@ class GatewaySettings:
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The documented request headers, key included: for gateway URLs only."""
-        headers = {"Content-Type": "application/json", "Cache-Control": "no-cache", KEY_HEADER: self.api_key}
-        headers.update(extra or {})
-        return headers
+        return {**self._headers, **(extra or {})}
+
+    @cached_property
+    def _headers(self) -> dict[str, str]:
+        # Built once: a triggerer sends these with every status poll. Never handed out to mutate.
+        return {"Content-Type": "application/json", "Cache-Control": "no-cache", KEY_HEADER: self.api_key}
+
+    @cached_property
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        """The aiohttp timeout of one status read."""
+        return aiohttp.ClientTimeout(total=self.request_timeout)
 
     @classmethod
     def from_connection(cls, conn: Connection) -> GatewaySettings:
@@ -116,8 +127,9 @@ class FireRedHook(HttpHook):
     ``retry_jitter``, ``retry_max_retry_after``, ``retry_max_elapsed``.
 
     The key is sent only to the gateway's own origin: never to image, media or redirect URLs, nor to
-    a ``polling_url`` on another host. Use it as an async context manager in triggers so the aiohttp
-    session it opens is always closed.
+    a ``polling_url`` on another host. Use it as an async context manager in triggers: the hooks in
+    one event loop then share one aiohttp session (kept-alive connections, no key on it), given back
+    on exit.
 
     :param firered_conn_id: the :ref:`FireRed connection <howto/connection:firered>` id.
     :param retry_policy: overrides the retry policy read from the connection.
@@ -132,11 +144,14 @@ class FireRedHook(HttpHook):
     def __init__(
         self, firered_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None
     ) -> None:
-        super().__init__(method="GET", http_conn_id=firered_conn_id)
+        # HttpHook would build a requests keep-alive adapter here; only the worker path needs one
+        # (see _session), and a triggerer builds thousands of these hooks.
+        super().__init__(method="GET", http_conn_id=firered_conn_id, tcp_keep_alive=False)
         self.firered_conn_id = firered_conn_id
         self._retry_override = retry_policy
         self._settings: GatewaySettings | None = None
         self._async_session: aiohttp.ClientSession | None = None
+        self._shares_session = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(firered_conn_id={self.firered_conn_id!r})"
@@ -164,15 +179,22 @@ class FireRedHook(HttpHook):
         return self._settings  # type: ignore[return-value]
 
     async def aget_settings(self) -> GatewaySettings:
-        """The resolved connection, looked up without blocking the event loop."""
-        if self._settings is None:
-            from asgiref.sync import sync_to_async
+        """
+        The resolved connection, looked up without blocking the event loop.
 
-            conn = await self._aget_connection()
-            # from_connection masks the key, and mask_secret talks to the triggerer's supervisor with a
-            # blocking call that Airflow 3.0 refuses on the event loop's thread: run it in a worker thread.
-            self._use_settings(await sync_to_async(GatewaySettings.from_connection)(conn))
+        Waits starting in the same loop within a minute reuse one lookup (see ``loop_shared``).
+        """
+        if self._settings is None:
+            self._use_settings(await loop_shared.cached_settings(self.firered_conn_id, self._aresolve))
         return self._settings  # type: ignore[return-value]
+
+    async def _aresolve(self) -> GatewaySettings:
+        from asgiref.sync import sync_to_async
+
+        conn = await self._aget_connection()
+        # from_connection masks the key, and mask_secret talks to the triggerer's supervisor with a
+        # blocking call that Airflow 3.0 refuses on the event loop's thread: run it in a worker thread.
+        return await sync_to_async(GatewaySettings.from_connection)(conn)
 
     async def _aget_connection(self) -> Connection:
         aget = getattr(super(), "aget_connection", None)
@@ -201,9 +223,10 @@ class FireRedHook(HttpHook):
     def _session(self) -> requests.Session:
         # One pooled session per hook; it carries no key: the key is added per gateway request.
         session = requests.Session()
-        if self.keep_alive_adapter is not None:
-            session.mount("http://", self.keep_alive_adapter)
-            session.mount("https://", self.keep_alive_adapter)
+        # HttpHook's default TCP keep-alive (idle 120 s, 20 probes, 30 s apart).
+        adapter = TCPKeepAliveAdapter(idle=120, count=20, interval=30)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         return session
 
     def get_conn(
@@ -425,17 +448,20 @@ class FireRedHook(HttpHook):
         """
         path = status_path(request_id)
         settings = await self.aget_settings()
-        async for attempt in settings.retry.async_retrying():
-            with attempt:
-                status, data = await self._agateway_get(settings, path, request_id)
-                return self._parse_status(data, request_id, status)
-        raise AssertionError("unreachable: async_retrying re-raises the last failure")
+
+        async def read() -> JobStatusResult:
+            status, data = await self._agateway_get(settings, path, request_id)
+            return self._parse_status(data, request_id, status)
+
+        return await settings.retry.acall(read)
 
     async def _agateway_get(self, settings: GatewaySettings, path: str, request_id: str) -> tuple[int, Any]:
         url = settings.base_url + path
-        session = self._get_async_session(settings)
+        session = self._get_async_session()
         try:
-            async with session.get(url, headers=settings.headers(), allow_redirects=False) as response:
+            async with session.get(
+                url, headers=settings._headers, allow_redirects=False, timeout=settings.client_timeout
+            ) as response:
                 content = await response.read()
                 return response.status, parse_gateway_answer(
                     response.status, response.headers, content, method="GET", request_id=request_id
@@ -443,20 +469,26 @@ class FireRedHook(HttpHook):
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             raise FireRedConnectionError(_host(url), type(err).__name__, request_id=request_id) from None
 
-    def _get_async_session(self, settings: GatewaySettings) -> aiohttp.ClientSession:
+    def _get_async_session(self) -> aiohttp.ClientSession:
         if self._async_session is None or self._async_session.closed:
-            self._async_session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=settings.request_timeout)
-            )
+            self._async_session = aiohttp.ClientSession()
         return self._async_session
 
     async def aclose(self) -> None:
-        """Close the aiohttp session, if one was opened."""
-        if self._async_session is not None:
-            await self._async_session.close()
-            self._async_session = None
+        """Close the hook's aiohttp session, or give back the loop's shared one."""
+        session, self._async_session = self._async_session, None
+        if self._shares_session:
+            self._shares_session = False
+            await loop_shared.release_session()
+        elif session is not None:
+            await session.close()
 
     async def __aenter__(self) -> FireRedHook:
+        """Use the event loop's shared aiohttp session (see ``loop_shared``) until exit."""
+        if not self._shares_session:
+            await self.aclose()
+            self._async_session = loop_shared.acquire_session()
+            self._shares_session = True
         return self
 
     async def __aexit__(
@@ -470,7 +502,14 @@ class FireRedHook(HttpHook):
 
 def status_path(request_id: str) -> str:
     """The status endpoint path for ``request_id``, which is checked to be a plain id first."""
-    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id):
+    if not isinstance(request_id, str):
+        raise FireRedValidationError("request_id", f"must be a string, got {request_id!r}")
+    return _status_path(request_id)
+
+
+@functools.lru_cache(maxsize=8192)  # a trigger asks for the same path at every poll
+def _status_path(request_id: str) -> str:
+    if not _REQUEST_ID.match(request_id):
         raise FireRedValidationError(
             "request_id", f"must be a gateway request id (letters, digits, '._:-'), got {request_id!r}"
         )

@@ -13,7 +13,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedTimeoutError
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.options import DEFAULT_MODEL, validate_edit
-from airflow_provider_firered.results import JobStatus, JobStatusResult
+from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from airflow_provider_firered.waiting import (
     REQUEST_ID_STATE_KEY,
@@ -200,12 +200,21 @@ class FireRedEditOperator(BaseOperator):
                 self.log.info(
                     "Previous request %s ended %s: submitting a fresh edit", stored, previous.raw_status
                 )
-        request_id = self._submit(context)
+        submitted = self._submit(context)
         if not self.wait_for_completion:
-            return request_id, None
-        return request_id, self.hook.get_status(request_id)
+            return submitted.request_id, None
+        return submitted.request_id, self._first_status(submitted)
 
-    def _submit(self, context: Context) -> str:
+    def _first_status(self, submitted: SubmitResult) -> JobStatusResult:
+        """
+        The status to start waiting from: the submit answer's own (``QUEUED``), which saves a status
+        read per edit (a trigger polls as soon as it starts). An unexpected terminal answer is read back.
+        """
+        if submitted.status.is_terminal:
+            return self.hook.get_status(submitted.request_id)
+        return JobStatusResult(submitted.request_id, submitted.status, submitted.status.value)
+
+    def _submit(self, context: Context) -> SubmitResult:
         """Post the edit; record its request id (XCom, and task_state_store where Airflow has it)."""
         submitted = self.hook.submit_edit(
             self.model,
@@ -221,7 +230,7 @@ class FireRedEditOperator(BaseOperator):
         if store is not None:
             # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
             store.set(REQUEST_ID_STATE_KEY, {"request_id": submitted.request_id, "max_tries": ti.max_tries})
-        return submitted.request_id
+        return submitted
 
     def _resubmissions_left(self, context: Context) -> int:
         """How many more times an ERROR job may be resubmitted in this try."""
@@ -242,7 +251,7 @@ class FireRedEditOperator(BaseOperator):
             self.resubmit_on_error,
         )
         context["ti"].xcom_push(key=RESUBMISSIONS_XCOM_KEY, value=self.resubmit_on_error - left + 1)
-        return self.hook.get_status(self._submit(context))
+        return self._first_status(self._submit(context))
 
     def _stored_request_id(self, stored: Any, max_tries: int) -> str | None:
         """The request an earlier try of this task submitted, unless the task was cleared since."""

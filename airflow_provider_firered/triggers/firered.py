@@ -13,17 +13,31 @@ from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.results import JobStatus
 
+#: Polls wake on a grid of this fraction of the poll interval (at most ``MAX_GRID_SECONDS``), so that
+#: the triggers sharing a loop wake up together: one wake-up of the triggerer serves many polls.
+GRID_FRACTION = 0.1
+MAX_GRID_SECONDS = 0.25
+
+
+def grid_point(when: float, poll_interval: float) -> float:
+    """
+    The wake-up grid point nearest to ``when`` (on the loop's clock): at most half a grid step
+    away, so that polls planned a fixed interval apart keep that interval on average.
+    """
+    grid = min(poll_interval * GRID_FRACTION, MAX_GRID_SECONDS)
+    return when if grid <= 0 else round(when / grid) * grid
+
 
 class FireRedStatusTrigger(BaseTrigger):
     """
     Poll ``GET /v2/requests/status/{request_id}`` until the job ends or the deadline passes.
 
-    It never submits anything (a restarted triggerer must not post again), keeps one aiohttp
-    session for its whole run, and yields exactly one event whose ``status`` is ``success``
-    (``result`` holds the result dict), ``failed`` / ``error`` (``message`` holds the gateway's
-    error text), ``timeout``, or ``api_error`` (a final answer such as 404). Transient failures
-    that outlast one read's retry policy (an outage, a long 429 storm) do not end the wait: polling
-    goes on, with backoff, until the deadline.
+    It never submits anything (a restarted triggerer must not post again), polls over the aiohttp
+    session that all FireRed triggers in the triggerer's loop share, and yields exactly one event
+    whose ``status`` is ``success`` (``result`` holds the result dict), ``failed`` / ``error``
+    (``message`` holds the gateway's error text), ``timeout``, or ``api_error`` (a final answer such
+    as 404). Transient failures that outlast one read's retry policy (an outage, a long 429 storm) do
+    not end the wait: polling goes on, with backoff, until the deadline.
     Its kwargs are plain values: no key, no connection object.
 
     :param request_id: the job to wait for.
@@ -65,6 +79,10 @@ class FireRedStatusTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         last_status: str | None = None
+        loop = asyncio.get_running_loop()
+        # Polls are planned a fixed interval apart from the first one, independent of how long each
+        # read took: many triggers waking together (the grid) must not push each other later.
+        planned = loop.time()
         async with FireRedHook(self.firered_conn_id) as hook:
             while True:
                 try:
@@ -97,9 +115,12 @@ class FireRedStatusTrigger(BaseTrigger):
                     )
                     return
                 self.log.debug("Job %s is %s", self.request_id, last_status)
-                await asyncio.sleep(
-                    self.poll_interval if remaining is None else min(self.poll_interval, remaining)
-                )
+                planned += self.poll_interval
+                now = loop.time()
+                if planned <= now:  # a read slower than the interval (its retries): plan afresh
+                    planned = now + self.poll_interval
+                delay = max(0.0, grid_point(planned, self.poll_interval) - now)
+                await asyncio.sleep(delay if remaining is None else min(delay, remaining))
 
     async def on_kill(self) -> None:
         """The gateway has no cancel endpoint: say so, the job may still complete and be charged."""

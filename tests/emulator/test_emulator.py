@@ -290,6 +290,30 @@ def test_injected_faults(firered_emulator: Emulator) -> None:
     assert status(firered_emulator, request_id).status_code == 200
 
 
+def test_pending_status_fault_answers_a_code_until_the_job_ends(firered_emulator: Emulator) -> None:
+    firered_emulator.set_timings(queued_seconds=0.1, processing_seconds=0.5)
+    body = {"prompt": "p", "image_urls": firered_emulator.sample_images[:1]}
+    request_id = post(firered_emulator, V11_PATH, body).json()["request_id"]
+    firered_emulator.inject(Fault(target="status", kind="pending_status", status_code=404, count=None))
+    pending = status(firered_emulator, request_id)
+    assert (pending.status_code, pending.json()["status"]) == (404, "QUEUED")
+    deadline = time.monotonic() + 10
+    while (answer := status(firered_emulator, request_id)).status_code == 404:
+        assert answer.json()["status"] in ("QUEUED", "PROCESSING")
+        assert time.monotonic() < deadline, "job never ended"
+        time.sleep(0.05)
+    assert (answer.status_code, answer.json()["status"]) == (200, "COMPLETED")
+
+
+def test_render_off_returns_the_input_unedited() -> None:
+    with Emulator(render_edits=False, queued_seconds=0, processing_seconds=0.1).start() as emulator:
+        source = emulator.sample_images[1]
+        request_id = post(emulator, V11_PATH, {"prompt": "p", "image_urls": [source]}).json()["request_id"]
+        done = finish(emulator, request_id)
+        assert done["output"] == {"media_url": [source], "media_type": "image/png"}
+        assert not emulator._outputs  # nothing was rendered
+
+
 def test_jobs_are_evicted_after_ttl() -> None:
     with Emulator(job_ttl_seconds=0.3).start() as emulator:
         request_id = post(

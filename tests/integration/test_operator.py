@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,52 @@ def test_without_output_dir(firered_emulator: Emulator, firered_conn: str) -> No
     assert ti.state == "success"
     assert result["output_paths"] == []
     assert len(result["media_urls"]) == 1
+
+
+def test_waiting_starts_from_the_submit_answer(firered_emulator: Emulator, firered_conn: str) -> None:
+    # The job is done long before the first poll: one status read is all the edit needs, none is
+    # spent right after the submit on what its answer (QUEUED) already said.
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0.05)
+    _, ti = run_dag(
+        "edit_first_status",
+        prompt="x",
+        images=firered_emulator.sample_images[:1],
+        deferrable=False,
+        poll_interval=0.5,
+    )
+    assert ti.state == "success"
+    reads = [r for r in firered_emulator.requests if r.method == "GET" and "/status/" in r.path]
+    assert len(reads) == 1
+    assert reads[0].time - firered_emulator.submissions()[0].time >= 0.5
+
+
+def test_a_submit_answer_that_says_completed_is_read_back(
+    firered_emulator: Emulator, firered_conn: str
+) -> None:
+    from airflow_provider_firered.emulator import Fault
+    from airflow_provider_firered.hooks.firered import FireRedHook
+
+    done = FireRedHook(firered_conn).submit_edit(V11, "earlier", firered_emulator.sample_images[:1])
+    deadline = time.monotonic() + 20
+    while firered_emulator.job(done.request_id)["status"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    firered_emulator.inject(
+        Fault(
+            target="submit",
+            kind="status",
+            status_code=202,
+            body={"request_id": done.request_id, "status": "COMPLETED"},
+        )
+    )
+    before = len(firered_emulator.requests)
+    _, ti = run_dag("edit_submit_says_completed", prompt="x", images=firered_emulator.sample_images[:1])
+    assert ti.state == "success"
+    assert xcom(ti)["media_urls"] == firered_emulator.job(done.request_id)["output"]["media_url"]
+    status_reads = [
+        r for r in firered_emulator.requests[before:] if r.method == "GET" and "/status/" in r.path
+    ]
+    assert len(status_reads) == 1  # read back once, not trusted blindly
 
 
 def test_no_wait(firered_emulator: Emulator, firered_conn: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -107,6 +108,20 @@ async def test_outage_until_the_deadline_is_a_timeout_naming_the_error(
     assert "HTTP 503" in event["last_status"]
 
 
+async def test_slow_reads_do_not_push_the_polls_later(firered_emulator: Emulator, firered_conn: str) -> None:
+    # Each read takes 0.15 s, more than half the 0.1 s grid of a 1 s interval: planned from the
+    # previous read's end, every poll would slip 0.2 s and the triggers of one loop would pile up.
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=3.5)
+    request_id = submit(firered_emulator, firered_conn)
+    firered_emulator.inject(Fault(target="status", kind="delay", delay_seconds=0.15, count=None))
+    (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=1.0))
+    assert event["status"] == "success"
+    polls = [r.time for r in firered_emulator.requests if "/status/" in r.path]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
+    assert len(gaps) >= 3
+    assert all(0.85 <= gap <= 1.15 for gap in gaps), gaps
+
+
 async def test_unknown_request_is_a_final_error(firered_emulator: Emulator, firered_conn: str) -> None:
     (event,) = await events(FireRedStatusTrigger("firered-image-edit-v1-1_gone", firered_conn, 0.05))
     assert (event["status"], event["retryable"], event["http_status"]) == ("api_error", False, 404)
@@ -118,8 +133,8 @@ async def test_session_closed_on_cancellation(firered_emulator: Emulator, firere
     opened: list[Any] = []
     original = FireRedHook._get_async_session
 
-    def spy(self: FireRedHook, settings: Any) -> Any:
-        session = original(self, settings)
+    def spy(self: FireRedHook) -> Any:
+        session = original(self)
         opened.append(session)
         return session
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -10,6 +11,7 @@ import pytest
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedConnectionError,
+    FireRedError,
     FireRedJobFailedError,
     FireRedValidationError,
 )
@@ -91,15 +93,59 @@ def test_non_retryable_is_raised_at_once() -> None:
     assert len(calls) == 1
 
 
-async def test_async_retrying_uses_the_same_policy() -> None:
+async def test_acall_uses_the_same_policy() -> None:
     calls: list[int] = []
     policy = RetryPolicy(max_attempts=4, initial_wait=0, jitter=0)
-    async for attempt in policy.async_retrying():
-        with attempt:
-            calls.append(1)
-            if len(calls) < 3:
-                raise FireRedConnectionError("h", "refused")
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise FireRedConnectionError("h", "refused")
+        return "read"
+
+    assert await policy.acall(flaky) == "read"
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize(
+    ("policy", "error", "tries"),
+    [
+        (RetryPolicy(max_attempts=3, initial_wait=0, jitter=0), FireRedApiError(503), 3),
+        (RetryPolicy(max_attempts=9, initial_wait=0, jitter=0, max_elapsed=0), FireRedApiError(503), 1),
+        (RetryPolicy(max_attempts=9, initial_wait=0, jitter=0), FireRedApiError(401), 1),
+    ],
+    ids=["max-attempts", "max-elapsed", "not-retryable"],
+)
+async def test_acall_stops_like_retrying(policy: RetryPolicy, error: FireRedError, tries: int) -> None:
+    def sync_call() -> None:
+        sync_calls.append(1)
+        raise error
+
+    async def async_call() -> None:
+        async_calls.append(1)
+        raise error
+
+    sync_calls: list[int] = []
+    async_calls: list[int] = []
+    with pytest.raises(type(error)):
+        policy.retrying()(sync_call)
+    with pytest.raises(type(error)):
+        await policy.acall(async_call)
+    assert len(async_calls) == len(sync_calls) == tries
+
+
+async def test_acall_waits_as_told_by_retry_after(caplog: pytest.LogCaptureFixture) -> None:
+    policy = RetryPolicy(max_attempts=2, initial_wait=0, jitter=0)
+    calls: list[float] = []
+
+    async def limited() -> None:
+        calls.append(time.monotonic())
+        raise FireRedApiError(429, retry_after=0.3)
+
+    with pytest.raises(FireRedApiError):
+        await policy.acall(limited)
+    assert calls[1] - calls[0] >= 0.3
+    assert "FireRed call failed (try 1 of 2)" in caplog.text
 
 
 def test_policy_from_connection_extras() -> None:

@@ -1,0 +1,88 @@
+"""
+What the FireRed triggers running in one event loop share: one aiohttp session and recently resolved
+connections.
+
+A triggerer runs thousands of waits in one loop. A session (with its own connection pool) and a
+connection lookup per wait cost more than the status polls themselves; shared, every poll reuses a
+kept-alive connection, as a single hand-written loop would. The session carries no key, base URL or
+timeout (those go with each request), so sharing it shares nothing secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+
+#: A resolved connection is reused by new waits for this long; a changed key or host reaches new
+#: triggers within it. A running wait keeps the settings it started with.
+SETTINGS_TTL_SECONDS = 60.0
+
+S = TypeVar("S")
+
+
+@dataclass
+class _LoopShared:
+    session: aiohttp.ClientSession | None = None
+    users: int = 0
+    settings: dict[str, tuple[float, asyncio.Future[Any]]] = field(default_factory=dict)
+
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] = weakref.WeakKeyDictionary()
+
+
+def _shared() -> _LoopShared:
+    loop = asyncio.get_running_loop()
+    shared = _by_loop.get(loop)
+    if shared is None:
+        shared = _by_loop[loop] = _LoopShared()
+    return shared
+
+
+def acquire_session() -> aiohttp.ClientSession:
+    """The loop's session, opened if needed; every call needs a matching :func:`release_session`."""
+    shared = _shared()
+    if shared.session is None or shared.session.closed:
+        # No pool limit: each wait behaves as if it had its own connection (no queueing behind
+        # other waits' slow reads); idle connections are kept for the next polls.
+        shared.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    shared.users += 1
+    return shared.session
+
+
+async def release_session() -> None:
+    """Give back a session from :func:`acquire_session`; the last user closes it."""
+    shared = _shared()
+    shared.users -= 1
+    if shared.users <= 0 and shared.session is not None:
+        session, shared.session, shared.users = shared.session, None, 0
+        await session.close()
+
+
+async def cached_settings(conn_id: str, resolve: Callable[[], Awaitable[S]]) -> S:
+    """
+    The settings of ``conn_id`` looked up in this loop less than :data:`SETTINGS_TTL_SECONDS` ago,
+    else ``resolve()``. Waits that start together share one lookup; a failed one is not kept.
+
+    :param conn_id: the connection id (the cache key).
+    :param resolve: looks the connection up (without blocking the loop).
+    """
+    shared = _shared()
+    hit = shared.settings.get(conn_id)
+    if hit is not None and time.monotonic() - hit[0] < SETTINGS_TTL_SECONDS:
+        lookup = hit[1]
+    else:
+        lookup = asyncio.ensure_future(resolve())
+        shared.settings[conn_id] = (time.monotonic(), lookup)
+    try:
+        # shield: one waiter being cancelled must not cancel the lookup the others wait for.
+        return await asyncio.shield(lookup)
+    except Exception:
+        if shared.settings.get(conn_id, (0.0, None))[1] is lookup:
+            del shared.settings[conn_id]
+        raise
