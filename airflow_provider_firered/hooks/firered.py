@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import glob
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
@@ -85,12 +87,14 @@ class GatewaySettings:
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The documented request headers, key included: for gateway URLs only."""
-        return {**self._headers, **(extra or {})}
+        return {**self.base_headers, **(extra or {})}
 
     @cached_property
-    def _headers(self) -> dict[str, str]:
-        # Built once: a triggerer sends these with every status poll. Never handed out to mutate.
-        return {"Content-Type": "application/json", "Cache-Control": "no-cache", KEY_HEADER: self.api_key}
+    def base_headers(self) -> Mapping[str, str]:
+        """The documented request headers, built once (a triggerer sends them with every poll)."""
+        return MappingProxyType(
+            {"Content-Type": "application/json", "Cache-Control": "no-cache", KEY_HEADER: self.api_key}
+        )
 
     @cached_property
     def client_timeout(self) -> aiohttp.ClientTimeout:
@@ -374,7 +378,8 @@ class FireRedHook(HttpHook):
 
         The body is streamed to a temporary file (checked against ``max_bytes``, the announced
         length and the media type) and only then moved, or uploaded, to ``destination``, so a
-        failed download never leaves a partial file behind. No credentials are sent.
+        failed download never leaves a partial file behind (and a completed one removes what a
+        killed earlier download of the same local target left). No credentials are sent.
 
         :param url: the media URL (CDN).
         :param destination: the target file: a local path, an ``ObjectStoragePath`` or a URL such as
@@ -398,6 +403,10 @@ class FireRedHook(HttpHook):
                 os.replace(tmp_name, target)
             finally:
                 Path(tmp_name).unlink(missing_ok=True)
+            # A try killed mid-download (a lost worker) cannot clean up after itself: its partial
+            # file for this target is stale once the target is complete.
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
+                stale.unlink(missing_ok=True)
         else:
             with tempfile.TemporaryDirectory(prefix="firered-") as tmp:
                 part = Path(tmp) / "download.part"
@@ -460,7 +469,7 @@ class FireRedHook(HttpHook):
         session = self._get_async_session()
         try:
             async with session.get(
-                url, headers=settings._headers, allow_redirects=False, timeout=settings.client_timeout
+                url, headers=settings.base_headers, allow_redirects=False, timeout=settings.client_timeout
             ) as response:
                 content = await response.read()
                 return response.status, parse_gateway_answer(

@@ -330,6 +330,19 @@ def test_download_faults_leave_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_completed_download_removes_what_a_killed_one_left(
+    firered_emulator: Emulator, firered_conn: str, tmp_path: Path
+) -> None:
+    hook = FireRedHook(firered_conn)
+    done = wait_done(hook, hook.submit_edit(V11, "x", firered_emulator.sample_images[:1]).request_id)
+    stale = tmp_path / ".out.png.k1ll3d.part"  # as a try killed mid-download leaves it
+    stale.write_bytes(b"\x89PNG half")
+    other = tmp_path / ".other.png.x.part"  # another target's: not this download's business
+    other.write_bytes(b"x")
+    hook.download(done.media_urls[0], tmp_path / "out.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.png.x.part", "out.png"]
+
+
 def test_key_never_logged_or_in_errors(
     firered_emulator: Emulator,
     firered_conn: str,

@@ -1,4 +1,4 @@
-"""One deferrable edit with quick retries: the e2e test kills its worker between submit and defer."""
+"""One deferrable edit with quick retries: the e2e test kills its worker once the request is stored."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ with DAG(
         task_id="edit",
         prompt="Survive a worker crash",
         images=["{{ var.value.firered_image }}"],
+        output_dir="{{ var.value.firered_output_root }}",
         deferrable=True,
         poll_interval=1,
         retries=2,
