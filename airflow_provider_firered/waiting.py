@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import mimetypes
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
@@ -19,18 +15,15 @@ from airflow_provider_firered.exceptions import (
     FireRedTimeoutError,
     FireRedValidationError,
 )
-from airflow_provider_firered.hooks.firered import as_target
 from airflow_provider_firered.results import JobStatus
 
 if TYPE_CHECKING:
-    from airflow_provider_firered.hooks.firered import FireRedHook
     from airflow_provider_firered.results import JobStatusResult
 
 #: XCom key holding the request id, pushed right after the gateway accepts a job.
 REQUEST_ID_XCOM_KEY = "request_id"
 #: task_state_store key holding the request id across tries (Airflow 3.3+).
 REQUEST_ID_STATE_KEY = "firered_request_id"
-_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 
 
 @contextmanager
@@ -83,31 +76,6 @@ def check_status(status: JobStatusResult) -> None:
         raise AirflowException(
             str(FireRedJobFailedError(status.request_id, status.status.value, status.error))
         )
-
-
-def output_name(request_id: str, index: int, media_type: str | None, url: str) -> str:
-    """``<request_id>_<index><ext>``, the extension taken from the media type, else from the URL."""
-    ext = _EXTENSIONS.get((media_type or "").lower()) or PurePosixPath(urlsplit(url).path).suffix
-    if not ext and media_type:
-        ext = mimetypes.guess_extension(media_type) or ""
-    return f"{request_id}_{index}{ext or '.bin'}"
-
-
-def download_outputs(
-    hook: FireRedHook, result: dict[str, Any], output_dir: str | os.PathLike[str] | None
-) -> list[str]:
-    """
-    Download every media URL of a completed job into ``output_dir`` (local path or object storage URL).
-
-    :return: the paths written, in media order.
-    """
-    if not output_dir:
-        return []
-    base = as_target(output_dir)
-    return [
-        hook.download(url, base / output_name(result["request_id"], index, result.get("media_type"), url))
-        for index, url in enumerate(result["media_urls"])
-    ]
 
 
 #: The most resubmissions of an ERROR job ``resubmit_on_error`` may ask for.

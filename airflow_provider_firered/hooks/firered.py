@@ -3,121 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import glob
-import json
 import logging
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
 
 import aiohttp
 import requests
-from airflow.providers.common.compat.sdk import ObjectStoragePath, mask_secret
+from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 from urllib3.exceptions import NewConnectionError
 
+from airflow_provider_firered import downloads
+from airflow_provider_firered.connection import (
+    DEFAULT_GATEWAY,
+    KEY_HEADER,
+    GatewaySettings,
+    url_host,
+)
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedConnectionError,
-    FireRedDownloadError,
     FireRedError,
-    FireRedResponseError,
     FireRedSubmitUncertainError,
-    FireRedValidationError,
 )
 from airflow_provider_firered.hooks import loop_shared
-from airflow_provider_firered.options import STATUS_PATH, validate_edit
+from airflow_provider_firered.options import validate_edit
+from airflow_provider_firered.responses import parse_gateway_answer, status_path
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
-from airflow_provider_firered.retry import RetryPolicy, parse_retry_after
+from airflow_provider_firered.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from airflow.sdk import Connection
 
+__all__ = ["DEFAULT_GATEWAY", "KEY_HEADER", "FireRedHook", "GatewaySettings"]
+
 log = logging.getLogger(__name__)
-
-DEFAULT_GATEWAY = "https://gateway.pixazo.ai"
-KEY_HEADER = "Ocp-Apim-Subscription-Key"
-DEFAULT_REQUEST_TIMEOUT = 30.0
-DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
-#: Media types accepted from the CDN: images, and the generic type the reference shows.
-DOWNLOAD_MEDIA_TYPES = ("image/", "application/octet-stream")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
-_CHUNK = 64 * 1024
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    """
-    Everything a call needs from the connection, resolved once per hook.
-
-    :param base_url: the gateway root, without a trailing slash.
-    :param api_key: the subscription key (never shown in repr).
-    :param retry: the retry policy.
-    :param request_timeout: seconds allowed for one HTTP exchange.
-    :param max_download_bytes: the largest media file accepted.
-    """
-
-    base_url: str
-    api_key: str = field(repr=False)
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
-    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
-
-    @property
-    def origin(self) -> tuple[str, str, int | None]:
-        """Scheme, host and port of the gateway: the only origin the key is sent to."""
-        return _origin(self.base_url)
-
-    def is_gateway_url(self, url: str) -> bool:
-        """Whether ``url`` is on the gateway's own origin."""
-        return _origin(url) == self.origin
-
-    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The documented request headers, key included: for gateway URLs only."""
-        return {**self.base_headers, **(extra or {})}
-
-    @cached_property
-    def base_headers(self) -> Mapping[str, str]:
-        """The documented request headers, built once (a triggerer sends them with every poll)."""
-        return MappingProxyType(
-            {"Content-Type": "application/json", "Cache-Control": "no-cache", KEY_HEADER: self.api_key}
-        )
-
-    @cached_property
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        """The aiohttp timeout of one status read."""
-        return aiohttp.ClientTimeout(total=self.request_timeout)
-
-    @classmethod
-    def from_connection(cls, conn: Connection) -> GatewaySettings:
-        """Read the gateway root, the key and the tuning extras from an Airflow connection."""
-        base_url = _gateway_root(conn.host, conn.schema, conn.port)
-        if not conn.password:
-            raise FireRedValidationError(
-                f"connection {conn.conn_id!r} password", "must hold the FireRed API key; it is empty"
-            )
-        mask_secret(conn.password)
-        extras = conn.extra_dejson or {}
-        return cls(
-            base_url=base_url,
-            api_key=conn.password,
-            retry=RetryPolicy.from_extras(extras),
-            request_timeout=_positive(extras, "request_timeout", DEFAULT_REQUEST_TIMEOUT),
-            max_download_bytes=int(_positive(extras, "max_download_bytes", DEFAULT_MAX_DOWNLOAD_BYTES)),
-        )
 
 
 class FireRedHook(HttpHook):
@@ -340,8 +265,8 @@ class FireRedHook(HttpHook):
             content = response.content
         except requests.RequestException as err:
             if method == "POST" and not _never_sent(err):
-                raise FireRedSubmitUncertainError(_host(url), type(err).__name__) from None
-            raise FireRedConnectionError(_host(url), type(err).__name__, request_id=request_id) from None
+                raise FireRedSubmitUncertainError(url_host(url), type(err).__name__) from None
+            raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
         return response.status_code, parse_gateway_answer(
             response.status_code, response.headers, content, method=method, request_id=request_id
         )
@@ -351,7 +276,7 @@ class FireRedHook(HttpHook):
             self.log.warning(
                 "Ignoring polling_url on another host (%s): status is read from the gateway itself, "
                 "which keeps the API key on the gateway host",
-                _host(result.polling_url),
+                url_host(result.polling_url),
             )
 
     def _parse_status(self, data: Any, request_id: str, http_status: int) -> JobStatusResult:
@@ -374,78 +299,15 @@ class FireRedHook(HttpHook):
         max_bytes: int | None = None,
     ) -> str:
         """
-        Download a media URL to a local path or an ``ObjectStoragePath``, atomically.
-
-        The body is streamed to a temporary file (checked against ``max_bytes``, the announced
-        length and the media type) and only then moved, or uploaded, to ``destination``, so a
-        failed download never leaves a partial file behind (and a completed one removes what a
-        killed earlier download of the same local target left). No credentials are sent.
+        Download a media URL to a local path or an ``ObjectStoragePath``, atomically (see
+        :func:`airflow_provider_firered.downloads.download`). No credentials are sent.
 
         :param url: the media URL (CDN).
-        :param destination: the target file: a local path, an ``ObjectStoragePath`` or a URL such as
-            ``s3://bucket/key.png``.
+        :param destination: the target file: a local path, an ``ObjectStoragePath`` or a URL.
         :param max_bytes: the largest accepted body; defaults to the connection's ``max_download_bytes``.
         :return: the destination, as a string.
         """
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            raise FireRedValidationError("url", f"must be an http(s) URL, got {url!r}")
-        settings = self.settings
-        limit = max_bytes or settings.max_download_bytes
-        target = as_target(destination)
-        fetch = settings.retry.retrying()
-        if isinstance(target, Path):
-            # A temp file beside the target, then an atomic rename: readers never see a partial file.
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-            os.close(fd)
-            try:
-                fetch(self._fetch_to_file, url, Path(tmp_name), limit, settings.request_timeout)
-                os.replace(tmp_name, target)
-            finally:
-                Path(tmp_name).unlink(missing_ok=True)
-            # A try killed mid-download (a lost worker) cannot clean up after itself: its partial
-            # file for this target is stale once the target is complete.
-            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
-                stale.unlink(missing_ok=True)
-        else:
-            with tempfile.TemporaryDirectory(prefix="firered-") as tmp:
-                part = Path(tmp) / "download.part"
-                fetch(self._fetch_to_file, url, part, limit, settings.request_timeout)
-                # Object stores publish an object only once its upload completes.
-                with contextlib.suppress(OSError, NotImplementedError):
-                    target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
-                with part.open("rb") as src, target.open("wb") as dst:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-        self.log.info("Downloaded %s to %s", url, target)
-        return str(target)
-
-    def _fetch_to_file(self, url: str, part: Path, limit: int, timeout: float) -> None:
-        try:
-            # No headers: the key is never sent to media URLs, and the session holds none.
-            with self._session.get(url, stream=True, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    raise FireRedDownloadError(
-                        url, f"HTTP {response.status_code}", retryable=response.status_code >= 500
-                    )
-                check_media_type(url, response.headers.get("Content-Type"))
-                expected = _content_length(response.headers)
-                if expected is not None and expected > limit:
-                    raise FireRedDownloadError(url, f"{expected} bytes exceeds the {limit}-byte limit")
-                size = 0
-                with part.open("wb") as out:
-                    for chunk in response.iter_content(_CHUNK):
-                        size += len(chunk)
-                        if size > limit:
-                            raise FireRedDownloadError(url, f"body exceeds the {limit}-byte limit")
-                        out.write(chunk)
-        except requests.exceptions.ChunkedEncodingError:
-            raise FireRedDownloadError(url, "truncated: the body ended early", retryable=True) from None
-        except requests.RequestException as err:
-            raise FireRedDownloadError(
-                url, f"transfer failed ({type(err).__name__})", retryable=True
-            ) from None
-        if expected is not None and size != expected:
-            raise FireRedDownloadError(url, f"truncated: got {size} of {expected} bytes", retryable=True)
+        return downloads.download(self._session, self.settings, url, destination, max_bytes=max_bytes)
 
     # -- async (triggers) --------------------------------------------------------------------------
 
@@ -476,7 +338,7 @@ class FireRedHook(HttpHook):
                     response.status, response.headers, content, method="GET", request_id=request_id
                 )
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            raise FireRedConnectionError(_host(url), type(err).__name__, request_id=request_id) from None
+            raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
 
     def _get_async_session(self) -> aiohttp.ClientSession:
         if self._async_session is None or self._async_session.closed:
@@ -509,140 +371,9 @@ class FireRedHook(HttpHook):
         await self.aclose()
 
 
-def status_path(request_id: str) -> str:
-    """The status endpoint path for ``request_id``, which is checked to be a plain id first."""
-    if not isinstance(request_id, str):
-        raise FireRedValidationError("request_id", f"must be a string, got {request_id!r}")
-    return _status_path(request_id)
-
-
-@functools.lru_cache(maxsize=8192)  # a trigger asks for the same path at every poll
-def _status_path(request_id: str) -> str:
-    if not _REQUEST_ID.match(request_id):
-        raise FireRedValidationError(
-            "request_id", f"must be a gateway request id (letters, digits, '._:-'), got {request_id!r}"
-        )
-    return STATUS_PATH.format(request_id=quote(request_id, safe=""))
-
-
-def parse_gateway_answer(
-    status: int, headers: Mapping[str, str], content: bytes, *, method: str, request_id: str | None
-) -> Any:
-    """
-    Turn a gateway answer into JSON data, or raise the matching :class:`FireRedError`.
-
-    :param status: the HTTP status.
-    :param headers: the answer's headers (``Retry-After`` is read from them).
-    :param content: the raw body.
-    :param method: the request method; a malformed answer to a GET is retryable, to a POST not
-        (posting again could pay twice).
-    :param request_id: the job concerned, for messages.
-    """
-    data: Any = None
-    try:
-        data = json.loads(content) if content else None
-        decoded = True
-    except ValueError:
-        decoded = False
-    if 300 <= status < 400:
-        raise FireRedApiError(
-            status,
-            "Redirect not followed",
-            f"the gateway redirected to {_host(headers.get('Location', ''))}; "
-            "the API key is only sent to the gateway host",
-            request_id=request_id,
-        )
-    if status >= 400:
-        error = data.get("error") if isinstance(data, dict) else None
-        message = data.get("message") if isinstance(data, dict) else None
-        if not error and not message and content:
-            message = content[:200].decode("utf-8", "replace")
-        raise FireRedApiError(
-            status,
-            str(error) if error else None,
-            str(message) if message else None,
-            request_id=request_id,
-            retry_after=parse_retry_after(headers.get("Retry-After")),
-        )
-    if not decoded or data is None:
-        raise FireRedResponseError(
-            status,
-            f"answer is not JSON: {content[:120].decode('utf-8', 'replace')!r}",
-            request_id=request_id,
-            retryable=method == "GET",
-        )
-    return data
-
-
-def check_media_type(url: str, content_type: str | None) -> None:
-    """Refuse a media answer that is not an image (an HTML error page, say)."""
-    kind = (content_type or "").split(";")[0].strip().lower()
-    if not kind.startswith(DOWNLOAD_MEDIA_TYPES):
-        raise FireRedDownloadError(url, f"unexpected Content-Type {content_type!r}; expected an image")
-
-
-def _gateway_root(host: str | None, schema: str | None, port: int | None) -> str:
-    host = (host or "").strip() or DEFAULT_GATEWAY
-    url = host if "://" in host else f"{schema or 'https'}://{host}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FireRedValidationError("connection host", f"must be an http(s) gateway URL, got {host!r}")
-    if parts.username or parts.password:
-        raise FireRedValidationError("connection host", "must not embed credentials; put the key in password")
-    netloc = parts.netloc
-    if port and parts.port is None:
-        netloc = f"{netloc}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path}".rstrip("/")
-
-
 def _never_sent(err: requests.RequestException) -> bool:
     """Whether a failed request surely never reached the server, so sending it again is safe."""
     if isinstance(err, requests.ConnectTimeout):
         return True
     reason = getattr(err.args[0], "reason", None) if err.args else None
     return isinstance(err, requests.ConnectionError) and isinstance(reason, NewConnectionError)
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).hostname or "unknown host"
-
-
-def _positive(extras: Mapping[str, Any], key: str, default: float) -> float:
-    value = extras.get(key, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise FireRedValidationError(
-            f"connection extra {key}", f"must be a positive number, got {value!r}"
-        ) from None
-    if number <= 0:
-        raise FireRedValidationError(f"connection extra {key}", f"must be a positive number, got {value!r}")
-    return number
-
-
-def _content_length(headers: Mapping[str, str]) -> int | None:
-    try:
-        return int(headers["Content-Length"])
-    except (KeyError, ValueError):
-        return None
-
-
-def as_target(destination: str | os.PathLike[str] | ObjectStoragePath) -> Path | ObjectStoragePath:
-    """A local ``Path`` for plain paths and ``file://`` URLs, an ``ObjectStoragePath`` for other URLs."""
-    if isinstance(destination, ObjectStoragePath):
-        return destination
-    text = os.fspath(destination)
-    scheme = urlsplit(text).scheme
-    if "://" in text and scheme not in ("", "file"):
-        return ObjectStoragePath(text)
-    return Path(text.removeprefix("file://"))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
+from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedTimeoutError
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.options import DEFAULT_MODEL, validate_edit
@@ -21,7 +22,6 @@ from airflow_provider_firered.waiting import (
     airflow_errors,
     check_event,
     check_status,
-    download_outputs,
     validate_resubmits,
     validate_wait,
 )

@@ -17,10 +17,12 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_firered.hooks.firered import FireRedHook, status_path
+from airflow_provider_firered.downloads import download_outputs
+from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.responses import status_path
 from airflow_provider_firered.results import JobStatusResult
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
-from airflow_provider_firered.waiting import airflow_errors, check_event, check_status, download_outputs
+from airflow_provider_firered.waiting import airflow_errors, check_event, check_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedResponseError
-from airflow_provider_firered.hooks.firered import parse_gateway_answer, status_path
+from airflow_provider_firered.responses import parse_gateway_answer, status_path
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 
 RID = "firered-image-edit_019d0000-0000-0000-0000-000000000001"
