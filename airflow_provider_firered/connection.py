@@ -34,6 +34,10 @@ class GatewaySettings:
     :param retry: the retry policy.
     :param request_timeout: seconds allowed for one HTTP exchange.
     :param max_download_bytes: the largest media file accepted.
+    :param allow_private_media_hosts: download media from loopback, private, link-local or metadata
+        addresses too (off by default; a gateway on such an address allows it for itself).
+    :param resend_submit_on_5xx: send a submit again after a 5xx/408 answer, at the risk of paying
+        twice (off by default: only a 429 or a connection that never opened is sent again).
     """
 
     base_url: str
@@ -41,6 +45,8 @@ class GatewaySettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    allow_private_media_hosts: bool = False
+    resend_submit_on_5xx: bool = False
 
     @property
     def origin(self) -> tuple[str, str, int | None]:
@@ -83,6 +89,8 @@ class GatewaySettings:
             retry=RetryPolicy.from_extras(extras),
             request_timeout=_positive(extras, "request_timeout", DEFAULT_REQUEST_TIMEOUT),
             max_download_bytes=int(_positive(extras, "max_download_bytes", DEFAULT_MAX_DOWNLOAD_BYTES)),
+            allow_private_media_hosts=extras.get("allow_private_media_hosts") in (True, "true", "True"),
+            resend_submit_on_5xx=extras.get("resend_submit_on_5xx") in (True, "true", "True"),
         )
 
 

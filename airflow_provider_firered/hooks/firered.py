@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -135,13 +136,7 @@ class FireRedHook(HttpHook):
 
     def _use_settings(self, settings: GatewaySettings) -> None:
         if self._retry_override is not None:
-            settings = GatewaySettings(
-                base_url=settings.base_url,
-                api_key=settings.api_key,
-                retry=self._retry_override,
-                request_timeout=settings.request_timeout,
-                max_download_bytes=settings.max_download_bytes,
-            )
+            settings = dataclasses.replace(settings, retry=self._retry_override)
         self._settings = settings
         self.base_url = settings.base_url
         self._base_url_initialized = True
