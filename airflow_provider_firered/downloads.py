@@ -30,6 +30,11 @@ _CHUNK = 64 * 1024
 _EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
 
 
+def new_media_session() -> requests.Session:
+    """A session for CDN downloads: it carries no key."""
+    return requests.Session()
+
+
 def download(
     session: requests.Session,
     settings: GatewaySettings,

@@ -24,6 +24,9 @@ DEFAULT_MODEL = "firered-image-edit-v1-1"
 STATUS_PATH = "/v2/requests/status/{request_id}"
 WEBHOOK_MODES = ("terminal", "sync")
 
+#: The most images one edit may ask for (``num_images``): a provider guard, and the most media URLs
+#: a ``COMPLETED`` answer may carry.
+MAX_NUM_IMAGES = 8
 #: Provider guards on the request as a whole (the reference documents no limit for these).
 MAX_PROMPT_CHARS = 5000
 MAX_IMAGES = 10

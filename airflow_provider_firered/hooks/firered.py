@@ -302,7 +302,12 @@ class FireRedHook(HttpHook):
         :param max_bytes: the largest accepted body; defaults to the connection's ``max_download_bytes``.
         :return: the destination, as a string.
         """
-        return downloads.download(self._session, self.settings, url, destination, max_bytes=max_bytes)
+        return downloads.download(self._media_session, self.settings, url, destination, max_bytes=max_bytes)
+
+    @cached_property
+    def _media_session(self) -> requests.Session:
+        # Media downloads get their own session: no credentials, proxies or redirects from anywhere.
+        return downloads.new_media_session()
 
     # -- async (triggers) --------------------------------------------------------------------------
 
