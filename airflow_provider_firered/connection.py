@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
 from airflow.providers.common.compat.sdk import mask_secret
 
+from airflow_provider_firered.connection_extras import (
+    DEFAULT_GATEWAY,
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
+    parse_extras,
+    retry_policy,
+)
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
-DEFAULT_GATEWAY = "https://gateway.pixazo.ai"
+__all__ = [
+    "CONN_TYPE",
+    "DEFAULT_GATEWAY",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "KEY_HEADER",
+    "GatewaySettings",
+    "is_loopback_host",
+    "url_host",
+    "url_origin",
+]
+
+log = logging.getLogger(__name__)
+
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
-DEFAULT_REQUEST_TIMEOUT = 30.0
-DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+#: The only connection type the hook reads.
+CONN_TYPE = "firered"
 
 
 @dataclass(frozen=True)
@@ -38,6 +60,7 @@ class GatewaySettings:
         addresses too (off by default; a gateway on such an address allows it for itself).
     :param resend_submit_on_5xx: send a submit again after a 5xx/408 answer, at the risk of paying
         twice (off by default: only a 429 or a connection that never opened is sent again).
+    :param allow_http_host: the one non-loopback gateway host allowed over plain http, if any.
     """
 
     base_url: str
@@ -47,6 +70,7 @@ class GatewaySettings:
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     allow_private_media_hosts: bool = False
     resend_submit_on_5xx: bool = False
+    allow_http_host: str | None = None
 
     @property
     def origin(self) -> tuple[str, str, int | None]:
@@ -75,23 +99,88 @@ class GatewaySettings:
 
     @classmethod
     def from_connection(cls, conn: Connection) -> GatewaySettings:
-        """Read the gateway root, the key and the tuning extras from an Airflow connection."""
+        """
+        Read the gateway root, the key and the extras from an Airflow connection.
+
+        Every check runs here, before anything is sent: the connection type, the key, the extras (a
+        blank form field means its default) and the gateway's scheme.
+
+        :param conn: a connection of type ``firered``.
+        :raises FireRedValidationError: naming the field and what it allows (never showing the key).
+        """
+        _check_type(conn)
+        api_key = _api_key(conn)
+        extras = parse_extras(conn.extra_dejson)
         base_url = _gateway_root(conn.host, conn.schema, conn.port)
-        if not conn.password:
-            raise FireRedValidationError(
-                f"connection {conn.conn_id!r} password", "must hold the FireRed API key; it is empty"
-            )
-        mask_secret(conn.password)
-        extras = conn.extra_dejson or {}
+        _check_transport(base_url, extras["allow_http_host"])
         return cls(
             base_url=base_url,
-            api_key=conn.password,
-            retry=RetryPolicy.from_extras(extras),
-            request_timeout=_positive(extras, "request_timeout", DEFAULT_REQUEST_TIMEOUT),
-            max_download_bytes=int(_positive(extras, "max_download_bytes", DEFAULT_MAX_DOWNLOAD_BYTES)),
-            allow_private_media_hosts=extras.get("allow_private_media_hosts") in (True, "true", "True"),
-            resend_submit_on_5xx=extras.get("resend_submit_on_5xx") in (True, "true", "True"),
+            api_key=api_key,
+            retry=retry_policy(extras),
+            request_timeout=extras["request_timeout"],
+            max_download_bytes=extras["max_download_bytes"],
+            allow_private_media_hosts=extras["allow_private_media_hosts"],
+            resend_submit_on_5xx=extras["resend_submit_on_5xx"],
+            allow_http_host=extras["allow_http_host"],
         )
+
+
+def _check_type(conn: Connection) -> None:
+    if conn.conn_type != CONN_TYPE:
+        raise FireRedValidationError(
+            f"connection {conn.conn_id!r} type",
+            f"must be {CONN_TYPE!r} (FireRed Image Edit), got {conn.conn_type!r}: "
+            f"the hook sends its password as the FireRed key only from a {CONN_TYPE!r} connection",
+        )
+
+
+def _api_key(conn: Connection) -> str:
+    """The key without surrounding whitespace; one with a control or non-ASCII character is refused."""
+    raw = conn.password or ""
+    key = raw.strip()
+    field_name = f"connection {conn.conn_id!r} password"
+    if not key:
+        raise FireRedValidationError(field_name, "must hold the FireRed API key; it is empty")
+    mask_secret(key)
+    if not all("!" <= char <= "~" for char in key):
+        # The key itself is never quoted: only what kind of character is wrong.
+        raise FireRedValidationError(
+            field_name,
+            "must be the FireRed API key in printable ASCII without spaces; it contains a space, a "
+            "control or a non-ASCII character (check what was pasted)",
+        )
+    return key
+
+
+def _check_transport(base_url: str, allow_http_host: str | None) -> None:
+    """Https for every gateway but loopback, unless the connection names the one http host it allows."""
+    scheme, host, _ = url_origin(base_url)
+    if scheme == "https" or is_loopback_host(host):
+        return
+    if allow_http_host is not None and host == allow_http_host:
+        log.warning(
+            "The FireRed gateway %s is reached over plain http (allowed by the connection extra "
+            "allow_http_host): the API key travels in clear text and answers can be forged.",
+            host,
+        )
+        return
+    raise FireRedValidationError(
+        "connection host",
+        f"must be an https:// gateway URL for {host!r}: plain http sends the key in clear text. Only "
+        "loopback (127.0.0.0/8, ::1, localhost) may use http, or the host named in the connection extra "
+        "allow_http_host",
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    host = host.lower().rstrip(".").strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _gateway_root(host: str | None, schema: str | None, port: int | None) -> str:
@@ -120,16 +209,3 @@ def url_origin(url: str) -> tuple[str, str, int | None]:
 
 def url_host(url: str) -> str:
     return urlsplit(url).hostname or "unknown host"
-
-
-def _positive(extras: Mapping[str, Any], key: str, default: float) -> float:
-    value = extras.get(key, default)
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise FireRedValidationError(
-            f"connection extra {key}", f"must be a positive number, got {value!r}"
-        ) from None
-    if number <= 0:
-        raise FireRedValidationError(f"connection extra {key}", f"must be a positive number, got {value!r}")
-    return number

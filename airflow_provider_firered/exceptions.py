@@ -102,8 +102,9 @@ class FireRedConnectionError(FireRedError):
 
 class FireRedSubmitUncertainError(FireRedError):
     """
-    A submit reached the gateway but its answer was lost (a reset or a read timeout): the gateway may
-    have accepted, and charged for, the edit. Not retried, so an edit is never paid for twice.
+    A submit left for the gateway but no usable answer came back (a 5xx or 408 answer, a reset, a
+    read timeout, an unreadable 2xx answer): the gateway may have accepted, and charged for, the edit.
+    Not retried, so an edit is never paid for twice.
 
     :param url_host: the gateway host.
     :param reason: what went wrong.
@@ -113,15 +114,19 @@ class FireRedSubmitUncertainError(FireRedError):
         self.url_host = url_host
         self.reason = reason
         super().__init__(
-            f"The submit to {url_host} was sent but its answer was lost ({reason}): the gateway may have "
-            "accepted the edit, so it is not posted again automatically. Check the gateway's usage "
-            "before clearing the task to submit again."
+            f"The submit to {url_host} was sent but no usable answer came back ({reason}): the gateway "
+            "may have accepted the edit and charged for it, so it is not posted again automatically. "
+            "Check the gateway's usage or request history before clearing the task to submit again."
         )
 
 
 class FireRedJobFailedError(FireRedError):
     """
     The job ended ``FAILED`` or ``ERROR`` at the gateway.
+
+    ``FAILED`` is a problem with the input: the gateway charged for the job and its outcome is final,
+    so no retry is worth it (it would submit the same input and pay again). ``ERROR`` is a failure on
+    the gateway's side that is not charged: submitting again may succeed.
 
     :param request_id: the job.
     :param status: ``FAILED`` or ``ERROR``.
@@ -132,9 +137,20 @@ class FireRedJobFailedError(FireRedError):
         self.request_id = request_id
         self.status = status
         self.error = error
-        charged = " (ERROR jobs are not charged)" if status == "ERROR" else ""
+        #: A FAILED job was charged: posting the same input again would pay again for the same outcome.
+        self.charged = status == "FAILED"
+        self.retryable = not self.charged
+        if self.charged:
+            consequence = (
+                "the gateway charged for this job and its outcome is final; it is not retried, because "
+                "submitting the same input again would be paid again. Fix the input, then clear the task"
+            )
+        else:
+            consequence = (
+                "a failure on the gateway's side; ERROR jobs are not charged, submitting again may succeed"
+            )
         super().__init__(
-            f"FireRed job {request_id} ended {status}: {error or 'no error text given'}{charged}"
+            f"FireRed job {request_id} ended {status}: {error or 'no error text given'} ({consequence})"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_firered import __version__
+from airflow_provider_firered.connection_extras import conn_fields, provider_field_behaviour
 
 _INTEGRATION = "FireRed Image Edit"
 
@@ -48,36 +49,9 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "FireRed Image Edit",
                 "connection-type": "firered",
                 # Airflow 3.2+ builds the form from these; 3.0/3.1 call FireRedHook.get_ui_field_behaviour.
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"host": "Gateway URL", "password": "API key"},
-                    "placeholders": {
-                        "host": "https://gateway.pixazo.ai",
-                        "password": "Ocp-Apim-Subscription-Key",
-                    },
-                },
-                "conn-fields": {
-                    "request_timeout": {
-                        "label": "Request timeout (seconds)",
-                        "description": "Seconds allowed for one HTTP exchange with the gateway or CDN.",
-                        "schema": {"type": ["number", "null"], "minimum": 1},
-                    },
-                    "retry_max_attempts": {
-                        "label": "Retry attempts",
-                        "description": "Tries of one call on 429, 5xx and network errors, first included.",
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
-                    },
-                    "retry_max_wait": {
-                        "label": "Longest backoff (seconds)",
-                        "description": "Cap on the exponential wait between retries.",
-                        "schema": {"type": ["number", "null"], "minimum": 0},
-                    },
-                    "max_download_bytes": {
-                        "label": "Largest output file (bytes)",
-                        "description": "Downloads larger than this are refused.",
-                        "schema": {"type": ["integer", "null"], "minimum": 1},
-                    },
-                },
+                # Both come from the one declaration in connection_extras.
+                "ui-field-behaviour": provider_field_behaviour(),
+                "conn-fields": conn_fields(),
             }
         ],
         "extra-links": ["airflow_provider_firered.operators.firered.FireRedOutputLink"],

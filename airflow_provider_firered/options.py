@@ -27,6 +27,11 @@ WEBHOOK_MODES = ("terminal", "sync")
 #: The most images one edit may ask for (``num_images``): a provider guard, and the most media URLs
 #: a ``COMPLETED`` answer may carry.
 MAX_NUM_IMAGES = 8
+#: Provider guards on model 1.1's tuning options: several times what any sensible edit uses (the
+#: reference shows 30 steps and a guidance scale of 4), so only a typo or a runaway template reaches
+#: them, and it is refused before anything is paid.
+MAX_INFERENCE_STEPS_V1_1 = 500
+MAX_GUIDANCE_SCALE_V1_1 = 100
 #: Provider guards on the request as a whole (the reference documents no limit for these).
 MAX_PROMPT_CHARS = 5000
 MAX_IMAGES = 10
@@ -196,7 +201,13 @@ MODELS: dict[str, ModelSpec] = {
         image_field="image_urls",
         options=_options(
             OptionSpec(
-                "num_inference_steps", "integer", 30, "Number of denoising steps", minimum=1, guard=True
+                "num_inference_steps",
+                "integer",
+                30,
+                "Number of denoising steps",
+                minimum=1,
+                maximum=MAX_INFERENCE_STEPS_V1_1,
+                guard=True,
             ),
             OptionSpec(
                 "guidance_scale",
@@ -204,10 +215,17 @@ MODELS: dict[str, ModelSpec] = {
                 4,
                 "How closely the output follows the prompt",
                 minimum=0,
+                maximum=MAX_GUIDANCE_SCALE_V1_1,
                 guard=True,
             ),
             OptionSpec(
-                "num_images", "integer", 1, "Number of edited images to generate", minimum=1, guard=True
+                "num_images",
+                "integer",
+                1,
+                "Number of edited images to generate",
+                minimum=1,
+                maximum=MAX_NUM_IMAGES,
+                guard=True,
             ),
             OptionSpec("enable_safety_checker", "boolean", True, "Content safety filtering"),
             OptionSpec(
@@ -350,6 +368,22 @@ def _check_url(url: Any, field_name: str, *, schemes: tuple[str, ...]) -> None:
         raise FireRedValidationError(field_name, f"must be an {wanted} URL, got {_short(url)}")
     if parts.username or parts.password:
         raise FireRedValidationError(field_name, "must not embed credentials (user:password@) in the URL")
+
+
+def expected_outputs(model: str, parameters: Mapping[str, Any] | None = None) -> int:
+    """
+    How many media URLs a completed edit may carry: its ``num_images`` when the model has that
+    option, else 1. A ``COMPLETED`` answer listing more is a bad answer.
+
+    :param model: the model id.
+    :param parameters: the edit's options, as validated by :func:`validate_edit`.
+    """
+    spec = get_model(model)
+    option = spec.options.get("num_images")
+    if option is None:
+        return 1
+    value = (parameters or {}).get("num_images")
+    return option.default if value is None else option.validate(value, "parameters.num_images")
 
 
 def _has_type(value: Any, kind: OptionType) -> bool:

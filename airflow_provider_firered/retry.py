@@ -4,6 +4,11 @@ One retry policy for the gateway, shared by the sync (worker) and async (trigger
 Retryable: 408/429/5xx answers, connection errors and timeouts (``FireRedError.retryable``).
 Waits grow exponentially with random jitter, are capped, and honour ``Retry-After`` (seconds or an
 HTTP date). Everything else (400/401/402/403/404, bad input) fails at once.
+
+A submit is paid, so the hook hands this policy only what surely created no job: a ``429`` or a
+connection that never opened. Any other failure after a submit left becomes a
+:class:`~airflow_provider_firered.exceptions.FireRedSubmitUncertainError`, which is never retried
+(unless the connection sets ``resend_submit_on_5xx``, which lets a ``5xx``/``408`` answer through).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from airflow.providers.common.compat.sdk import AirflowException, AirflowFailExc
 
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
+    FireRedDownloadError,
     FireRedJobFailedError,
     FireRedSubmitUncertainError,
     FireRedTimeoutError,
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 REQUEST_ID_XCOM_KEY = "request_id"
 #: task_state_store key holding the request id across tries (Airflow 3.3+).
 REQUEST_ID_STATE_KEY = "firered_request_id"
+#: The shortest accepted ``poll_interval`` / ``poke_interval``, in seconds (the reference recommends 5-10).
+MIN_POLL_INTERVAL = 1.0
 
 
 @contextmanager
@@ -31,8 +34,10 @@ def airflow_errors() -> Iterator[None]:
     """
     Map provider errors to Airflow's retry semantics.
 
-    Bad input and non-retryable gateway answers (400/401/402/403/404) fail the task without
-    retries; anything else propagates and Airflow's own ``retries`` apply.
+    Bad input, non-retryable gateway answers (400/401/402/403/404), a ``FAILED`` job (charged: a retry
+    would pay again) and deterministic download failures (not an image, too large, a refused host, a
+    CDN 4xx) fail the task without retries; anything else propagates and Airflow's own ``retries``
+    apply.
     """
     try:
         yield
@@ -40,10 +45,25 @@ def airflow_errors() -> Iterator[None]:
         raise AirflowFailException(f"Invalid input: {err}") from None
     except FireRedSubmitUncertainError as err:
         raise AirflowFailException(str(err)) from None  # a retry could pay for the edit twice
-    except FireRedApiError as err:
+    except (FireRedApiError, FireRedDownloadError, FireRedJobFailedError) as err:
         if err.retryable:
             raise AirflowException(str(err)) from None
         raise AirflowFailException(str(err)) from None
+
+
+def job_failure(request_id: str, status: str, error: str | None) -> AirflowException:
+    """
+    The Airflow exception for a job that ended ``FAILED`` or ``ERROR``.
+
+    ``FAILED`` was charged and is final: the task fails without retries, since a retry would submit the
+    same input and pay again. ``ERROR`` was not charged: Airflow's retries apply.
+
+    :param request_id: the job.
+    :param status: ``FAILED`` or ``ERROR``.
+    :param error: the gateway's error text.
+    """
+    failure = FireRedJobFailedError(request_id, status, error)
+    return AirflowException(str(failure)) if failure.retryable else AirflowFailException(str(failure))
 
 
 def check_event(event: dict[str, Any] | None) -> dict[str, Any]:
@@ -54,12 +74,12 @@ def check_event(event: dict[str, Any] | None) -> dict[str, Any]:
     """
     if not event or "status" not in event:
         raise AirflowException(f"FireRed trigger sent an unusable event: {event!r}")
-    request_id = event.get("request_id", "unknown")
+    request_id = str(event.get("request_id", "unknown"))
     kind = event["status"]
     if kind == "success":
         return dict(event["result"])
     if kind in ("failed", "error"):
-        raise AirflowException(str(FireRedJobFailedError(request_id, kind.upper(), event.get("message"))))
+        raise job_failure(request_id, kind.upper(), event.get("message"))
     if kind == "timeout":
         raise AirflowException(
             str(FireRedTimeoutError(request_id, float(event.get("timeout") or 0), event.get("last_status")))
@@ -71,11 +91,9 @@ def check_event(event: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_status(status: JobStatusResult) -> None:
-    """Raise for a job that ended ``FAILED`` or ``ERROR``."""
+    """Raise for a job that ended ``FAILED`` (final, see :func:`job_failure`) or ``ERROR``."""
     if status.status in (JobStatus.FAILED, JobStatus.ERROR):
-        raise AirflowException(
-            str(FireRedJobFailedError(status.request_id, status.status.value, status.error))
-        )
+        raise job_failure(status.request_id, status.status.value, status.error)
 
 
 #: The most resubmissions of an ERROR job ``resubmit_on_error`` may ask for.
@@ -90,8 +108,22 @@ def validate_resubmits(value: Any) -> None:
         )
 
 
+def validate_poll_interval(name: str, value: Any) -> None:
+    """
+    Check a polling interval, naming the field: at least :data:`MIN_POLL_INTERVAL` seconds.
+
+    :param name: the field, as the user spells it (``poll_interval``, ``poke_interval``).
+    :param value: its value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= MIN_POLL_INTERVAL:
+        raise FireRedValidationError(
+            name,
+            f"must be at least {MIN_POLL_INTERVAL:g} second (5-10 s is recommended), got {value!r}",
+        )
+
+
 def validate_wait(poll_interval: Any, timeout: Any) -> None:
     """Check the waiting arguments, naming the field."""
-    for name, value in (("poll_interval", poll_interval), ("timeout", timeout)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise FireRedValidationError(name, f"must be a positive number of seconds, got {value!r}")
+    validate_poll_interval("poll_interval", poll_interval)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")

@@ -12,8 +12,10 @@ its own (pinned to the others), one after the other. The N waits make the same n
 per second at every N (``--rate``; the poll interval is N / rate, at least 1 s) and each job runs
 ``--polls-per-job`` intervals. A contender starts its waits at random points of the first interval,
 as a triggerer picks them up, and reports its CPU time from the first wait to the last event, its
-peak RSS above the idle process, and when each event came; the emulator's record gives the status
-reads. Each N runs ``--rounds`` rounds (contender order rotating) and keeps each contender's median.
+peak RSS above the idle process, its peak of open files (sockets included: FireRed's shared pool
+is bounded, see ``loop_shared.POOL_LIMIT``), and when each event came; the emulator's record gives
+the status reads. Each N runs ``--rounds`` rounds (contender order rotating) and keeps each
+contender's median.
 
     python benchmarks/trigger_cost.py                      # N = 100, 1,000, 5,000 (about 4 minutes)
     python benchmarks/trigger_cost.py --sizes 1000 --contenders firered --profile /tmp/profiles
@@ -53,6 +55,11 @@ CONTENDERS = ("floor", "firered", "generic")
 def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def open_files() -> int:
+    """Open file descriptors of this process (sockets included): what ``ulimit -n`` bounds."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 async def floor_waits(gateway: str, poll: float) -> Callable[[str], Awaitable[bool]]:
@@ -111,6 +118,7 @@ async def contend(
     request_ids: list[str] = json.loads(sys.stdin.readline())
     gc.collect()
     idle_rss = peak_rss = rss_bytes()
+    peak_fds = open_files()
     events: dict[str, float] = {}
     succeeded = 0
 
@@ -126,9 +134,10 @@ async def contend(
         events[request_id] = time.time()
 
     async def sample_rss() -> None:
-        nonlocal peak_rss
+        nonlocal peak_rss, peak_fds
         while True:
             peak_rss = max(peak_rss, rss_bytes())
+            peak_fds = max(peak_fds, open_files())
             await asyncio.sleep(0.2)
 
     sampler = asyncio.ensure_future(sample_rss())
@@ -151,6 +160,7 @@ async def contend(
         "cpu_seconds": cpu,
         "idle_rss": idle_rss,
         "peak_rss": peak_rss,
+        "peak_fds": peak_fds,
         "succeeded": succeeded,
         "events": events,
     }
@@ -161,6 +171,10 @@ def contender_main(args: argparse.Namespace) -> int:
     # where stderr goes, as a triggerer's go to its log files.
     report = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
+    if args.pool_limit is not None:
+        from airflow_provider_firered.hooks import loop_shared
+
+        loop_shared.POOL_LIMIT = args.pool_limit
     result = asyncio.run(
         contend(args.contender, args.gateway, args.poll_interval, args.limit, report, args.profile_to)
     )
@@ -272,6 +286,8 @@ def run_contender(
     limit = job_seconds + 10 * poll + 60
     argv = [sys.executable, __file__, "--contender", name, "--gateway", emulator.gateway]
     argv += ["--poll-interval", str(poll), "--limit", str(limit)]
+    if args.pool_limit is not None:
+        argv += ["--pool-limit", str(args.pool_limit)]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
         argv += ["--profile-to", str(args.profile / f"{name}-{size}.txt")]
@@ -314,6 +330,7 @@ def run_contender(
         "cpu_per_poll_us": result["cpu_seconds"] / polls * 1e6,
         "rss_per_wait_kib": (result["peak_rss"] - result["idle_rss"]) / size / 1024,
         "peak_rss_mib": result["peak_rss"] / 2**20,
+        "peak_open_files": result["peak_fds"],
         "polls_per_job": polls / size,
         "latency_p50": statistics.median(latencies),
         "latency_p95": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
@@ -323,19 +340,27 @@ def run_contender(
 
 def table(results: list[dict[str, Any]]) -> str:
     rows = [
-        "| N | waiter | CPU µs / poll | x floor | KiB RSS / wait | peak RSS MiB | polls / job "
-        "| latency p50 s | p95 s | ok |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | waiter | CPU µs / poll | x floor | KiB RSS / wait | peak RSS MiB | peak open files "
+        "| polls / job | latency p50 s | p95 s | ok |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     floors = {r["n"]: r for r in results if r["contender"] == "floor"}
     for r in results:
         ratio = r["cpu_per_poll_us"] / floors[r["n"]]["cpu_per_poll_us"] if r["n"] in floors else float("nan")
         rows.append(
             f"| {r['n']:,} | {r['contender']} | {r['cpu_per_poll_us']:,.0f} | {ratio:.2f} "
-            f"| {r['rss_per_wait_kib']:,.1f} | {r['peak_rss_mib']:,.0f} | {r['polls_per_job']:.2f} "
+            f"| {r['rss_per_wait_kib']:,.1f} | {r['peak_rss_mib']:,.0f} | {r['peak_open_files']:,} "
+            f"| {r['polls_per_job']:.2f} "
             f"| {r['latency_p50']:.2f} | {r['latency_p95']:.2f} | {r['succeeded']:,}/{r['n']:,} |"
         )
     return "\n".join(rows)
+
+
+def pool_limit() -> int:
+    """The bound on the shared session's pool that the ``firered`` contender runs with."""
+    from airflow_provider_firered.hooks.loop_shared import POOL_LIMIT
+
+    return POOL_LIMIT
 
 
 def headline(results: list[dict[str, Any]]) -> str:
@@ -365,6 +390,11 @@ def main() -> int:
         "--one-round-from", type=int, default=1000, help="from this N on, one round (long, steady runs)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--pool-limit",
+        type=int,
+        help="run FireRed's shared session with this pool bound instead of the provider's (0: unbounded)",
+    )
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile per run into this folder")
     parser.add_argument("--profile-to", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--contender", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -395,7 +425,8 @@ def main() -> int:
                     rounds[name].append(result)
                     print(
                         f"N={size:>5} {name:<8} {result['cpu_per_poll_us']:8.0f} µs/poll "
-                        f"{result['rss_per_wait_kib']:7.1f} KiB/wait {result['polls_per_job']:.2f} polls/job "
+                        f"{result['rss_per_wait_kib']:7.1f} KiB/wait {result['peak_open_files']:5} files "
+                        f"{result['polls_per_job']:.2f} polls/job "
                         f"p50 {result['latency_p50']:.2f} s p95 {result['latency_p95']:.2f} s "
                         f"ok {result['succeeded']}/{size} ({time.monotonic() - started:.0f} s)",
                         flush=True,
@@ -406,6 +437,9 @@ def main() -> int:
     finally:
         emulator.stop()
     print()
+    bound = pool_limit() if args.pool_limit is None else args.pool_limit
+    pool = f"at most {bound} sockets" if bound else "unbounded"
+    print(f"FireRed's shared aiohttp pool per event loop: {pool}")
     print(table(results))
     print()
     print(headline(results))

@@ -9,7 +9,8 @@ succeeded and which failed.
 * **One mapped task per SKU** (`edit`, dynamic task mapping): a failed SKU fails alone, the others
   still run, and the summary reports every one of them.
 * **Deferrable**: while the gateway works, the edits wait in the triggerer and hold no worker slot.
-  A retried task resumes the request it already submitted instead of paying for a new one.
+  A retried task resumes the request it already submitted instead of paying for a new one, and a
+  SKU whose job ends `FAILED` (charged: a problem with its input) is not retried at all.
 * **Pool `firered_gateway`** caps how many jobs are in flight at the gateway at once. Create it so
   that deferred tasks count, otherwise waiting jobs would not be capped:
 
@@ -128,7 +129,7 @@ with DAG(
         "firered_conn_id": Param("firered_default", type="string", minLength=1),
         "model": Param("firered-image-edit-v1-1", enum=["firered-image-edit-v1-1", "firered-image-edit"]),
         "parameters": Param({"output_format": "png"}, type="object", description="The model's options."),
-        "poll_interval": Param(10, type="number", minimum=0.5, description="Seconds between status polls."),
+        "poll_interval": Param(10, type="number", minimum=1, description="Seconds between status polls."),
     },
     doc_md=__doc__,
     tags=["firered", "example"],

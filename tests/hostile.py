@@ -8,11 +8,15 @@ a redirect, a forged request id). Every request is recorded, so tests can count 
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -122,11 +126,38 @@ class HostileServer:
         self._httpd.server_close()
 
 
-@pytest.fixture
-def hostile() -> Iterator[HostileServer]:
-    """A fresh hostile gateway/CDN on loopback for one test."""
+@contextlib.contextmanager
+def serving() -> Iterator[HostileServer]:
+    """A hostile gateway/CDN on loopback, stopped on exit."""
     server = HostileServer().start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    """A fresh hostile gateway/CDN on loopback for one test."""
+    with serving() as server:
+        yield server
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """
+    Record every outgoing connection, and refuse any outside 127.0.0.0/8 (none may leave the host).
+
+    Modules about media hosts use it for every test: a refused host must never get as far as a connect.
+    """
+    attempts: list[Any] = []
+    real = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> None:
+        attempts.append(address)
+        if isinstance(address, tuple) and not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
+            raise ConnectionRefusedError(f"test network: {address[0]} is off limits")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts

@@ -729,13 +729,70 @@ def _default_error(status: int) -> dict[str, str]:
     return {"error": name, "message": f"Emulated {status} {name}"}
 
 
+#: Header names whose values the admin API never returns: the key and anything else that may be secret.
+_SECRET_HEADER_WORDS = ("key", "token", "secret", "auth", "cookie", "password", "signature", "credential")
+#: Body fields whose values the admin API never returns.
+_SECRET_BODY_WORDS = ("key", "token", "secret", "password", "credential")
+#: Stands for a redacted value.
+REDACTED = "***"
+
+
+def _is_secret(name: str, words: tuple[str, ...]) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in words)
+
+
+def _redact_url(url: str) -> str:
+    """A URL without its query, fragment or user info, which may carry a token (webhook URLs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    if not (parts.query or parts.fragment or parts.username or parts.password):
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=netloc, query=REDACTED if parts.query else "", fragment="").geturl()
+
+
+def _redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {
+        name: REDACTED
+        if _is_secret(name, _SECRET_HEADER_WORDS)
+        else _redact_url(value)
+        if name.lower() == "x-webhook-url"
+        else value
+        for name, value in headers.items()
+    }
+
+
+def _redact_body(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {
+            name: REDACTED
+            if isinstance(name, str) and _is_secret(name, _SECRET_BODY_WORDS)
+            else _redact_url(value)
+            if name == "webhook" and isinstance(value, str)
+            else _redact_body(value)
+            for name, value in body.items()
+        }
+    if isinstance(body, list):
+        return [_redact_body(item) for item in body]
+    return body
+
+
 def _record_json(record: RecordedRequest) -> dict[str, Any]:
+    """
+    A recorded request for the admin API, secrets redacted: the subscription key and any other
+    credential-like header or body field become ``***`` (the name stays, so a test can still see that
+    one was sent), and a webhook URL loses its query. ``Emulator.requests`` keeps the raw values for
+    in-process tests.
+    """
     return {
         "origin": record.origin,
         "method": record.method,
         "path": record.path,
-        "headers": record.headers,
-        "body": record.body,
+        "headers": _redact_headers(record.headers),
+        "body": _redact_body(record.body),
         "status": record.status,
         "time": record.time,
     }

@@ -5,7 +5,8 @@ connections.
 A triggerer runs thousands of waits in one loop. A session (with its own connection pool) and a
 connection lookup per wait cost more than the status polls themselves; shared, every poll reuses a
 kept-alive connection, as a single hand-written loop would. The session carries no key, base URL or
-timeout (those go with each request), so sharing it shares nothing secret.
+timeout (those go with each request), and keeps no cookies, so sharing it shares nothing secret and one
+connection's gateway cannot set a cookie that another connection's requests would carry.
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ from typing import Any, TypeVar
 import aiohttp
 
 #: A resolved connection is reused by new waits for this long; a changed key or host reaches new
-#: triggers within it. A running wait keeps the settings it started with.
+#: triggers within it. A running wait keeps the settings it started with, until the gateway refuses
+#: its key (then it looks the connection up afresh, see ``refresh`` in :func:`cached_settings`).
 SETTINGS_TTL_SECONDS = 60.0
+#: Most sockets the shared session opens at once, to all gateways together. Each wait holds one only
+#: while a status read is in flight (a few milliseconds against a healthy gateway), so thousands of
+#: waits share far fewer; the bound keeps a triggerer well under a common limit of 1,024 open files
+#: when a gateway slows down, and reads beyond it queue for a socket (within their own timeout).
+POOL_LIMIT = 256
 
 S = TypeVar("S")
 
@@ -48,11 +55,21 @@ def acquire_session() -> aiohttp.ClientSession:
     """The loop's session, opened if needed; every call needs a matching :func:`release_session`."""
     shared = _shared()
     if shared.session is None or shared.session.closed:
-        # No pool limit: each wait behaves as if it had its own connection (no queueing behind
-        # other waits' slow reads); idle connections are kept for the next polls.
-        shared.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        shared.session = new_session()
     shared.users += 1
     return shared.session
+
+
+def new_session() -> aiohttp.ClientSession:
+    """
+    An aiohttp session for gateway reads: a bounded pool (:data:`POOL_LIMIT`) and no cookie jar.
+
+    The gateway needs no cookies; a jar that keeps none means no cookie set by one gateway (or a
+    forged answer) is ever sent with another request. Idle connections are kept for the next polls.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL_LIMIT), cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 async def release_session() -> None:
@@ -64,17 +81,22 @@ async def release_session() -> None:
         await session.close()
 
 
-async def cached_settings(conn_id: str, resolve: Callable[[], Awaitable[S]]) -> S:
+async def cached_settings(conn_id: str, resolve: Callable[[], Awaitable[S]], *, refresh: bool = False) -> S:
     """
     The settings of ``conn_id`` looked up in this loop less than :data:`SETTINGS_TTL_SECONDS` ago,
     else ``resolve()``. Waits that start together share one lookup; a failed one is not kept.
 
     :param conn_id: the connection id (the cache key).
     :param resolve: looks the connection up (without blocking the loop).
+    :param refresh: look the connection up afresh (a rotated key): a finished lookup is not reused,
+        only one still under way (it started after the caller's settings were resolved, so waits
+        refused together share it). The new lookup replaces the cached one for every later wait.
     """
     shared = _shared()
     hit = shared.settings.get(conn_id)
-    if hit is not None and time.monotonic() - hit[0] < SETTINGS_TTL_SECONDS:
+    if hit is not None and (
+        not hit[1].done() if refresh else time.monotonic() - hit[0] < SETTINGS_TTL_SECONDS
+    ):
         lookup = hit[1]
     else:
         lookup = asyncio.ensure_future(resolve())

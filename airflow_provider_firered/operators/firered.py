@@ -7,13 +7,20 @@ from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    BaseOperator,
+    BaseOperatorLink,
+    XCom,
+    conf,
+)
 
 from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedTimeoutError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.options import DEFAULT_MODEL, validate_edit
+from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs, validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from airflow_provider_firered.waiting import (
@@ -37,13 +44,26 @@ _DEFER_SLACK = 60.0
 RESUBMISSIONS_XCOM_KEY = "resubmissions"
 
 
+def web_link(url: Any) -> str:
+    """
+    ``url`` if it is a plain http(s) URL with a host, else ``""``.
+
+    The URL comes from the gateway's answer and the UI turns it into a link: a ``javascript:``,
+    ``data:`` or ``file:`` URL must not become one.
+    """
+    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return ""
+    parts = urlsplit(url)
+    return url if parts.scheme.lower() in ("http", "https") and parts.hostname else ""
+
+
 class FireRedOutputLink(BaseOperatorLink):
-    """Extra link to the first output image of the edit."""
+    """Extra link to the first output image of the edit (http and https URLs only)."""
 
     name = "FireRed output"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
+        return web_link(XCom.get_value(key=self.xcom_key, ti_key=ti_key))
 
 
 class FireRedEditOperator(BaseOperator):
@@ -64,15 +84,17 @@ class FireRedEditOperator(BaseOperator):
     :param firered_conn_id: the FireRed connection.
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param wait_for_completion: wait for the job; if False, return right after the submit.
-    :param poll_interval: seconds between status reads.
+    :param poll_interval: seconds between status reads, at least 1 (5-10 is recommended).
     :param timeout: seconds one try waits for the job; a retry resumes the same job with a fresh wait.
     :param output_dir: download every output here: a local folder or an object storage URL such as
         ``s3://bucket/edits/``. (templated)
     :param webhook_url: https URL the gateway calls back (``X-Webhook-URL``).
     :param webhook_mode: ``terminal`` or ``sync`` (``X-Webhook-Mode``).
     :param resubmit_on_error: how many times a job that ends ``ERROR`` (a failure on the gateway's
-        side, not charged) is submitted again within one try; 0, the default, fails the task at once.
-        ``FAILED`` jobs (a problem with the input) are never resubmitted.
+        side, not charged) is submitted again within one try; 0, the default, fails the task at once
+        (Airflow's ``retries`` then apply). ``FAILED`` jobs (a problem with the input, charged) are
+        never submitted again: they fail the task without retries, naming the request id and the
+        gateway's error.
     """
 
     template_fields: Sequence[str] = ("prompt", "images", "parameters", "output_dir")
@@ -142,6 +164,7 @@ class FireRedEditOperator(BaseOperator):
             with airflow_errors():
                 status = self._resubmit(context, str(event.get("request_id")), event.get("message"), left)
                 return self._wait(context, status)
+        self._refuse_retry_that_would_resubmit(context, event)
         result = check_event(event)
         with airflow_errors():
             return self._collect(context, result)
@@ -185,6 +208,10 @@ class FireRedEditOperator(BaseOperator):
         )
         if stored:
             previous = self._stored_status(str(stored))
+            if previous is not None and previous.status is JobStatus.FAILED:
+                # Charged and final (an earlier try stopped before it saw the outcome): posting the
+                # same input again would pay again, so this try fails for good too.
+                check_status(previous)
             if previous is not None and (
                 previous.status is JobStatus.COMPLETED or not previous.status.is_terminal
             ):
@@ -225,12 +252,30 @@ class FireRedEditOperator(BaseOperator):
             webhook_mode=self.webhook_mode,
         )
         ti = context["ti"]
-        ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
         store = context.get("task_state_store")  # type: ignore[call-overload]
         if store is not None:
+            # Stored first, the job is paid for: if anything after this fails (the XCom push
+            # included), a retry still finds the request and resumes it instead of posting again.
             # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
             store.set(REQUEST_ID_STATE_KEY, {"request_id": submitted.request_id, "max_tries": ti.max_tries})
+        ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
         return submitted
+
+    def _refuse_retry_that_would_resubmit(self, context: Context, event: dict[str, Any] | None) -> None:
+        """
+        A retryable trigger failure (a key refused even after a fresh look-up) relies on the retry
+        resuming the request from ``task_state_store``. Without it (Airflow before 3.3) a retry would
+        post the edit again and pay twice: fail for good instead, naming the request to collect.
+        """
+        if not event or event.get("status") != "api_error" or not event.get("retryable"):
+            return
+        if context.get("task_state_store") is not None:  # type: ignore[call-overload]
+            return
+        raise AirflowFailException(
+            f"{event.get('message')} (request_id={event.get('request_id')}). This Airflow has no "
+            "task_state_store, so a retry would submit the edit again: not retried. Collect the "
+            f"request with FireRedStatusSensor(request_id={event.get('request_id')!r}) once the key is fixed"
+        )
 
     def _resubmissions_left(self, context: Context) -> int:
         """How many more times an ERROR job may be resubmitted in this try."""
@@ -303,9 +348,14 @@ class FireRedEditOperator(BaseOperator):
         return self._collect(context, status.to_dict())
 
     def _collect(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
-        result["output_paths"] = download_outputs(self.hook, result, self.output_dir)
-        if result["media_urls"]:
-            context["ti"].xcom_push(key=FireRedOutputLink().xcom_key, value=result["media_urls"][0])
+        result["output_paths"] = download_outputs(
+            self.hook,
+            result,
+            self.output_dir,
+            max_outputs=expected_outputs(self.model, self.parameters),
+        )
+        if result["media_urls"] and (link := web_link(result["media_urls"][0])):
+            context["ti"].xcom_push(key=FireRedOutputLink().xcom_key, value=link)
         self.log.info(
             "FireRed job %s COMPLETED with %d output(s)%s",
             result["request_id"],

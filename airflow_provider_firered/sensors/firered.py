@@ -22,7 +22,12 @@ from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.responses import status_path
 from airflow_provider_firered.results import JobStatusResult
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
-from airflow_provider_firered.waiting import airflow_errors, check_event, check_status
+from airflow_provider_firered.waiting import (
+    airflow_errors,
+    check_event,
+    check_status,
+    validate_poll_interval,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -32,8 +37,10 @@ class FireRedStatusSensor(BaseSensorOperator):
     """
     Wait for a FireRed job to finish and return the same result dict as ``FireRedEditOperator``.
 
-    ``COMPLETED`` succeeds; ``FAILED`` and ``ERROR`` fail the task (skip it with ``soft_fail``).
+    ``COMPLETED`` succeeds; ``FAILED`` (charged, final) fails the task without retries, naming the
+    request id and the gateway's error; ``ERROR`` fails it too (skip either with ``soft_fail``).
     Works in ``poke`` and ``reschedule`` modes and, with ``deferrable=True``, waits in the triggerer.
+    ``poke_interval`` must be at least 1 second (5-10 is recommended).
 
     :param request_id: the job, e.g. ``"{{ ti.xcom_pull('submit', key='request_id') }}"``. (templated)
     :param firered_conn_id: the FireRed connection.
@@ -64,12 +71,13 @@ class FireRedStatusSensor(BaseSensorOperator):
         """The FireRed hook (created on first use)."""
         return FireRedHook(self.firered_conn_id)
 
-    def _check_request_id(self) -> None:
+    def _check_arguments(self) -> None:
         with airflow_errors():
             status_path(self.request_id)
+            validate_poll_interval("poke_interval", self.poke_interval)
 
     def execute(self, context: Context) -> Any:
-        self._check_request_id()
+        self._check_arguments()
         if not self.deferrable:
             return super().execute(context)
         with airflow_errors():
@@ -113,7 +121,7 @@ class FireRedStatusSensor(BaseSensorOperator):
         except AirflowException as err:
             if self.soft_fail:
                 raise AirflowSkipException(f"Skipping due to soft_fail: {err}") from None
-            # FAILED/ERROR are final for this request id: no retry can change them.
+            # FAILED/ERROR are final for this request id: reading it again cannot change them.
             raise AirflowFailException(str(err)) from None
         return self._collect(status.to_dict())
 

@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_firered.exceptions import FireRedError
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.results import JobStatus
+from airflow_provider_firered.results import JobStatus, JobStatusResult
+from airflow_provider_firered.waiting import validate_poll_interval
 
 #: Polls wake on a grid of this fraction of the poll interval (at most ``MAX_GRID_SECONDS``), so that
 #: the triggers sharing a loop wake up together: one wake-up of the triggerer serves many polls.
 GRID_FRACTION = 0.1
 MAX_GRID_SECONDS = 0.25
+#: How long a trigger built without a ``deadline`` (nor a ``timeout``) waits: one day. The operator and
+#: the sensor always pass their own deadline; this bounds a trigger built directly.
+DEFAULT_MAX_WAIT_SECONDS = 24 * 3600.0
+#: Answers that mean the gateway refused the key: a rotated key is looked up again once.
+KEY_REFUSED_STATUSES = frozenset({401, 403})
+
+
+class _KeyRefusedError(Exception):
+    """The gateway refused the key even after the connection was looked up afresh."""
+
+    def __init__(self, error: FireRedApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def grid_point(when: float, poll_interval: float) -> float:
@@ -35,15 +50,19 @@ class FireRedStatusTrigger(BaseTrigger):
     It never submits anything (a restarted triggerer must not post again), polls over the aiohttp
     session that all FireRed triggers in the triggerer's loop share, and yields exactly one event
     whose ``status`` is ``success`` (``result`` holds the result dict), ``failed`` / ``error``
-    (``message`` holds the gateway's error text), ``timeout``, or ``api_error`` (a final answer such
-    as 404). Transient failures that outlast one read's retry policy (an outage, a long 429 storm) do
-    not end the wait: polling goes on, with backoff, until the deadline.
+    (``message`` holds the gateway's error text), ``timeout``, or ``api_error`` (``retryable`` says
+    whether an Airflow retry may help: a 404 is final; a key the gateway refuses even after the
+    connection was looked up afresh is retryable, and the retry resumes the same request). Transient
+    failures that outlast one read's retry policy (an outage, a long 429 storm) do not end the wait:
+    polling goes on, with backoff, until the deadline.
     Its kwargs are plain values: no key, no connection object.
 
     :param request_id: the job to wait for.
     :param firered_conn_id: the FireRed connection.
-    :param poll_interval: seconds between status reads.
-    :param deadline: absolute wall-clock deadline (epoch seconds); survives a triggerer restart.
+    :param poll_interval: seconds between status reads, at least 1.
+    :param deadline: absolute wall-clock deadline (epoch seconds); survives a triggerer restart. When
+        None, the trigger waits ``timeout`` seconds from its creation, else at most
+        :data:`DEFAULT_MAX_WAIT_SECONDS` (one day): a wait never lasts forever.
     :param timeout: the wait the deadline stands for, in seconds (for the timeout message).
     """
 
@@ -56,10 +75,22 @@ class FireRedStatusTrigger(BaseTrigger):
         timeout: float | None = None,
     ) -> None:
         super().__init__()
+        validate_poll_interval("poll_interval", poll_interval)
+        for name, value in (("deadline", deadline), ("timeout", timeout)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            ):
+                raise FireRedValidationError(name, f"must be a finite number of seconds, got {value!r}")
+        if timeout is not None and not timeout > 0:
+            raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.request_id = request_id
         self.firered_conn_id = firered_conn_id
         self.poll_interval = float(poll_interval)
-        self.deadline = None if deadline is None else float(deadline)
+        if deadline is None:
+            # Fixed now and serialized: a triggerer restart does not push it later.
+            timeout = DEFAULT_MAX_WAIT_SECONDS if timeout is None else timeout
+            deadline = time.time() + timeout
+        self.deadline = float(deadline)
         self.timeout = None if timeout is None else float(timeout)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -86,7 +117,10 @@ class FireRedStatusTrigger(BaseTrigger):
         async with FireRedHook(self.firered_conn_id) as hook:
             while True:
                 try:
-                    result = await hook.aget_status(self.request_id)
+                    result = await self._read(hook)
+                except _KeyRefusedError as refused:
+                    yield self._key_refused_event(refused.error)
+                    return
                 except FireRedError as err:
                     if not err.retryable:
                         yield self._event(
@@ -108,8 +142,8 @@ class FireRedStatusTrigger(BaseTrigger):
                     if result.status in (JobStatus.FAILED, JobStatus.ERROR):
                         yield self._event(result.status.value.lower(), message=result.error)
                         return
-                remaining = None if self.deadline is None else self.deadline - time.time()
-                if remaining is not None and remaining <= 0:
+                remaining = self.deadline - time.time()
+                if remaining <= 0:
                     yield self._event(
                         "timeout", last_status=last_status, timeout=self.timeout, deadline=self.deadline
                     )
@@ -120,7 +154,51 @@ class FireRedStatusTrigger(BaseTrigger):
                 if planned <= now:  # a read slower than the interval (its retries): plan afresh
                     planned = now + self.poll_interval
                 delay = max(0.0, grid_point(planned, self.poll_interval) - now)
-                await asyncio.sleep(delay if remaining is None else min(delay, remaining))
+                await asyncio.sleep(min(delay, remaining))
+
+    async def _read(self, hook: FireRedHook) -> JobStatusResult:
+        """
+        Read the status. A refused key (401/403) may have been rotated since the wait started: look the
+        connection up afresh once, past the loop's cache, and read again.
+        """
+        try:
+            return await hook.aget_status(self.request_id)
+        except FireRedApiError as err:
+            if err.status_code not in KEY_REFUSED_STATUSES:
+                raise
+            refused = err
+        self.log.warning(
+            "The gateway refused the key of connection %r (HTTP %s) while waiting for %s: "
+            "looking the connection up again in case the key was rotated",
+            self.firered_conn_id,
+            refused.status_code,
+            self.request_id,
+        )
+        try:
+            await hook.arefresh_settings()
+        except Exception as lookup_error:  # a deleted or broken connection: the refusal stands
+            self.log.warning("Could not look connection %r up again: %s", self.firered_conn_id, lookup_error)
+            raise _KeyRefusedError(refused) from None
+        try:
+            return await hook.aget_status(self.request_id)
+        except FireRedApiError as err:
+            if err.status_code in KEY_REFUSED_STATUSES:
+                raise _KeyRefusedError(err) from None
+            raise
+
+    def _key_refused_event(self, err: FireRedApiError) -> TriggerEvent:
+        # Retryable: the job may still be running and is paid for; a retry of the task resumes this
+        # request id (task_state_store) once the connection holds a key the gateway accepts.
+        return self._event(
+            "api_error",
+            message=(
+                f"{err}; the key of connection {self.firered_conn_id!r} was refused again after the "
+                "connection was looked up afresh. Fix the key: a retry of the task resumes this request "
+                "without submitting it again"
+            ),
+            retryable=True,
+            http_status=err.status_code,
+        )
 
     async def on_kill(self) -> None:
         """The gateway has no cancel endpoint: say so, the job may still complete and be charged."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import AirflowDeployment
+from tests.e2e.harness import AirflowDeployment, install_chromium
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 #: DAGs that exist only for the end-to-end tests.
@@ -67,3 +68,23 @@ def deployment(tmp_path: Path) -> Iterator[AirflowDeployment]:
     """A deployment serving ``example_dags``."""
     with running_deployment(tmp_path / "airflow-home", EXAMPLE_DAGS) as airflow:
         yield airflow
+
+
+def unavailable(reason: str) -> None:
+    """Skip a browser test that cannot run here, except in CI (``CI=true``), where it must run."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"in CI the browser test must run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """The distribution's headless Chromium (installed when missing and running as root)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        unavailable("Playwright is not installed: pip install -e '.[test]'")
+    path, reason = install_chromium(timeout=420)
+    if path is None:
+        unavailable(reason)
+    return str(path)

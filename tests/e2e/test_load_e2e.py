@@ -54,7 +54,14 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
         deployment.env.update(
             {
                 "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
-                    {"conn_type": "firered", "host": emulator.gateway_url, "password": "load-key"}
+                    {
+                        "conn_type": "firered",
+                        "host": emulator.gateway_url,
+                        "password": "load-key",
+                        # The emulator's injected 500 creates no job, so re-sending is safe here:
+                        # this run also shows the opt-in never duplicates an accepted job.
+                        "extra": {"resend_submit_on_5xx": True},
+                    }
                 ),
                 "AIRFLOW_VAR_FIRERED_IMAGE": emulator.sample_images[0],
                 "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(output_root),

@@ -52,7 +52,7 @@ def status(emulator: Emulator, request_id: str, key: str | None = KEY) -> reques
 
 
 def finish(emulator: Emulator, request_id: str, limit: float = 20) -> dict[str, Any]:
-    seen = []
+    seen: list[str] = []
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         body = status(emulator, request_id).json()
@@ -417,6 +417,39 @@ def test_admin_api(firered_emulator: Emulator) -> None:
     assert len(requests.get(base + "/requests", timeout=5).json()) >= 3
     requests.post(base + "/reset", timeout=5)
     assert firered_emulator.requests == []
+
+
+def test_admin_api_redacts_keys_and_secrets(firered_emulator: Emulator) -> None:
+    base = firered_emulator.gateway_url + "/_emulator"
+    body = {"prompt": "p", "image_urls": firered_emulator.sample_images[:1]}
+    post(
+        firered_emulator,
+        V11_PATH,
+        body,
+        Authorization="Bearer other-secret-token",
+        **{"X-Webhook-URL": "https://127.0.0.1:9/in?token=webhook-secret"},
+    )
+    status(firered_emulator, "x")
+    requests.get(firered_emulator.sample_images[0], headers={"Ocp-Apim-Subscription-Key": KEY}, timeout=5)
+    for endpoint in ("/requests", "/submissions"):
+        answer = requests.get(base + endpoint, timeout=5)
+        assert answer.status_code == 200
+        for secret in (KEY, "other-secret-token", "webhook-secret"):
+            assert secret not in answer.text, (endpoint, secret)
+        records = answer.json()
+        assert records
+        for record in records:
+            # The header names stay: a test can still see that a key was sent (to the CDN, say).
+            assert record["headers"]["Ocp-Apim-Subscription-Key"] == "***"
+    (submitted,) = requests.get(base + "/submissions", timeout=5).json()
+    assert submitted["headers"]["Authorization"] == "***"
+    assert submitted["headers"]["X-Webhook-URL"] == "https://127.0.0.1:9/in?***"
+    assert submitted["body"] == body
+    cdn = [r for r in requests.get(base + "/requests", timeout=5).json() if r["origin"] == "cdn"]
+    assert [r["headers"]["Ocp-Apim-Subscription-Key"] for r in cdn] == ["***"]
+    # In-process tests still read the raw headers, as the CDN key check needs.
+    assert firered_emulator.submit_attempts()[0].headers["Ocp-Apim-Subscription-Key"] == KEY
+    assert firered_emulator.cdn_key_violations
 
 
 def test_cli_serves_the_documented_curl_example(tmp_path: Any) -> None:

@@ -110,7 +110,7 @@ def test_catalogue_run_keeps_the_good_skus_when_one_fails(
         run_conf={
             "manifest": str(manifest),
             "output_root": str(output_root),
-            "poll_interval": 0.5,
+            "poll_interval": 1,
             "parameters": {"output_format": "jpeg"},
         }
     )
@@ -134,6 +134,32 @@ def test_catalogue_run_keeps_the_good_skus_when_one_fails(
     # The bad SKU was refused before any request: one POST per good SKU, nothing else.
     prompts = sorted(record.body["prompt"] for record in firered_emulator.submissions())
     assert prompts == sorted(good.values())
+
+
+@pytest.mark.usefixtures("airflow_db")
+def test_catalogue_pays_once_for_a_sku_whose_job_fails(
+    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue's ``retries: 2`` do not submit a FAILED (charged) SKU again."""
+    for name in (f"{CATALOGUE}.py", "firered_catalogue_manifest.csv"):
+        shutil.copy(EXAMPLE_DAGS / name, Path(DAGS_FOLDER) / name)
+    module = load_module(Path(DAGS_FOLDER) / f"{CATALOGUE}.py")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"sku": "NSFW-1", "image_url": "shoe.png", "prompt": "Make it red"}]))
+    monkeypatch.setenv("AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL", f"{firered_emulator.cdn_url}/samples/")
+    firered_emulator.set_timings(queued_seconds=0.2, processing_seconds=0.5)
+    firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
+
+    run = module.dag.test(
+        run_conf={"manifest": str(manifest), "output_root": str(tmp_path / "out"), "poll_interval": 1}
+    )
+
+    tis = {(ti.task_id, ti.map_index): ti for ti in run.get_task_instances()}
+    assert tis[("edit", 0)].state == "failed"
+    assert tis[("edit", 0)].try_number == 1  # no retry
+    (_post,) = firered_emulator.submit_attempts()
+    (summary_path,) = (tmp_path / "out").glob("*/summary.json")
+    assert json.loads(summary_path.read_text())["failed"] == ["NSFW-1"]
 
 
 @pytest.mark.usefixtures("airflow_db")

@@ -16,7 +16,6 @@ import pytest
 
 from airflow_provider_firered.emulator import Emulator, Fault
 from airflow_provider_firered.exceptions import (
-    FireRedApiError,
     FireRedConnectionError,
     FireRedDownloadError,
     FireRedError,
@@ -162,9 +161,9 @@ def test_lost_submit_answer_is_never_posted_again(
 
 def test_submit_answer_missing_fields_fails_once(firered_emulator: Emulator, firered_conn: str) -> None:
     firered_emulator.inject(Fault(target="submit", kind="missing_fields"))
-    with pytest.raises(FireRedApiError, match="request_id") as info:
+    with pytest.raises(FireRedSubmitUncertainError, match="request_id") as info:
         FireRedHook(firered_conn).submit_edit(V11, "p", firered_emulator.sample_images[:1])
-    assert not info.value.retryable
+    assert not info.value.retryable  # a 2xx: the edit may have been accepted
     assert len(firered_emulator.submit_attempts()) == 1
 
 

@@ -17,11 +17,13 @@ from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedDownloadError,
     FireRedError,
+    FireRedSubmitUncertainError,
     FireRedValidationError,
 )
 from airflow_provider_firered.hooks.firered import KEY_HEADER, FireRedHook
 from airflow_provider_firered.results import JobStatus, JobStatusResult
 from tests.conftest import TEST_KEY, conn_uri_json
+from tests.hostile import Answer, HostileServer, Seen
 
 V10 = "firered-image-edit"
 V11 = "firered-image-edit-v1-1"
@@ -29,6 +31,10 @@ SUBMIT_PATHS = {
     V10: "/firered-image-edit/v1/firered-image-edit/generate",
     V11: "/firered-image-edit-v1-1/v1/firered-image-edit-v1-1-request",
 }
+
+
+def status_reads(emulator: Emulator) -> int:
+    return len([r for r in emulator.requests if r.path.startswith("/v2/requests/status/")])
 
 
 def wait_done(hook: FireRedHook, request_id: str, limit: float = 20) -> JobStatusResult:
@@ -201,11 +207,40 @@ def test_dropped_connection_recovers(firered_emulator: Emulator, firered_conn: s
 
 
 def test_retries_run_out(firered_emulator: Emulator, firered_conn: str) -> None:
-    firered_emulator.inject(Fault(target="submit", kind="status", status_code=503, count=50))
+    hook = FireRedHook(firered_conn)
+    request_id = hook.submit_edit(V11, "x", firered_emulator.sample_images[:1]).request_id
+    firered_emulator.inject(Fault(target="status", kind="status", status_code=503, count=50))
     with pytest.raises(FireRedApiError, match="HTTP 503") as info:
-        FireRedHook(firered_conn).submit_edit(V11, "x", firered_emulator.sample_images[:1])
+        hook.get_status(request_id)
     assert info.value.retryable
-    assert len(firered_emulator.submit_attempts()) == 4  # retry_max_attempts of the test connection
+    assert request_id in str(info.value)
+    assert status_reads(firered_emulator) == 4  # retry_max_attempts of the test connection
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+def test_submit_5xx_is_never_posted_again(firered_emulator: Emulator, firered_conn: str, status: int) -> None:
+    firered_emulator.inject(Fault(target="submit", kind="status", status_code=status, count=10))
+    with pytest.raises(FireRedSubmitUncertainError) as info:
+        FireRedHook(firered_conn).submit_edit(V11, "x", firered_emulator.sample_images[:1])
+    assert not info.value.retryable
+    assert f"HTTP {status}" in str(info.value)
+    assert "may have accepted the edit" in str(info.value)
+    assert "before clearing the task" in str(info.value)
+    assert len(firered_emulator.submit_attempts()) == 1
+
+
+def test_submit_5xx_is_posted_again_when_the_connection_opts_in(
+    firered_emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FIRERED_DEFAULT",
+        conn_uri_json(firered_emulator.gateway_url, resend_submit_on_5xx=True),
+    )
+    firered_emulator.inject(Fault(target="submit", kind="status", status_code=502, count=2))
+    submitted = FireRedHook().submit_edit(V11, "again", firered_emulator.sample_images[:1])
+    assert len(firered_emulator.submit_attempts()) == 3
+    assert [s.body["prompt"] for s in firered_emulator.submissions()] == ["again"]
+    assert submitted.request_id
 
 
 @pytest.mark.parametrize(
@@ -263,8 +298,9 @@ def test_malformed_status_answer_is_retried(firered_emulator: Emulator, firered_
 
 def test_malformed_submit_answer_is_not_posted_again(firered_emulator: Emulator, firered_conn: str) -> None:
     firered_emulator.inject(Fault(target="submit", kind="malformed_json", count=1))
-    with pytest.raises(FireRedApiError, match="not JSON"):
+    with pytest.raises(FireRedSubmitUncertainError, match="not JSON") as info:
         FireRedHook(firered_conn).submit_edit(V11, "x", firered_emulator.sample_images[:1])
+    assert not info.value.retryable
     assert len(firered_emulator.submit_attempts()) == 1
 
 
@@ -384,3 +420,41 @@ def test_key_never_logged_or_in_errors(
     ]:
         assert TEST_KEY not in text
     assert firered_emulator.cdn_key_violations == []
+
+
+def rotating_gateway(server: HostileServer, request_id: str, good_key: str) -> None:
+    """Status reads succeed with ``good_key`` only, as after a key rotation."""
+    body = json.dumps({"request_id": request_id, "status": "PROCESSING"}).encode()
+
+    def status(seen: Seen) -> Answer:
+        if header(seen, KEY_HEADER) == good_key:
+            return Answer(200, {"Content-Type": "application/json"}, body)
+        return Answer(401, {"Content-Type": "application/json"}, b'{"error": "Unauthorized"}')
+
+    server.route("/v2/requests/status/", status)
+
+
+def test_a_rotated_key_is_looked_up_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    request_id = "firered-image-edit-v1-1_rotated"
+    server = HostileServer().start()
+    try:
+        rotating_gateway(server, request_id, good_key="rotated-key")
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(server.url))
+        hook = FireRedHook()
+        assert hook.settings.api_key == TEST_KEY  # the hook resolved the old key ...
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(server.url, key="rotated-key"))
+        # ... the gateway refuses it: the connection is looked up afresh and the status read again.
+        assert hook.get_status(request_id).status is JobStatus.PROCESSING
+        assert hook.settings.api_key == "rotated-key"
+        assert [header(s, KEY_HEADER) for s in server.seen] == [TEST_KEY, "rotated-key"]
+
+        # A key refused although nothing changed: one read, no second one.
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(server.url, key="revoked-key"))
+        hook = FireRedHook()
+        hook.settings  # noqa: B018
+        with pytest.raises(FireRedApiError) as info:
+            hook.get_status(request_id)
+        assert info.value.status_code == 401
+        assert [header(s, KEY_HEADER) for s in server.seen[2:]] == ["revoked-key"]
+    finally:
+        server.stop()

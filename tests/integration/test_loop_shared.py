@@ -1,8 +1,14 @@
-"""FireRed triggers in one event loop share one aiohttp session and recent connection lookups."""
+"""
+FireRed triggers in one event loop share one aiohttp session (a bounded pool, no cookies) and recent
+connection lookups, which a refused key makes them look up afresh.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +18,7 @@ from airflow_provider_firered.hooks import loop_shared
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from tests.conftest import TEST_KEY, conn_uri_json
+from tests.hostile import Answer, HostileServer, Seen
 
 V11 = "firered-image-edit-v1-1"
 
@@ -31,7 +38,7 @@ def count_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_waits_share_one_session_and_one_lookup(
     firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    firered_emulator.set_timings(queued_seconds=0.1, processing_seconds=0.5)
+    firered_emulator.set_timings(queued_seconds=0.1, processing_seconds=0.3)
     hook = FireRedHook(firered_conn)
     request_ids = [
         hook.submit_edit(V11, f"p{i}", firered_emulator.sample_images[:1]).request_id for i in range(20)
@@ -48,11 +55,11 @@ async def test_waits_share_one_session_and_one_lookup(
     monkeypatch.setattr(FireRedHook, "_get_async_session", spy)
 
     async def wait(request_id: str) -> str:
-        trigger = FireRedStatusTrigger(request_id, firered_conn, poll_interval=0.05)
+        trigger = FireRedStatusTrigger(request_id, firered_conn, poll_interval=1)
         (event,) = [e.payload async for e in trigger.run()]
         return str(event["status"])
 
-    first = FireRedStatusTrigger(request_ids[0], firered_conn, poll_interval=0.05)
+    first = FireRedStatusTrigger(request_ids[0], firered_conn, poll_interval=1)
     runs = asyncio.gather(*(wait(r) for r in request_ids[1:]))
     assert [e.payload["status"] async for e in first.run()] == ["success"]
     assert await asyncio.wait_for(runs, 30) == ["success"] * 19
@@ -127,3 +134,101 @@ async def test_a_failed_lookup_is_not_kept(
     monkeypatch.setenv("AIRFLOW_CONN_FIRERED_LATER", conn_uri_json(firered_emulator.gateway_url))
     async with FireRedHook("firered_later") as hook:
         assert (await hook.aget_settings()).api_key == TEST_KEY
+
+
+async def test_arefresh_settings_looks_the_connection_up_past_the_cache(
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups = count_lookups(monkeypatch)
+    async with FireRedHook(firered_conn) as hook:
+        assert (await hook.aget_settings()).api_key == TEST_KEY
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(firered_emulator.gateway_url, "rotated")
+        )
+        # Within the minute a new wait still gets the cached lookup ...
+        async with FireRedHook(firered_conn) as other:
+            assert (await other.aget_settings()).api_key == TEST_KEY
+        # ... but a refresh looks the connection up again, whatever the cache holds,
+        refreshed = await hook.arefresh_settings()
+        assert refreshed.api_key == "rotated"
+        assert hook.settings is refreshed
+    # and waits starting afterwards get the new settings too.
+    async with FireRedHook(firered_conn) as later:
+        assert (await later.aget_settings()).api_key == "rotated"
+    assert len(lookups) == 2
+
+
+async def test_waits_refused_together_share_one_fresh_lookup(
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups = count_lookups(monkeypatch)
+    hooks = [FireRedHook(firered_conn) for _ in range(10)]
+    for hook in hooks:
+        await hook.aget_settings()
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(firered_emulator.gateway_url, "rotated"))
+    fresh = await asyncio.gather(*(hook.arefresh_settings() for hook in hooks))
+    assert {s.api_key for s in fresh} == {"rotated"}
+    assert len(lookups) == 2  # the first lookup, then one refresh for the ten waits
+
+
+async def test_a_cookie_set_by_one_gateway_is_sent_to_no_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    rid = "firered-image-edit-v1-1_cookie"
+    body = json.dumps({"request_id": rid, "status": "PROCESSING"}).encode()
+    setter, other = HostileServer().start(), HostileServer().start()
+    try:
+        cookie = {"Set-Cookie": "session=stolen; Path=/", "Content-Type": "application/json"}
+        setter.route("/", Answer(200, cookie, body))
+        other.route("/", Answer(200, {"Content-Type": "application/json"}, body))
+        # "localhost", not an IP address: aiohttp's default jar keeps cookies only for host names,
+        # and a cookie ignores ports, so both gateways are the same cookie host.
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_A", conn_uri_json(f"http://localhost:{setter.port}"))
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_B", conn_uri_json(f"http://localhost:{other.port}"))
+        async with FireRedHook("firered_a") as first, FireRedHook("firered_b") as second:
+            assert first._async_session is second._async_session  # one shared session
+            await first.aget_status(rid)
+            await second.aget_status(rid)
+            await first.aget_status(rid)
+        own = FireRedHook("firered_b")  # a hook outside ``async with`` has its own session
+        await own.aget_status(rid)
+        await own.aclose()
+        seen = setter.seen + other.seen
+        assert len(seen) == 4
+        assert [s.headers.get("Cookie") for s in seen] == [None] * 4
+    finally:
+        setter.stop()
+        other.stop()
+
+
+async def test_the_shared_pool_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert loop_shared.POOL_LIMIT <= 256  # well under a common limit of 1,024 open files
+    rid = "firered-image-edit-v1-1_pool"
+    body = json.dumps({"request_id": rid, "status": "PROCESSING"}).encode()
+    in_flight = [0, 0]  # now, most
+    lock = threading.Lock()
+
+    def slow(_seen: Seen) -> Answer:
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight[1], in_flight[0])
+        time.sleep(0.3)
+        with lock:
+            in_flight[0] -= 1
+        return Answer(200, {"Content-Type": "application/json"}, body)
+
+    server = HostileServer().start()
+    try:
+        server.route("/", slow)
+        monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(server.url))
+        monkeypatch.setattr(loop_shared, "POOL_LIMIT", 4)
+        hooks = [FireRedHook() for _ in range(12)]
+        for hook in hooks:
+            await hook.__aenter__()
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*(h.aget_status(rid) for h in hooks)), 20)
+        finally:
+            for hook in hooks:
+                await hook.__aexit__(None, None, None)
+    finally:
+        server.stop()
+    assert len(results) == 12
+    assert in_flight[1] == 4  # twelve waits, four sockets: the others queued for one

@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator
 from airflow_provider_firered.operators.firered import FireRedOutputLink
-from tests.conftest import DAGS_FOLDER, TEST_KEY, without_masker_registration
+from tests.conftest import DAGS_FOLDER, TEST_KEY, conn_uri_json, without_masker_registration
+from tests.hostile import Answer, HostileServer
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -55,6 +58,11 @@ def run_dag(dag_id: str, **operator_kwargs: Any) -> Any:
     return run, ti
 
 
+def in_log(text: str, out: str) -> bool:
+    """Whether ``text`` is in ``out``, ignoring line wrapping (Airflow 3.0 draws tracebacks in boxes)."""
+    return re.sub(r"[\s│]+", "", text) in re.sub(r"[\s│]+", "", out)
+
+
 def xcom(ti: Any, key: str = "return_value") -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
@@ -86,7 +94,7 @@ def test_edit_with_outputs(
         model=model,
         parameters=parameters,
         deferrable=deferrable,
-        poll_interval=0.1,
+        poll_interval=1,
         output_dir=str(tmp_path / "{{ ds }}"),
     )
     assert ti.state == "success", ti.state
@@ -112,7 +120,7 @@ def test_without_output_dir(firered_emulator: Emulator, firered_conn: str) -> No
         prompt="blue",
         images=firered_emulator.sample_images[:1],
         deferrable=True,
-        poll_interval=0.1,
+        poll_interval=1,
     )
     result = xcom(ti)
     assert ti.state == "success"
@@ -129,12 +137,12 @@ def test_waiting_starts_from_the_submit_answer(firered_emulator: Emulator, firer
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=False,
-        poll_interval=0.5,
+        poll_interval=1,
     )
     assert ti.state == "success"
     reads = [r for r in firered_emulator.requests if r.method == "GET" and "/status/" in r.path]
     assert len(reads) == 1
-    assert reads[0].time - firered_emulator.submissions()[0].time >= 0.5
+    assert reads[0].time - firered_emulator.submissions()[0].time >= 0.9
 
 
 def test_a_submit_answer_that_says_completed_is_read_back(
@@ -190,6 +198,9 @@ def test_no_wait(firered_emulator: Emulator, firered_conn: str) -> None:
         ({"model": "other"}, "model"),
         ({"webhook_url": "http://hooks.test/x"}, "webhook_url"),
         ({"timeout": 0}, "timeout"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"poll_interval": 0.5}, "poll_interval"),
+        ({"poll_interval": float("nan")}, "poll_interval"),
         ({"resubmit_on_error": -1}, "resubmit_on_error"),
         ({"resubmit_on_error": 11}, "resubmit_on_error"),
     ],
@@ -230,7 +241,7 @@ def test_job_failure_fails_the_task(
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=deferrable,
-        poll_interval=0.1,
+        poll_interval=1,
     )
     out = capfd.readouterr().out
     assert ti.state == "failed"
@@ -249,7 +260,7 @@ def test_error_job_is_resubmitted_when_asked(
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=deferrable,
-        poll_interval=0.1,
+        poll_interval=1,
         resubmit_on_error=2,
     )
     assert ti.state == "success"
@@ -275,7 +286,7 @@ def test_resubmission_limits(
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=True,
-        poll_interval=0.1,
+        poll_interval=1,
         resubmit_on_error=resubmits,
     )
     assert ti.state == "failed"
@@ -285,8 +296,6 @@ def test_resubmission_limits(
 def test_gateway_402_fails_without_retries(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.conftest import conn_uri_json
-
     with Emulator(balance=0).start() as emulator:
         monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(emulator.gateway_url))
         _, ti = run_dag("edit_402", prompt="x", images=emulator.sample_images[:1], retries=2)
@@ -307,7 +316,7 @@ def test_timeout_names_the_request(
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=True,
-        poll_interval=0.1,
+        poll_interval=1,
         timeout=0.5,
     )
     assert ti.state == "failed"
@@ -323,7 +332,7 @@ def test_key_not_in_trigger_kwargs_or_logs(
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=True,
-        poll_interval=0.1,
+        poll_interval=1,
     )
     assert ti.state == "success"
     out = capfd.readouterr()
@@ -355,7 +364,7 @@ def test_pay_once_retry_reuses_the_request(
         prompt="x",
         images=firered_emulator.sample_images[:1],
         deferrable=True,
-        poll_interval=0.1,
+        poll_interval=1,
         timeout=0.8,
         # dag.test() counts the resume after a deferral as a try, so one real retry needs retries=2.
         retries=2,
@@ -384,7 +393,7 @@ def test_airflow_dags_test_cli(
         "images": firered_emulator.sample_images[:2],
         "model": model,
         "deferrable": True,
-        "poll_interval": 0.1,
+        "poll_interval": 1,
         "output_dir": str(tmp_path),
     }
     (Path(DAGS_FOLDER) / f"{dag_id}.py").write_text(
@@ -406,3 +415,239 @@ def test_airflow_dags_test_cli(
     with Image.open(image) as img:
         assert img.format == ("WEBP" if model == V10 else "PNG")
     assert TEST_KEY not in without_masker_registration(output)
+
+
+FLAKY_XCOM_TEMPLATE = """
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_firered.operators.firered import FireRedEditOperator
+
+
+class _PushFails:
+    # The first try's task instance, whose XCom push of the request id fails (a database hiccup).
+    def __init__(self, ti):
+        self._ti = ti
+
+    def __getattr__(self, name):
+        return getattr(self._ti, name)
+
+    def xcom_push(self, key, value):
+        if key == "request_id":
+            raise RuntimeError("XCom backend unavailable")
+        return self._ti.xcom_push(key, value)
+
+
+class FlakyXComEdit(FireRedEditOperator):
+    def execute(self, context):
+        if context["ti"].try_number == 1:
+            context["ti"] = _PushFails(context["ti"])
+        return super().execute(context)
+
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    FlakyXComEdit(
+        task_id="edit",
+        prompt="x",
+        images={images!r},
+        deferrable=False,
+        poll_interval=1,
+        retries=2,
+        retry_delay=timedelta(seconds=0),
+    )
+"""
+
+
+@pytest.mark.skipif(
+    "not __import__('airflow').__version__.startswith('3.3')", reason="task_state_store needs Airflow 3.3+"
+)
+def test_failed_xcom_push_after_submit_still_resumes(
+    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The request id is kept in task_state_store before the XCom push: the push failing after the
+    # paid submit leaves a request the retry finds and resumes, with no second POST.
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=1.5)
+    dag_id = "edit_xcom_push_fails"
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(FLAKY_XCOM_TEMPLATE.format(dag_id=dag_id, images=firered_emulator.sample_images[:1]))
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = module.dag.test()
+    (ti,) = run.get_task_instances()
+    out = capfd.readouterr().out
+    assert "XCom backend unavailable" in out  # the first try did fail on the push
+    assert ti.state == "success"
+    assert ti.try_number == 2
+    (post,) = firered_emulator.submit_attempts()
+    assert post.status == 202
+    assert "instead of posting again" in out or "without posting again" in out
+    assert xcom(ti, "request_id") == xcom(ti)["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("url", "link"),
+    [
+        ("https://cdn.test/out.png", "https://cdn.test/out.png"),
+        ("http://127.0.0.1:8080/v1/x/output.png", "http://127.0.0.1:8080/v1/x/output.png"),
+        ("javascript:alert(document.cookie)", ""),
+        ("JaVaScRiPt:alert(1)", ""),
+        ("data:text/html,<script>alert(1)</script>", ""),
+        ("file:///etc/passwd", ""),
+        ("file://localhost/x", ""),
+        ("ftp://cdn.test/out.png", ""),
+        ("https:///no-host", ""),
+        ("https://cdn.test/a b", ""),
+        ("\x00https://cdn.test/out.png", ""),
+        ("", ""),
+        (None, ""),
+        (["https://cdn.test/out.png"], ""),
+    ],
+)
+def test_output_link_is_http_or_https_only(url: Any, link: str) -> None:
+    from airflow_provider_firered.operators.firered import web_link
+
+    assert web_link(url) == link
+
+
+STORED_LINK_TEMPLATE = """
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_firered.operators.firered import FireRedEditOperator, FireRedOutputLink
+
+
+class StoredLinkEdit(FireRedEditOperator):
+    # Stands for a link value written by anything but this version's checks (an older provider).
+    def execute(self, context):
+        context["ti"].xcom_push(key=FireRedOutputLink().xcom_key, value={url!r})
+        return None
+
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    StoredLinkEdit(task_id="edit", prompt="x", images=["https://images.test/in.png"])
+"""
+
+
+@pytest.mark.parametrize(
+    ("url", "link"),
+    [("javascript:alert(document.cookie)", ""), ("https://cdn.test/out.png", "https://cdn.test/out.png")],
+    ids=["javascript", "https"],
+)
+def test_output_link_shown_by_airflow_is_http_or_https_only(url: str, link: str) -> None:
+    # Airflow stores what get_link returns as the link the UI shows, when the task ends.
+    dag_id = f"edit_stored_link_{url.split(':', 1)[0]}"
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(STORED_LINK_TEMPLATE.format(dag_id=dag_id, url=url))
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (ti,) = module.dag.test().get_task_instances()
+    assert ti.state == "success"
+    assert xcom(ti, FireRedOutputLink().xcom_key) == link
+
+
+ROTATED_KEY = "sk-firered-ROTATED-fedcba9876543210"
+
+
+def test_key_refused_during_a_wait_resumes_on_retry(
+    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The key is rotated at the gateway during the wait, and in the connection only after the wait
+    # gave up: the retry resumes the same request with the new key, without a second POST.
+    has_store = __import__("airflow").__version__.startswith("3.3")
+    firered_emulator.keys = {TEST_KEY}
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=4)
+    done = threading.Event()
+
+    def status_codes() -> list[int]:
+        return [r.status for r in firered_emulator.requests if "/status/" in r.path]
+
+    def rotate() -> None:
+        deadline = time.monotonic() + 30
+        while 200 not in status_codes():
+            if done.wait(0.02) or time.monotonic() > deadline:
+                return
+        firered_emulator.keys = {ROTATED_KEY}
+        while status_codes().count(401) < 2:
+            if done.wait(0.02) or time.monotonic() > deadline:
+                return
+        os.environ["AIRFLOW_CONN_FIRERED_DEFAULT"] = conn_uri_json(firered_emulator.gateway_url, ROTATED_KEY)
+
+    rotator = threading.Thread(target=rotate, daemon=True)
+    rotator.start()
+    try:
+        _, ti = run_dag(
+            "edit_key_rotated",
+            prompt="x",
+            images=firered_emulator.sample_images[:1],
+            deferrable=True,
+            poll_interval=1,
+            retries=2,
+            retry_delay=1,
+        )
+    finally:
+        done.set()
+        rotator.join(5)
+    out = capfd.readouterr().out
+    (_post,) = firered_emulator.submit_attempts()  # never posted twice
+    assert in_log("was refused again after the connection was looked up afresh", out)
+    assert TEST_KEY not in without_masker_registration(out)
+    assert ROTATED_KEY not in without_masker_registration(out)
+    if has_store:
+        assert ti.state == "success"
+        assert "instead of posting again" in out
+        assert xcom(ti)["request_id"] == xcom(ti, "request_id")
+    else:
+        # No task_state_store: a retry would post the edit again, so the task fails for good.
+        assert ti.state == "failed"
+        assert in_log("a retry would submit the edit again: not retried", out)
+
+
+@pytest.mark.parametrize(("parameters", "listed"), [({}, 2), ({"num_images": 2}, 3)])
+def test_more_outputs_than_the_edit_asked_for_are_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, parameters: dict[str, Any], listed: int
+) -> None:
+    # A COMPLETED answer listing more media URLs than num_images (else 1): nothing is downloaded.
+    hostile = HostileServer().start()
+    request_id = "firered-image-edit-v1-1_0123456789abcdef"
+    json_type = {"Content-Type": "application/json"}
+    hostile.route(
+        "/firered-image-edit-v1-1/",
+        Answer(202, json_type, json.dumps({"request_id": request_id, "status": "QUEUED"}).encode()),
+    )
+    status = {
+        "request_id": request_id,
+        "status": "COMPLETED",
+        "model_id": V11,
+        "output": {
+            "media_url": [f"{hostile.url}/media/{index}.png" for index in range(listed)],
+            "media_type": "image/png",
+        },
+    }
+    hostile.route("/v2/requests/status/", Answer(200, json_type, json.dumps(status).encode()))
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(hostile.url))
+    try:
+        _, ti = run_dag(
+            f"edit_too_many_outputs_{listed}",
+            prompt="x",
+            images=["https://images.test/in.png"],
+            parameters=parameters,
+            poll_interval=1,
+            output_dir=str(tmp_path),
+            retries=2,
+            retry_delay=0,
+        )
+    finally:
+        hostile.stop()
+    assert ti.state == "failed"
+    assert ti.try_number == 1  # the same answer would be read again: no retry
+    assert hostile.posts() == 1
+    assert not [s for s in hostile.seen if s.path.startswith("/media/")]
+    assert list(tmp_path.iterdir()) == []

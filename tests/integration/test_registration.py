@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import airflow
 import pytest
 
+from airflow_provider_firered.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
 from airflow_provider_firered.emulator import Emulator
 from tests.conftest import TEST_KEY
 
@@ -61,6 +64,64 @@ def test_cli_connection_add_and_test(airflow_env: dict[str, str]) -> None:
             airflow_env,
         )
         output = run(["connections", "test", "my_firered"], airflow_env)
+        assert "Connection success!" in output
+        assert TEST_KEY not in output
+        assert emulator.submit_attempts() == []
+
+
+#: What Airflow's providers manager makes of the connection type: the form the UI is built from.
+FORM_PROBE = """
+import json
+from airflow.providers_manager import ProvidersManager
+manager = ProvidersManager()
+prefix = "extra__firered__"
+widgets = [key[len(prefix):] for key in manager.connection_form_widgets if key.startswith(prefix)]
+print(json.dumps({"behaviour": manager.field_behaviours.get("firered"), "widgets": widgets}))
+"""
+
+
+def test_airflow_builds_the_form_from_the_declaration(airflow_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FORM_PROBE],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    form = json.loads(done.stdout.strip().splitlines()[-1])
+    behaviour = form["behaviour"]
+    assert behaviour is not None, "Airflow applied no form behaviour to the firered type"
+    assert behaviour["hidden_fields"] == ["schema", "port", "login"]
+    assert behaviour["relabeling"] == RELABELING
+    assert behaviour["placeholders"]["host"] == PLACEHOLDERS["host"]
+    assert behaviour["placeholders"]["password"] == PLACEHOLDERS["password"]
+    if tuple(int(p) for p in airflow.__version__.split(".")[:2]) >= (3, 2):
+        # Every extra a user may set is a form field (from provider info's conn-fields).
+        assert sorted(form["widgets"]) == sorted(extra.name for extra in EXTRAS)
+
+
+def test_cli_connection_with_blank_extras_as_the_ui_saves_it(airflow_env: dict[str, str]) -> None:
+    blank = json.dumps({extra.name: None for extra in EXTRAS})
+    with Emulator(keys=[TEST_KEY]).start() as emulator:
+        run(
+            [
+                "connections",
+                "add",
+                "firered_blank_extras",
+                "--conn-type",
+                "firered",
+                "--conn-host",
+                emulator.gateway_url,
+                "--conn-password",
+                TEST_KEY,
+                "--conn-extra",
+                blank,
+            ],
+            airflow_env,
+        )
+        output = run(["connections", "test", "firered_blank_extras"], airflow_env)
         assert "Connection success!" in output
         assert TEST_KEY not in output
         assert emulator.submit_attempts() == []

@@ -12,7 +12,7 @@ from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator
 from tests.conftest import DAGS_FOLDER
-from tests.integration.test_operator import xcom
+from tests.integration.test_operator import in_log, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -70,7 +70,7 @@ def test_sensor_collects_the_result(
     tis = run_sense_dag(
         f"sense_{mode.get('mode', 'deferred')}",
         firered_emulator.sample_images[:1],
-        poke_interval=0.1,
+        poke_interval=1,
         timeout=30,
         output_dir=str(tmp_path),
         **mode,
@@ -92,7 +92,7 @@ def test_sensor_fails_on_failed_job(firered_emulator: Emulator, firered_conn: st
     tis = run_sense_dag(
         f"sense_fail_{deferrable}",
         firered_emulator.sample_images[:1],
-        poke_interval=0.1,
+        poke_interval=1,
         timeout=30,
         deferrable=deferrable,
     )
@@ -105,7 +105,7 @@ def test_sensor_soft_fail_skips(firered_emulator: Emulator, firered_conn: str, d
     tis = run_sense_dag(
         f"sense_soft_{deferrable}",
         firered_emulator.sample_images[:1],
-        poke_interval=0.1,
+        poke_interval=1,
         timeout=30,
         soft_fail=True,
         deferrable=deferrable,
@@ -116,6 +116,24 @@ def test_sensor_soft_fail_skips(firered_emulator: Emulator, firered_conn: str, d
 def test_sensor_timeout(firered_emulator: Emulator, firered_conn: str) -> None:
     firered_emulator.set_timings(processing_seconds=30)
     tis = run_sense_dag(
-        "sense_timeout", firered_emulator.sample_images[:1], poke_interval=0.1, timeout=0.5, deferrable=True
+        "sense_timeout", firered_emulator.sample_images[:1], poke_interval=1, timeout=0.5, deferrable=True
     )
     assert tis["sense"].state == "failed"
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_poke_interval_below_a_second_is_refused(
+    firered_emulator: Emulator, firered_conn: str, deferrable: bool, capfd: pytest.CaptureFixture[str]
+) -> None:
+    tis = run_sense_dag(
+        f"sense_fast_poke_{deferrable}",
+        firered_emulator.sample_images[:1],
+        poke_interval=0.2,
+        timeout=30,
+        deferrable=deferrable,
+        retries=2,
+    )
+    assert tis["sense"].state == "failed"
+    assert tis["sense"].try_number == 1  # bad input: no retries
+    assert in_log("Invalid input: poke_interval: must be at least 1 second", capfd.readouterr().out)
+    assert not [r for r in firered_emulator.requests if "/status/" in r.path]  # refused before any read

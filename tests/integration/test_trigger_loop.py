@@ -42,7 +42,7 @@ def emulator_process() -> Iterator[dict[str, Any]]:
             "--queued-seconds",
             "0.5",
             "--processing-seconds",
-            "3",
+            "17",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -73,7 +73,7 @@ def test_200_waiting_triggers_never_hold_the_loop(
         loop.slow_callback_duration = SLOW_STEP_SECONDS
 
         async def one(request_id: str) -> dict[str, Any]:
-            trigger = FireRedStatusTrigger(request_id, "firered_default", 0.2, deadline=time.time() + 60)
+            trigger = FireRedStatusTrigger(request_id, "firered_default", 1.0, deadline=time.time() + 90)
             (event,) = [event.payload async for event in trigger.run()]
             return event
 

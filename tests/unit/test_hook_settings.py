@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
 
-from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.connection_extras import EXTRAS, PLACEHOLDERS
+from airflow_provider_firered.emulator import Emulator
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedValidationError
 from airflow_provider_firered.hooks.firered import DEFAULT_GATEWAY, FireRedHook, GatewaySettings
+from airflow_provider_firered.retry import RetryPolicy
 
 KEY = "sk-firered-SETTINGS-KEY-42"
 
@@ -117,4 +121,141 @@ def test_connection_form() -> None:
     modern = conn_type["ui-field-behaviour"]
     assert legacy["hidden_fields"] == modern["hidden-fields"] == ["schema", "port", "login"]
     assert legacy["relabeling"]["password"] == modern["relabeling"]["password"] == "API key"
-    assert legacy["placeholders"]["host"] == modern["placeholders"]["host"] == DEFAULT_GATEWAY
+    assert legacy["placeholders"]["host"] == modern["placeholders"]["host"] == PLACEHOLDERS["host"]
+    assert DEFAULT_GATEWAY in PLACEHOLDERS["host"]
+    assert list(conn_type["conn-fields"]) == [extra.name for extra in EXTRAS]
+
+
+# -- a connection as the UI saves it ---------------------------------------------------------------------
+
+
+def test_connection_saved_by_the_ui_with_blank_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Airflow 3.2+ stores every form field, a blank one as null.
+    blank = {extra.name: None for extra in EXTRAS}
+    settings = settings_for(monkeypatch, {"password": KEY, "extra": blank})
+    assert settings.request_timeout == 30
+    assert settings.max_download_bytes == 50 * 1024 * 1024
+    assert settings.retry == RetryPolicy()
+    assert (settings.allow_private_media_hosts, settings.resend_submit_on_5xx) == (False, False)
+    assert settings.allow_http_host is None
+
+
+def test_numbers_typed_into_the_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    extras = {
+        "request_timeout": "30",
+        "max_download_bytes": "1000",
+        "retry_max_attempts": "2",
+        "retry_jitter": "",
+    }
+    settings = settings_for(monkeypatch, {"password": KEY, "extra": extras})
+    assert (settings.request_timeout, settings.max_download_bytes, settings.retry.max_attempts) == (
+        30,
+        1000,
+        2,
+    )
+    assert settings.retry.jitter == RetryPolicy().jitter
+
+
+# -- the key ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pasted", [f"{KEY}\n", f"{KEY} ", f"  {KEY}\r\n", f"\t{KEY}"])
+def test_key_is_stripped(monkeypatch: pytest.MonkeyPatch, pasted: str) -> None:
+    settings = settings_for(monkeypatch, {"password": pasted})
+    assert settings.api_key == KEY
+    assert settings.headers()["Ocp-Apim-Subscription-Key"] == KEY
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [f"{KEY[:8]}\n{KEY[8:]}", f"{KEY[:8]}\x00{KEY[8:]}", f"{KEY[:8]} {KEY[8:]}", f"{KEY[:8]}\u00e9{KEY[8:]}"],
+    ids=["newline", "nul", "space", "non-ascii"],
+)
+def test_key_with_a_control_character_inside_is_refused(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    with pytest.raises(FireRedValidationError) as info:
+        settings_for(monkeypatch, {"password": bad})
+    assert info.value.field == "connection 'firered_t' password"
+    text = str(info.value)
+    assert "control" in text
+    assert KEY[:8] not in text
+    assert KEY[8:] not in text
+
+
+async def test_pasted_key_works_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The emulator accepts only the exact key: 404 for an unknown request means the key was accepted.
+    with Emulator(keys=[KEY]).start() as emulator:
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_FIRERED_T",
+            json.dumps({"conn_type": "firered", "host": emulator.gateway_url, "password": f"{KEY}\n"}),
+        )
+        ok, message = FireRedHook("firered_t").test_connection()
+        assert ok, message
+        async with FireRedHook("firered_t") as hook:
+            with pytest.raises(FireRedApiError) as info:
+                await hook.aget_status("no-such-request")
+        assert info.value.status_code == 404
+        assert emulator.submit_attempts() == []
+
+
+# -- the gateway's scheme ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["http://127.0.0.1:8123", "http://127.0.0.2:8123", "http://[::1]:8123", "http://localhost:8123"],
+)
+def test_plain_http_to_loopback_is_allowed(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    assert settings_for(monkeypatch, {"password": KEY, "host": host}).base_url == host
+
+
+@pytest.mark.parametrize(
+    ("host", "extra"),
+    [
+        ("http://gw.example.test", {}),
+        ("http://10.1.2.3:8080", {}),
+        ("http://gw.example.test/firered", {"allow_http_host": None}),
+        ("http://gw.example.test", {"allow_http_host": "other.example.test"}),
+    ],
+)
+def test_plain_http_elsewhere_is_refused(
+    monkeypatch: pytest.MonkeyPatch, host: str, extra: dict[str, Any]
+) -> None:
+    with pytest.raises(FireRedValidationError) as info:
+        settings_for(monkeypatch, {"password": KEY, "host": host, "extra": extra})
+    assert info.value.field == "connection host"
+    assert "https" in info.value.message
+    assert "allow_http_host" in info.value.message
+
+
+def test_plain_http_to_the_named_host_is_allowed_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.connection"):
+        settings = settings_for(
+            monkeypatch,
+            {
+                "password": KEY,
+                "host": "http://GW.example.test:8080",
+                "extra": {"allow_http_host": "gw.example.test"},
+            },
+        )
+    assert settings.base_url == "http://GW.example.test:8080"
+    assert settings.allow_http_host == "gw.example.test"
+    assert "plain http" in caplog.text
+    assert "gw.example.test" in caplog.text
+    assert KEY not in caplog.text
+
+
+# -- the connection type ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("conn_type", ["http", "https", "generic"])
+def test_a_connection_of_another_type_is_refused(monkeypatch: pytest.MonkeyPatch, conn_type: str) -> None:
+    with pytest.raises(FireRedValidationError) as info:
+        settings_for(
+            monkeypatch, {"conn_type": conn_type, "host": "https://gw.example.test", "password": KEY}
+        )
+    assert info.value.field == "connection 'firered_t' type"
+    assert repr(conn_type) in info.value.message
+    assert "'firered'" in info.value.message
+    assert KEY not in str(info.value)

@@ -11,8 +11,10 @@ import pytest
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.options import (
     MAX_IMAGES,
+    MAX_NUM_IMAGES,
     MAX_PROMPT_CHARS,
     MODELS,
+    expected_outputs,
     option_reference_markdown,
     validate_edit,
 )
@@ -44,9 +46,9 @@ CASES = [
     (V10, "num_inference_steps", [1, 40, 100], [0, 101, 10.0, "40"]),
     (V10, "webhook", ["https://hooks.example.test/cb", None], ["http://hooks.example.test/cb", "nope", 5]),
     (V10, "webhook_events_filter", [["*"], ["completed"], ["*", "completed"]], [[], ["done"], "*", None]),
-    (V11, "num_inference_steps", [1, 30, 500], [0, -3, 2.5, "30"]),
-    (V11, "guidance_scale", [0, 4, 7.5, 100], [-0.5, "4", None, math.nan]),
-    (V11, "num_images", [1, 4], [0, 1.0, "2", True]),
+    (V11, "num_inference_steps", [1, 30, 500], [0, -3, 2.5, "30", 501, 10**9]),
+    (V11, "guidance_scale", [0, 4, 7.5, 100], [-0.5, "4", None, math.nan, 100.01, 1e9]),
+    (V11, "num_images", [1, 4, MAX_NUM_IMAGES], [0, 1.0, "2", True, MAX_NUM_IMAGES + 1, 10_000]),
     (V11, "enable_safety_checker", [True, False], [0, "false", None]),
     (V11, "output_format", ["png", "jpeg", "webp"], ["jpg", "gif", ""]),
     (V11, "acceleration", ["regular", "fast"], ["turbo", "", None]),
@@ -184,3 +186,35 @@ def test_readme_option_reference_is_generated_from_the_tables() -> None:
     assert option_reference_markdown() in readme, (
         "README option reference is stale: regenerate it with `python -m airflow_provider_firered.options`"
     )
+
+
+def test_provider_guards_are_in_the_option_reference() -> None:
+    reference = option_reference_markdown()
+    for text in (
+        f"| `num_images` | integer | `1` | an integer from 1 to {MAX_NUM_IMAGES} (provider guard)",
+        "| `num_inference_steps` | integer | `30` | an integer from 1 to 500 (provider guard)",
+        "| `guidance_scale` | number | `4` | a number from 0 to 100 (provider guard)",
+    ):
+        assert text in reference
+
+
+@pytest.mark.parametrize(
+    ("model", "parameters", "expected"),
+    [
+        (V10, None, 1),
+        (V10, {"output_format": "png"}, 1),
+        (V11, None, 1),
+        (V11, {"num_images": None}, 1),
+        (V11, {"num_images": 3}, 3),
+        (V11, {"num_images": MAX_NUM_IMAGES}, MAX_NUM_IMAGES),
+    ],
+)
+def test_expected_outputs(model: str, parameters: dict[str, Any] | None, expected: int) -> None:
+    assert expected_outputs(model, parameters) == expected
+
+
+def test_expected_outputs_refuses_what_validation_refuses() -> None:
+    with pytest.raises(FireRedValidationError, match=r"parameters\.num_images"):
+        expected_outputs(V11, {"num_images": MAX_NUM_IMAGES + 1})
+    with pytest.raises(FireRedValidationError, match="model"):
+        expected_outputs("dall-e", {})

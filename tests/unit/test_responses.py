@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedResponseError
-from airflow_provider_firered.responses import parse_gateway_answer, status_path
+from airflow_provider_firered.options import MAX_NUM_IMAGES
+from airflow_provider_firered.responses import (
+    MAX_ANSWER_BYTES,
+    check_answer_length,
+    parse_gateway_answer,
+    scrub,
+    status_path,
+)
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 
 RID = "firered-image-edit_019d0000-0000-0000-0000-000000000001"
@@ -148,7 +155,9 @@ def test_malformed_json_retryable_for_get_only() -> None:
     assert not post_err.value.retryable
 
 
-@pytest.mark.parametrize("bad", ["", "../admin", "a/b", "id?x=1", "x" * 300, None, "id with space"])
+@pytest.mark.parametrize(
+    "bad", ["", "../admin", "a/b", "id?x=1", "x" * 300, None, "id with space", "id\n", "id\r\n"]
+)
 def test_status_path_rejects_unsafe_ids(bad: Any) -> None:
     from airflow_provider_firered.exceptions import FireRedValidationError
 
@@ -158,3 +167,124 @@ def test_status_path_rejects_unsafe_ids(bad: Any) -> None:
 
 def test_status_path() -> None:
     assert status_path(RID) == f"/v2/requests/status/{RID}"
+
+
+KEY = "sk-firered-SECRET-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, {"error": f"Invalid subscription key {KEY}"}),
+        (401, {"message": f"Access denied for {KEY}."}),
+        (403, f"Invalid subscription key {KEY}".encode()),
+        (500, ("x" * 490 + KEY).encode()),  # the key across the cut of a long text
+        (401, b'{"message": "key ' + KEY.replace("-", "\\u002d").encode() + b'"}'),  # JSON escapes
+        (200, f"not json {KEY}".encode()),
+    ],
+    ids=["error", "message", "plain-text", "across-the-cut", "json-escaped", "malformed-2xx"],
+)
+def test_the_key_is_scrubbed_from_every_error_text(status: int, body: Any) -> None:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    with pytest.raises(FireRedApiError) as info:
+        parse_gateway_answer(status, {}, content, method="GET", request_id=RID, secret=KEY)
+    err = info.value
+    for text in (str(err), repr(err), str(err.error), str(err.message)):
+        assert KEY not in text
+        assert KEY[:12] not in text  # no part of it either
+    assert "***" in str(err)
+
+
+def test_the_key_is_scrubbed_from_answer_data() -> None:
+    data = parse_gateway_answer(
+        200,
+        {},
+        json.dumps({"status": "FAILED", "error": f"bad key {KEY}", KEY: [KEY]}).encode(),
+        method="GET",
+        request_id=RID,
+        secret=KEY,
+    )
+    assert data == {"status": "FAILED", "error": "bad key ***", "***": ["***"]}
+    assert scrub(f"a {KEY} b {KEY}", KEY) == "a *** b ***"
+    assert scrub("nothing", "") == "nothing"
+
+
+def test_error_texts_are_bounded_and_on_one_line() -> None:
+    with pytest.raises(FireRedApiError) as info:
+        answer(400, {"error": "e\n" * 10_000, "message": "m\r\nFAKE LOG LINE" * 10_000})
+    assert len(info.value.error or "") <= 500
+    assert len(info.value.message or "") <= 500
+    assert "\n" not in str(info.value)
+    assert "\r" not in str(info.value)
+
+
+def test_an_answer_over_the_cap_is_refused_on_its_length() -> None:
+    check_answer_length(200, MAX_ANSWER_BYTES, method="GET", request_id=RID)
+    check_answer_length(200, None, method="GET", request_id=RID)
+    with pytest.raises(FireRedResponseError, match="larger than") as info:
+        check_answer_length(200, MAX_ANSWER_BYTES + 1, method="GET", request_id=RID)
+    assert info.value.retryable
+    with pytest.raises(FireRedResponseError) as post:
+        check_answer_length(202, MAX_ANSWER_BYTES + 1, method="POST", request_id=None)
+    assert not post.value.retryable
+
+
+@pytest.mark.parametrize("named", ["../../x", "/abs/x", "firered-image-edit_other", "", 5, [RID]])
+def test_a_status_answer_naming_another_id_is_a_retryable_bad_answer(named: Any) -> None:
+    body = {"request_id": named, "status": "COMPLETED", "output": {"media_url": ["https://cdn/1.png"]}}
+    with pytest.raises(FireRedResponseError, match="another request_id") as info:
+        JobStatusResult.from_json(body, RID)
+    assert info.value.retryable
+    assert JobStatusResult.from_json({**body, "request_id": RID}, RID).request_id == RID
+    assert JobStatusResult.from_json({**body, "request_id": None}, RID).request_id == RID
+
+
+@pytest.mark.parametrize(
+    "media",
+    [
+        [f"https://cdn/{i}.png" for i in range(MAX_NUM_IMAGES + 1)],
+        ["file:///etc/passwd"],
+        ["https://cdn/a.png", None],
+        ["//cdn/a.png"],
+        ["https://"],
+        ["https://cdn/a.png\nX-Injected: 1"],
+        ["https://cdn/" + "a" * 5000],
+        "ftp://cdn/a.png",
+        {"url": "https://cdn/a.png"},
+    ],
+)
+def test_a_completed_answer_with_bad_media_is_a_retryable_bad_answer(media: Any) -> None:
+    with pytest.raises(FireRedResponseError) as info:
+        JobStatusResult.from_json({"status": "COMPLETED", "output": {"media_url": media}}, RID)
+    assert info.value.retryable
+
+
+def test_up_to_the_most_media_urls_are_kept() -> None:
+    urls = [f"http://cdn/{i}.png" for i in range(MAX_NUM_IMAGES)]
+    result = JobStatusResult.from_json({"status": "COMPLETED", "output": {"media_url": urls}}, RID)
+    assert result.media_urls == urls
+
+
+def test_kept_status_fields_are_bounded() -> None:
+    result = JobStatusResult.from_json(
+        {
+            "status": "FAILED",
+            "error": "x\n" * 10_000,
+            "model_id": "m" * 1000,
+            "output": {"media_type": "image/" + "p" * 1000},
+            "created_at": "t" * 1000,
+        },
+        RID,
+    )
+    assert len(result.error or "") <= 2000
+    assert "\n" not in (result.error or "")
+    assert len(result.model_id or "") <= 128
+    assert len(result.media_type or "") <= 128
+    assert len(result.created_at or "") <= 64
+
+
+@pytest.mark.parametrize("rid", ["../../x", "a/b", "x\n", "", "x" * 300, 7])
+def test_a_submit_answer_with_an_unsafe_request_id_is_not_retryable(rid: Any) -> None:
+    with pytest.raises(FireRedResponseError, match="request_id") as info:
+        SubmitResult.from_json({"request_id": rid, "status": "QUEUED"})
+    assert not info.value.retryable

@@ -13,6 +13,8 @@ from airflow_provider_firered.exceptions import (
     FireRedConnectionError,
     FireRedError,
     FireRedJobFailedError,
+    FireRedResponseError,
+    FireRedSubmitUncertainError,
     FireRedValidationError,
 )
 from airflow_provider_firered.retry import RetryPolicy, parse_retry_after
@@ -61,6 +63,9 @@ def test_retry_after_is_honoured_and_capped() -> None:
         (FireRedApiError(404), False),
         (FireRedValidationError("f", "bad"), False),
         (FireRedJobFailedError("r", "FAILED", "x"), False),
+        (FireRedSubmitUncertainError("gateway.test", "HTTP 502"), False),
+        (FireRedResponseError(200, "forged request_id", retryable=True), True),
+        (FireRedResponseError(202, "not JSON", retryable=False), False),
         (ValueError("x"), False),
     ],
 )
