@@ -18,10 +18,14 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    # Not imported at run time: Airflow imports this module (through get_provider_info) while it is
+    # itself starting, before exceptions.py, whose base class is Airflow's, can load.
+    from airflow_provider_firered.exceptions import FireRedValidationError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,8 @@ class Extra:
         return self._number(value, raw)
 
     def _fail(self, raw: Any) -> FireRedValidationError:
+        from airflow_provider_firered.exceptions import FireRedValidationError
+
         return FireRedValidationError(
             f"connection extra {self.name}", f"must be {self.allowed().replace('`', '')}, got {raw!r}"
         )
@@ -247,6 +253,8 @@ def parse_extras(extras: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     extras = extras or {}
     if not isinstance(extras, Mapping):
+        from airflow_provider_firered.exceptions import FireRedValidationError
+
         raise FireRedValidationError(
             "connection extra", f"must be a JSON object, got {type(extras).__name__}"
         )

@@ -1,15 +1,26 @@
-"""Exceptions raised by the FireRed provider.
+"""Exceptions raised by the FireRed provider, and the one table of which of them Airflow retries.
 
-The hierarchy lets callers decide on retries by type: ``FireRedValidationError`` and
-non-retryable ``FireRedApiError`` are permanent, ``retryable`` errors are worth another try.
+``retryable`` says whether the hook may try the same request again; :data:`FINAL_KINDS` says whether
+an Airflow retry of the task can change the outcome, and :func:`airflow_errors` applies it where the
+operator and the sensor hand errors to Airflow: a final error is raised as itself, made an
+``AirflowFailException`` too, so the task log and ``on_failure_callback`` see the provider's own type.
+``FireRedError`` is an ``AirflowException``, as provider errors are. Airflow imports the provider's
+connection form while it starts, so the modules that form needs (``connection_extras``, ``retry``)
+import these errors only where they raise them.
 No exception text ever contains the subscription key: messages are built from the gateway's
 answer and from values the user passed, never from request headers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar, cast
 
-class FireRedError(Exception):
+from airflow.providers.common.compat.sdk import AirflowException
+
+
+class FireRedError(AirflowException):
     """Base class for every error raised by this provider."""
 
     #: Whether trying the same request again may succeed.
@@ -53,13 +64,31 @@ class FireRedApiError(FireRedError):
         request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        self.status_code = status_code
+        # The gateway's HTTP status; AirflowException's own status_code is for API server answers.
+        self.status_code = status_code  # type: ignore[assignment]
         self.error = error
         self.message = message
         self.request_id = request_id
         self.retry_after = retry_after
         self.retryable = status_code in self.RETRYABLE_STATUSES or status_code >= 500
         super().__init__(self._describe())
+
+    @classmethod
+    def reported(
+        cls, text: str, *, status_code: int | None, request_id: str, retryable: bool
+    ) -> FireRedApiError:
+        """
+        The error a trigger reported in its event, as text: raised by the task with that text.
+
+        :param text: the message, as the task shows it.
+        :param status_code: the HTTP status, when the gateway answered.
+        :param request_id: the job concerned.
+        :param retryable: whether a retry of the task may succeed.
+        """
+        error = cls(status_code or 0, request_id=request_id)
+        error.args = (text,)
+        error.retryable = retryable
+        return error
 
     def _describe(self) -> str:
         parts = [f"FireRed gateway answered HTTP {self.status_code}"]
@@ -188,3 +217,74 @@ class FireRedDownloadError(FireRedError):
         self.reason = reason
         self.retryable = retryable
         super().__init__(f"Could not download {url}: {reason}")
+
+
+#: Which failures no Airflow retry can change, by kind: ``True`` fails the task at once whatever its
+#: ``retries``; ``False`` leaves Airflow's ``retries`` to apply; ``None`` follows the error's own
+#: ``retryable``. The most specific kind listed wins; a kind not listed keeps Airflow's retries.
+FINAL_KINDS: dict[type[FireRedError], bool | None] = {
+    FireRedValidationError: True,  # the same input fails the same way on every try
+    FireRedSubmitUncertainError: True,  # a retry could pay for the edit twice
+    FireRedApiError: None,  # 400/401/402/403/404 are final; 408/429/5xx are not
+    FireRedDownloadError: None,  # not an image, too large, a refused host or a CDN 4xx are final
+    FireRedJobFailedError: None,  # FAILED was charged and is final; ERROR was not charged
+    FireRedConnectionError: False,
+    FireRedTimeoutError: False,  # the job may still complete: a retry resumes it with a fresh wait
+}
+
+E = TypeVar("E", bound=FireRedError)
+
+
+def fails_for_good(error: FireRedError) -> bool:
+    """Whether no Airflow retry can change ``error``'s outcome, by :data:`FINAL_KINDS`."""
+    for kind in type(error).__mro__:
+        if kind in FINAL_KINDS:
+            final = FINAL_KINDS[kind]
+            return not error.retryable if final is None else final
+    return False
+
+
+#: Each kind's final twin, made once (:func:`_final_kind`).
+_FINAL_TWINS: dict[type[FireRedError], type[FireRedError]] = {}
+
+
+def _final_kind(kind: type[E]) -> type[E]:
+    """``kind``, also an ``AirflowFailException``: same name and attributes, and no Airflow retries."""
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    if kind not in _FINAL_TWINS:
+        namespace = {
+            "__module__": kind.__module__,
+            "__qualname__": kind.__qualname__,
+            "__doc__": kind.__doc__,
+        }
+        _FINAL_TWINS[kind] = type(kind.__name__, (kind, AirflowFailException), namespace)
+    return cast("type[E]", _FINAL_TWINS[kind])
+
+
+def as_final(error: E) -> E:
+    """
+    ``error`` itself, made an ``AirflowFailException``: the task fails without Airflow retries, and
+    the log and ``on_failure_callback`` still see the provider's own type, message and attributes.
+    """
+    if type(error) not in _FINAL_TWINS.values():
+        error.__class__ = _final_kind(type(error))
+    return error
+
+
+def for_airflow(error: E) -> E:
+    """``error`` as Airflow must see it: final (:func:`as_final`) when :func:`fails_for_good` says so."""
+    if type(error) in _FINAL_TWINS.values() or not fails_for_good(error):
+        return error
+    if isinstance(error, FireRedValidationError):
+        error.args = (f"Invalid input: {error}",)  # the task log says what kind of failure this is
+    return as_final(error)
+
+
+@contextmanager
+def airflow_errors() -> Iterator[None]:
+    """Raise the provider's errors as Airflow must see them (:func:`for_airflow`)."""
+    try:
+        yield
+    except FireRedError as error:
+        raise for_airflow(error) from error.__cause__

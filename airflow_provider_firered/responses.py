@@ -167,6 +167,14 @@ def check_answer_length(
         raise answer_too_large(status, method=method, request_id=request_id)
 
 
+def content_length(headers: Mapping[str, str]) -> int | None:
+    """The announced ``Content-Length`` of an answer, or ``None`` when absent or not a number."""
+    try:
+        return int(headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
 def answer_too_large(status: int, *, method: str, request_id: str | None) -> FireRedResponseError:
     """The error for an answer over :data:`MAX_ANSWER_BYTES` (announced or counted while reading)."""
     return FireRedResponseError(

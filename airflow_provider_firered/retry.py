@@ -9,36 +9,31 @@ A submit is paid, so the hook hands this policy only what surely created no job:
 connection that never opened. Any other failure after a submit left becomes a
 :class:`~airflow_provider_firered.exceptions.FireRedSubmitUncertainError`, which is never retried
 (unless the connection sets ``resend_submit_on_5xx``, which lets a ``5xx``/``408`` answer through).
+
+:meth:`RetryPolicy.call` and :meth:`RetryPolicy.acall` make the first try themselves and hand a
+retryable failure to tenacity, which runs every later try: a call that succeeds at once (nearly every
+status poll) builds no retrier, and the stops, waits and log lines are tenacity's alone.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tenacity
 
-from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
+# Imported where used: Airflow imports this module (through get_provider_info and the connection
+# extras) while it is itself starting, before exceptions.py, whose base class is Airflow's, can load.
+if TYPE_CHECKING:
+    from airflow_provider_firered.exceptions import FireRedValidationError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: Connection extras that tune the policy, mapped to :class:`RetryPolicy` fields.
-EXTRA_KEYS = {
-    "retry_max_attempts": "max_attempts",
-    "retry_initial_wait": "initial_wait",
-    "retry_max_wait": "max_wait",
-    "retry_multiplier": "multiplier",
-    "retry_jitter": "jitter",
-    "retry_max_retry_after": "max_retry_after",
-    "retry_max_elapsed": "max_elapsed",
-}
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -93,32 +88,17 @@ class RetryPolicy:
             or isinstance(self.max_attempts, bool)
             or self.max_attempts < 1
         ):
-            raise FireRedValidationError(
-                "retry_max_attempts", f"must be an integer >= 1, got {self.max_attempts!r}"
-            )
+            raise _invalid("retry_max_attempts", f"must be an integer >= 1, got {self.max_attempts!r}")
         for f in fields(self)[1:]:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise FireRedValidationError(f"retry_{f.name}", f"must be a number >= 0, got {value!r}")
-
-    @classmethod
-    def from_extras(cls, extras: Mapping[str, Any]) -> RetryPolicy:
-        """Build a policy from connection extras (``retry_max_attempts``, ``retry_initial_wait``, ...)."""
-        kwargs: dict[str, Any] = {}
-        for key, attr in EXTRA_KEYS.items():
-            if key in extras and extras[key] is not None:
-                value = extras[key]
-                if isinstance(value, str):
-                    try:
-                        value = int(value) if attr == "max_attempts" else float(value)
-                    except ValueError:
-                        raise FireRedValidationError(key, f"must be a number, got {value!r}") from None
-                kwargs[attr] = value
-        return cls(**kwargs)
+                raise _invalid(f"retry_{f.name}", f"must be a number >= 0, got {value!r}")
 
     @staticmethod
     def should_retry(exc: BaseException) -> bool:
         """Whether ``exc`` is transient."""
+        from airflow_provider_firered.exceptions import FireRedError
+
         return isinstance(exc, FireRedError) and exc.retryable
 
     def wait_seconds(self, attempt: int, exc: BaseException | None) -> float:
@@ -135,6 +115,71 @@ class RetryPolicy:
             return max(backoff, min(float(retry_after), self.max_retry_after))
         return backoff
 
+    def call(self, call: Callable[..., T], *args: Any) -> T:
+        """
+        Call ``call(*args)`` under this policy, sleeping with ``time.sleep`` between tries.
+
+        :param call: makes one try.
+        :param args: passed to every try.
+        """
+        started = time.monotonic()
+        try:
+            return call(*args)
+        except Exception as exc:
+            if not self.should_retry(exc):
+                raise
+            replay = [exc]
+        for attempt in tenacity.Retrying(**self._after_first_try(started)):
+            with attempt:
+                if replay:
+                    raise replay.pop()
+                return call(*args)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def acall(self, call: Callable[[], Awaitable[T]]) -> T:
+        """
+        Await ``call()`` under this policy, sleeping with ``asyncio.sleep`` between tries.
+
+        :param call: makes one try.
+        """
+        started = time.monotonic()
+        try:
+            return await call()
+        except Exception as exc:
+            if not self.should_retry(exc):
+                raise
+            replay = [exc]
+        async for attempt in tenacity.AsyncRetrying(**self._after_first_try(started)):
+            with attempt:
+                if replay:
+                    raise replay.pop()
+                return await call()
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    def _after_first_try(self, started: float) -> dict[str, Any]:
+        """
+        The tenacity settings for a call whose first try failed with a retryable error.
+
+        That try ran outside tenacity (a status poll builds no retrier when it succeeds, as nearly
+        all do); tenacity's first attempt re-raises its error, so the attempt numbers, the stops
+        (``max_attempts``, and ``max_elapsed`` since ``started``), the waits and the log lines are
+        those of one engine.
+
+        :param started: when the first try began, on ``time.monotonic()``'s clock.
+        """
+
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            elapsed = time.monotonic() - started
+            return retry_state.attempt_number >= self.max_attempts or elapsed >= self.max_elapsed
+
+        return {
+            "stop": stop,
+            "wait": self._wait,
+            "retry": tenacity.retry_if_exception(self.should_retry),
+            "before_sleep": self._before_sleep,
+            "reraise": True,
+        }
+
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         return self.wait_seconds(retry_state.attempt_number, exc)
@@ -150,48 +195,8 @@ class RetryPolicy:
             wait,
         )
 
-    def _tenacity_kwargs(self) -> dict[str, Any]:
-        return {
-            "stop": tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_after_delay(self.max_elapsed),
-            "wait": self._wait,
-            "retry": tenacity.retry_if_exception(self.should_retry),
-            "before_sleep": self._before_sleep,
-            "reraise": True,
-        }
 
-    def retrying(self) -> tenacity.Retrying:
-        """A tenacity ``Retrying`` for blocking calls."""
-        return tenacity.Retrying(**self._tenacity_kwargs())
+def _invalid(field: str, message: str) -> FireRedValidationError:
+    from airflow_provider_firered.exceptions import FireRedValidationError
 
-    async def acall(self, call: Callable[[], Awaitable[T]]) -> T:
-        """
-        Await ``call()`` under this policy, sleeping with ``asyncio.sleep`` between tries.
-
-        The same stops, waits and log lines as :meth:`retrying`, without its per-call machinery: a
-        trigger runs this once per status poll, and the first try is almost always the last.
-
-        :param call: makes one try.
-        """
-        started = time.monotonic()
-        attempt = 1
-        while True:
-            try:
-                return await call()
-            except Exception as exc:
-                if (
-                    not self.should_retry(exc)
-                    or attempt >= self.max_attempts
-                    or time.monotonic() - started >= self.max_elapsed
-                ):
-                    raise
-                wait = self.wait_seconds(attempt, exc)
-                log.warning(
-                    "FireRed call failed (try %d of %d): %s; retrying in %.1fs",
-                    attempt,
-                    self.max_attempts,
-                    exc,
-                    wait,
-                )
-            await asyncio.sleep(wait)
-            attempt += 1
+    return FireRedValidationError(field, message)

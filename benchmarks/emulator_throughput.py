@@ -14,35 +14,13 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 
 import aiohttp
 import requests
 
-
-def start_emulator(cpu: int) -> tuple[subprocess.Popen[str], dict[str, object]]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_firered.emulator",
-            "--port",
-            "0",
-            "--queued-seconds",
-            "0",
-            "--processing-seconds",
-            "0.05",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(process.pid, {cpu})
-    assert process.stdout is not None
-    return process, json.loads(process.stdout.readline())
+from airflow_provider_firered.emulator.process import start_emulator_process
 
 
 async def load(url: str, total: int, concurrency: int) -> float:
@@ -70,12 +48,12 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [0]
-    process, info = start_emulator(cpus[0])
+    emulator = start_emulator_process("--queued-seconds", "0", "--processing-seconds", "0.05", cpu=cpus[0])
     if hasattr(os, "sched_setaffinity") and len(cpus) > 1:
         os.sched_setaffinity(0, set(cpus[1:]))
-    try:
-        gateway = str(info["gateway_url"])
-        body = {"prompt": "bench", "image_urls": list(info["sample_images"])[:1]}  # type: ignore[call-overload]
+    with emulator:
+        gateway = emulator.gateway_url
+        body = {"prompt": "bench", "image_urls": emulator.sample_images[:1]}
         submitted = requests.post(
             gateway + "/firered-image-edit-v1-1/v1/firered-image-edit-v1-1-request",
             json=body,
@@ -85,9 +63,6 @@ def main() -> int:
         url = f"{gateway}/v2/requests/status/{submitted['request_id']}"
         asyncio.run(load(url, 500, 8))  # warm-up
         rate = asyncio.run(load(url, args.requests, args.concurrency))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
     print(
         json.dumps(
             {

@@ -172,7 +172,7 @@ def contender_main(args: argparse.Namespace) -> int:
     report = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     if args.pool_limit is not None:
-        from airflow_provider_firered.hooks import loop_shared
+        from airflow_provider_firered import loop_shared
 
         loop_shared.POOL_LIMIT = args.pool_limit
     result = asyncio.run(
@@ -185,55 +185,32 @@ def contender_main(args: argparse.Namespace) -> int:
 # -- orchestrator side -----------------------------------------------------------------------------
 
 
-class EmulatorProcess:
+class BenchEmulator:
     """The emulator CLI in its own process, pinned to one CPU, with cheap (unrendered) jobs."""
 
     def __init__(self, cpu: int | None) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "airflow_provider_firered.emulator",
-                "--queued-seconds",
-                "0",
-                "--processing-seconds",
-                "1",
-                "--no-render",
-                "--job-ttl",
-                "3600",
-            ],
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
+        # Imported here: the contender processes run this file too and must not load the emulator.
+        from airflow_provider_firered.emulator.process import start_emulator_process
+
+        self.process = start_emulator_process(
+            "--queued-seconds", "0", "--processing-seconds", "1", "--no-render", "--job-ttl", "3600", cpu=cpu
         )
-        if cpu is not None:
-            os.sched_setaffinity(self.process.pid, {cpu})
-        assert self.process.stdout is not None
-        info = json.loads(self.process.stdout.readline())
-        self.gateway: str = info["gateway_url"]
-        self.image: str = info["sample_images"][0]
+        self.gateway: str = self.process.gateway_url
+        self.image: str = self.process.sample_images[0]
         self.job_seconds = 1.0  # set per run by prepare()
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
-        return asyncio.run(self._admin(method, path, body))
-
-    async def _admin(self, method: str, path: str, body: Any) -> Any:
-        timeout = aiohttp.ClientTimeout(total=120)
-        async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
-            session.request(method, self.gateway + path, json=body) as response,
-        ):
-            assert response.status == 200, (path, response.status)
-            return await response.json()
+        """Call the admin API; a record of thousands of requests may take a while to serialize."""
+        return self.process.control(method, path, body, timeout=120)
 
     def prepare(self, contender: str, job_seconds: float) -> None:
         """Forget earlier jobs and records; set the job length and the generic waiter's 404s."""
-        self.admin("POST", "/_emulator/reset")
-        self.admin("POST", "/_emulator/timings", {"processing_seconds": job_seconds})
+        self.admin("POST", "reset")
+        self.admin("POST", "timings", {"processing_seconds": job_seconds})
         self.job_seconds = job_seconds
         if contender == "generic":
             fault = {"target": "status", "kind": "pending_status", "status_code": 404, "count": None}
-            self.admin("POST", "/_emulator/faults", fault)
+            self.admin("POST", "faults", fault)
 
     async def submit(self, count: int, concurrency: int = 32) -> dict[str, float]:
         """Submit ``count`` jobs; return each request id with the time its job completes."""
@@ -254,16 +231,15 @@ class EmulatorProcess:
         return done_at
 
     def status_polls(self) -> int:
-        records = self.admin("GET", "/_emulator/requests")
+        records = self.admin("GET", "requests")
         return sum(1 for r in records if r["method"] == "GET" and r["path"].startswith(STATUS_PATH))
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        self.process.stop(grace=30)
 
 
 def run_contender(
-    emulator: EmulatorProcess,
+    emulator: BenchEmulator,
     name: str,
     size: int,
     args: argparse.Namespace,
@@ -358,7 +334,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def pool_limit() -> int:
     """The bound on the shared session's pool that the ``firered`` contender runs with."""
-    from airflow_provider_firered.hooks.loop_shared import POOL_LIMIT
+    from airflow_provider_firered.loop_shared import POOL_LIMIT
 
     return POOL_LIMIT
 
@@ -409,7 +385,7 @@ def main() -> int:
         parser.error("--profile needs pyinstrument (pip install pyinstrument)")
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     emulator_cpu, contender_cpus = (cpus[0], set(cpus[1:])) if len(cpus) > 1 else (None, None)
-    emulator = EmulatorProcess(emulator_cpu)
+    emulator = BenchEmulator(emulator_cpu)
     results = []
     log = Path(tempfile.mkdtemp(prefix="firered-bench-")) / "contenders.log"
     contenders = args.contenders.split(",")

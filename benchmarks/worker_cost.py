@@ -3,8 +3,9 @@ B. What K edits cost a real Airflow: the same edits through scheduler + triggere
 three ways (benchmarks/dags/firered_bench_routes.py): the deferrable FireRedEditOperator, the same
 operator with ``deferrable=False``, and HttpOperator + HttpSensor(``reschedule``, JSON check).
 
-One deployment (api-server, scheduler, dag-processor, triggerer on SQLite, the tests' harness) runs
-the three DAGs one after the other against the emulator. For each run: worker-slot-seconds (LocalExecutor
+One deployment (api-server, scheduler, dag-processor, triggerer on SQLite:
+``airflow_provider_firered.testing.deployment``, as in the end-to-end tests) runs the three DAGs one
+after the other against the emulator. For each run: worker-slot-seconds (LocalExecutor
 workers busy with a task, sampled every 0.2 s), CPU seconds of every Airflow process (their own and
 their reaped children's, read from /proc), wall time from trigger to the run's end, and the status
 requests the emulator answered.
@@ -24,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
+from airflow_provider_firered.testing.processes import descendants
 
-from tests.e2e.harness import AirflowDeployment, start_emulator  # noqa: E402
+#: This repository (the benchmark DAGs are in ``benchmarks/dags``).
+ROOT = Path(__file__).resolve().parents[1]
 
 ROUTES = ("bench_deferrable", "bench_blocking", "bench_generic")
 KEY = "benchmark-key"
@@ -55,7 +57,7 @@ def parent_pid(pid: int) -> int | None:
 
 def airflow_pids(deployment: AirflowDeployment) -> list[int]:
     roots = [p.pid for p in deployment.processes if p.name != "emulator" and p.running()]
-    return [pid for root in roots for pid in (root, *deployment._tree(root))]
+    return [pid for root in roots for pid in (root, *descendants(root))]
 
 
 class SlotSampler(threading.Thread):

@@ -135,31 +135,17 @@ def streamed(
 @contextlib.contextmanager
 def emulator(log_path: Path) -> Iterator[dict[str, Any]]:
     """Start ``python -m airflow_provider_firered.emulator``; yield its first line (URLs, samples)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "airflow_provider_firered.emulator",
-        "--port",
-        "0",
-        "--cdn-port",
-        "0",
-        "--queued-seconds",
-        "1",
-        "--processing-seconds",
-        "3",
-    ]
-    with streamed(argv, log_path, stderr_to_log=True) as (proc, lines):
-        try:
-            first = lines.get(timeout=60)
-        except queue.Empty:
-            raise DemoError(f"the emulator printed nothing within 60 s (log: {log_path})") from None
-        if first is None:
-            raise DemoError(f"the emulator exited with {proc.wait(5)} (log: {log_path})")
-        try:
-            info = dict(json.loads(first))
-        except ValueError:
-            raise DemoError(f"unexpected first line from the emulator: {first!r}") from None
-        yield info
+    # Imported here: with a real key the demo runs without the emulator extra (Pillow).
+    from airflow_provider_firered.emulator.process import EmulatorStartError, start_emulator_process
+
+    try:
+        process = start_emulator_process(
+            "--queued-seconds", "1", "--processing-seconds", "3", log_path=log_path
+        )
+    except EmulatorStartError as err:
+        raise DemoError(str(err)) from None
+    with process:
+        yield process.info
 
 
 # -- configuration --------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ or in-process::
     with Emulator().start() as emulator:
         ...  # emulator.gateway_url, emulator.cdn_url, emulator.sample_images, emulator.requests
 
+In another process, as scripts and benchmarks run it, with
+:func:`airflow_provider_firered.emulator.process.start_emulator_process`.
+
 It needs the ``emulator`` extra (Pillow).
 """
 

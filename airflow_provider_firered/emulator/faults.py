@@ -1,11 +1,23 @@
-"""Injectable faults: what the emulator does instead of (or on top of) a normal answer."""
+"""
+Injectable faults: what the emulator does instead of (or on top of) a normal answer.
+
+Every kind is applied here, by :func:`answer_with_fault`, for the gateway and the CDN alike; the
+origins only pick the fault that matches a request and say how to give the normal answer.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
+
+from airflow_provider_firered.emulator.protocol import STATUS_PREFIX, UNFINISHED
 
 TARGETS = ("submit", "status", "cdn", "any")
 KINDS = (
@@ -60,9 +72,6 @@ class Fault:
         if self.fraction is not None:
             self.count = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 class FaultBook:
     """Thread-safe list of active faults; ``take`` consumes the first one that matches."""
@@ -98,3 +107,119 @@ class FaultBook:
                         self._faults.remove(fault)
                 return fault
         return None
+
+
+#: Gives the answer the origin would give without a fault.
+NormalAnswer = Callable[[], Awaitable[web.StreamResponse]]
+
+_ERROR_NAMES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Insufficient Balance",
+    403: "Forbidden",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _default_error(status: int) -> dict[str, str]:
+    name = _ERROR_NAMES.get(status, "Error")
+    return {"error": name, "message": f"Emulated {status} {name}"}
+
+
+async def answer_with_fault(
+    fault: Fault | None, target: str, request: web.Request, normal: NormalAnswer
+) -> web.StreamResponse:
+    """
+    The answer to ``request`` with ``fault`` applied.
+
+    Kinds that replace the answer (``status``, ``drop``, ``reset_mid_body``, ``malformed_json`` and the
+    CDN's ``wrong_content_type`` and ``oversized``) never call ``normal``, so they come before the
+    key check and the rate limit, as a failing proxy in front of the gateway would. Kinds that alter
+    an answer apply to the requests they make sense for and leave every other answer as it is.
+
+    :param target: what the request is: ``submit``, ``status``, ``cdn`` or ``any`` (another path).
+    :param normal: gives the answer without a fault (the key check, the handler, ...).
+    """
+    if fault is None:
+        return await normal()
+    if fault.kind == "delay":
+        await asyncio.sleep(fault.delay_seconds)
+        return await normal()
+    replaced = await _replace(fault, request)
+    if replaced is not None:
+        return replaced
+    if target == "cdn":
+        return await _cdn_answer(fault, request, normal)
+    return _alter(fault, target, await normal())
+
+
+async def _replace(fault: Fault, request: web.Request) -> web.StreamResponse | None:
+    """The answer that replaces the normal one on every origin, if ``fault`` is of such a kind."""
+    if fault.kind == "status":
+        body = fault.body if fault.body is not None else _default_error(fault.status_code)
+        return web.json_response(body, status=fault.status_code, headers=fault.headers)
+    if fault.kind == "drop":
+        request["dropped"] = True  # recorded with status 0
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)
+    if fault.kind == "reset_mid_body":
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        response.content_length = 200
+        await response.prepare(request)
+        await response.write(b'{"request_id": "')
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    if fault.kind == "malformed_json":
+        status = 202 if request.method == "POST" else 200
+        return web.Response(
+            status=status, text='{"request_id": "x", "status": ', content_type="application/json"
+        )
+    return None
+
+
+async def _cdn_answer(fault: Fault, request: web.Request, normal: NormalAnswer) -> web.StreamResponse:
+    """The CDN's own kinds: a wrong media type, too many bytes, fewer bytes than announced."""
+    if fault.kind == "wrong_content_type":
+        return web.Response(status=200, text="<html>Access denied</html>", content_type="text/html")
+    if fault.kind == "oversized":
+        return web.Response(status=200, body=b"\0" * fault.size_bytes, content_type="image/png")
+    real = await normal()
+    if fault.kind != "truncated":
+        return real
+    data = real.body if isinstance(real, web.Response) and isinstance(real.body, bytes) else b""
+    response = web.StreamResponse(status=200, headers={"Content-Type": real.content_type})
+    response.content_length = len(data) + 1000
+    await response.prepare(request)
+    await response.write(data[: len(data) // 2])
+    if request.transport is not None:
+        request.transport.abort()
+    return response
+
+
+def _alter(fault: Fault, target: str, answer: web.StreamResponse) -> web.StreamResponse:
+    """The gateway's kinds that bend a successful submit (202) or status (200) answer."""
+    if not isinstance(answer, web.Response) or answer.status not in (200, 202):
+        return answer
+    if target == "submit" and answer.status == 202:
+        body = json.loads(answer.text or "null")
+        if fault.kind == "foreign_polling_url":
+            polling_url = f"https://foreign.invalid{STATUS_PREFIX}{body['request_id']}"
+            return web.json_response({**body, "polling_url": polling_url}, status=202)
+        if fault.kind == "missing_fields":
+            return web.json_response({"status": "QUEUED"}, status=202)
+    if target == "status" and answer.status == 200:
+        body = json.loads(answer.text or "null")
+        if fault.kind == "status_value":
+            return web.json_response({**body, "status": fault.status_value})
+        if fault.kind == "missing_fields":
+            return web.json_response({"request_id": body["request_id"]})
+        if fault.kind == "pending_status" and body["status"] in UNFINISHED:
+            return web.json_response(body, status=fault.status_code)
+    return answer

@@ -2,46 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
+import inspect
 import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import requests
-import urllib3
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
-from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_firered import downloads
+from airflow_provider_firered import downloads, loop_shared
 from airflow_provider_firered.connection import (
     DEFAULT_GATEWAY,
     KEY_HEADER,
     GatewaySettings,
     url_host,
 )
-from airflow_provider_firered.exceptions import (
-    FireRedApiError,
-    FireRedConnectionError,
-    FireRedError,
-    FireRedResponseError,
-    FireRedSubmitUncertainError,
-)
-from airflow_provider_firered.hooks import loop_shared
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedSubmitUncertainError
+from airflow_provider_firered.gateway_http import agateway_get, gateway_call, submit_refused
+from airflow_provider_firered.media_hosts import new_media_session
 from airflow_provider_firered.options import validate_edit
-from airflow_provider_firered.responses import (
-    MAX_ANSWER_BYTES,
-    answer_too_large,
-    check_answer_length,
-    parse_gateway_answer,
-    status_path,
-)
+from airflow_provider_firered.responses import status_path
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 from airflow_provider_firered.retry import RetryPolicy
 
@@ -52,7 +37,12 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_GATEWAY", "KEY_HEADER", "FireRedHook", "GatewaySettings"]
 
-log = logging.getLogger(__name__)
+#: HttpHook's default TCP keep-alive (its ``tcp_keep_alive_*`` arguments), for the worker's session.
+_HTTP_HOOK_KEEP_ALIVE = {
+    name.removeprefix("tcp_keep_alive_"): param.default
+    for name, param in inspect.signature(HttpHook.__init__).parameters.items()
+    if name.startswith("tcp_keep_alive_")
+}
 
 
 class FireRedHook(HttpHook):
@@ -70,7 +60,10 @@ class FireRedHook(HttpHook):
     one event loop then share one aiohttp session (kept-alive connections, no key on it), given back
     on exit.
 
-    :param firered_conn_id: the :ref:`FireRed connection <howto/connection:firered>` id.
+    From :class:`HttpHook` it takes ``base_url``/``url_from_endpoint`` and the TCP keep-alive defaults,
+    not ``get_conn``/``run``: they put the password and extras on a session for any host and follow redirects.
+
+    :param firered_conn_id: the id of a ``firered`` connection.
     :param retry_policy: overrides the retry policy read from the connection.
     """
 
@@ -83,8 +76,7 @@ class FireRedHook(HttpHook):
     def __init__(
         self, firered_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None
     ) -> None:
-        # HttpHook would build a requests keep-alive adapter here; only the worker path needs one
-        # (see _session), and a triggerer builds thousands of these hooks.
+        # No keep-alive adapter per hook: _session builds one for the worker path only.
         super().__init__(method="GET", http_conn_id=firered_conn_id, tcp_keep_alive=False)
         self.firered_conn_id = firered_conn_id
         self._retry_override = retry_policy
@@ -108,8 +100,8 @@ class FireRedHook(HttpHook):
     def settings(self) -> GatewaySettings:
         """The resolved connection (looked up once per hook)."""
         if self._settings is None:
-            self._use_settings(GatewaySettings.from_connection(self.get_connection(self.firered_conn_id)))
-        return self._settings  # type: ignore[return-value]
+            return self.refresh_settings()
+        return self._settings
 
     async def aget_settings(self) -> GatewaySettings:
         """
@@ -118,13 +110,12 @@ class FireRedHook(HttpHook):
         Waits starting in the same loop within a minute reuse one lookup (see ``loop_shared``).
         """
         if self._settings is None:
-            self._use_settings(await loop_shared.cached_settings(self.firered_conn_id, self._aresolve))
-        return self._settings  # type: ignore[return-value]
+            return self._use_settings(await loop_shared.cached_settings(self.firered_conn_id, self._aresolve))
+        return self._settings
 
     def refresh_settings(self) -> GatewaySettings:
         """Look the connection up afresh (a rotated key, a moved gateway) and use it from now on."""
-        self._use_settings(GatewaySettings.from_connection(self.get_connection(self.firered_conn_id)))
-        return self._settings  # type: ignore[return-value]
+        return self._use_settings(GatewaySettings.from_connection(self.get_connection(self.firered_conn_id)))
 
     async def arefresh_settings(self) -> GatewaySettings:
         """
@@ -136,10 +127,9 @@ class FireRedHook(HttpHook):
 
         :return: the new settings.
         """
-        self._use_settings(
+        return self._use_settings(
             await loop_shared.cached_settings(self.firered_conn_id, self._aresolve, refresh=True)
         )
-        return self._settings  # type: ignore[return-value]
 
     async def _aresolve(self) -> GatewaySettings:
         from asgiref.sync import sync_to_async
@@ -157,12 +147,13 @@ class FireRedHook(HttpHook):
 
         return await sync_to_async(self.get_connection)(self.firered_conn_id)
 
-    def _use_settings(self, settings: GatewaySettings) -> None:
+    def _use_settings(self, settings: GatewaySettings) -> GatewaySettings:
+        """Use ``settings`` from now on (with the overriding retry policy, if any); return them."""
         if self._retry_override is not None:
             settings = dataclasses.replace(settings, retry=self._retry_override)
         self._settings = settings
-        self.base_url = settings.base_url
-        self._base_url_initialized = True
+        self.base_url = settings.base_url  # HttpHook's url_from_endpoint() then needs no lookup of its own
+        return settings
 
     # -- sync (workers) ---------------------------------------------------------------------------
 
@@ -170,8 +161,7 @@ class FireRedHook(HttpHook):
     def _session(self) -> requests.Session:
         # One pooled session per hook; it carries no key: the key is added per gateway request.
         session = requests.Session()
-        # HttpHook's default TCP keep-alive (idle 120 s, 20 probes, 30 s apart).
-        adapter = TCPKeepAliveAdapter(idle=120, count=20, interval=30)
+        adapter = TCPKeepAliveAdapter(**_HTTP_HOOK_KEEP_ALIVE)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -219,7 +209,7 @@ class FireRedHook(HttpHook):
             len(request.body[request.model.image_field]),
             settings.base_url,
         )
-        result = settings.retry.retrying()(
+        result = settings.retry.call(
             self._submit_once, settings, request.model.submit_path, request.body, request.headers
         )
         self._check_polling_url(result)
@@ -234,10 +224,10 @@ class FireRedHook(HttpHook):
         connection that never opened, and (``resend_submit_on_5xx``) a ``5xx``/``408`` answer.
         """
         try:
-            status, data = self._gateway_call("POST", path, body=body, headers=headers)
+            status, data = gateway_call(self._session, settings, "POST", path, body=body, headers=headers)
             return SubmitResult.from_json(data, status)
         except FireRedApiError as err:
-            if _submit_refused(err, settings):
+            if submit_refused(err, resend_on_5xx=settings.resend_submit_on_5xx):
                 raise  # the gateway answered, and did not take the edit (or asked for a retry)
             raise FireRedSubmitUncertainError(url_host(settings.base_url), str(err)) from None
 
@@ -254,19 +244,19 @@ class FireRedHook(HttpHook):
 
         def read() -> JobStatusResult:
             # Parsed inside the retried call: an answer without a status is retried like a 503.
-            status, data = self._gateway_call("GET", path, request_id=request_id)
+            status, data = gateway_call(self._session, self.settings, "GET", path, request_id=request_id)
             return self._parse_status(data, request_id, status)
 
         used = self.settings
         try:
-            return used.retry.retrying()(read)
+            return used.retry.call(read)
         except FireRedApiError as err:
             if err.status_code not in (401, 403) or not _changed(used, self.refresh_settings()):
                 raise
         self.log.info(
             "The gateway refused the key; reading %s again with the connection looked up afresh", request_id
         )
-        return self.settings.retry.retrying()(read)
+        return self.settings.retry.call(read)
 
     def test_connection(self) -> tuple[bool, str]:
         """
@@ -277,7 +267,7 @@ class FireRedHook(HttpHook):
         """
         try:
             settings = self.settings
-            self._gateway_call("GET", status_path("firered-connection-test"))
+            gateway_call(self._session, settings, "GET", status_path("firered-connection-test"))
         except FireRedApiError as err:
             if err.status_code == 404:
                 return True, f"Connection OK: the gateway at {settings.base_url} accepted the API key."
@@ -290,66 +280,6 @@ class FireRedHook(HttpHook):
         except FireRedError as err:
             return False, f"Cannot use the gateway: {err}"
         return True, f"Connection OK: the gateway at {settings.base_url} answered."
-
-    def _gateway_call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
-    ) -> tuple[int, Any]:
-        """
-        One exchange with the gateway, bounded in size (:data:`MAX_ANSWER_BYTES`) and in wall-clock
-        time (``request_timeout`` for the whole exchange, checked while the answer is read).
-
-        A POST that failed after it left raises :class:`FireRedSubmitUncertainError`; one that never
-        left (and any failed GET) raises a retryable :class:`FireRedConnectionError`.
-        """
-        settings = self.settings
-        url = settings.base_url + path
-        deadline = time.monotonic() + settings.request_timeout
-        try:
-            response = self._session.request(
-                method,
-                url,
-                json=body,
-                headers=settings.headers(headers),
-                timeout=settings.request_timeout,
-                allow_redirects=False,  # a redirect could carry the key to another host
-                stream=True,  # read below, bounded in size and time
-            )
-        except requests.RequestException as err:
-            if method == "POST" and not _never_sent(err):
-                raise FireRedSubmitUncertainError(url_host(url), type(err).__name__) from None
-            raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
-        with response:
-            try:
-                check_answer_length(
-                    response.status_code,
-                    _content_length(response.headers),
-                    method=method,
-                    request_id=request_id,
-                )
-                content = _read_bounded(
-                    response, deadline, settings.request_timeout, method=method, request_id=request_id
-                )
-            except FireRedResponseError:
-                raise  # too large: for a POST, _submit_once says it may have been accepted
-            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, _TooSlow) as err:
-                reason = str(err) if isinstance(err, _TooSlow) else type(err).__name__
-                if method == "POST":
-                    raise FireRedSubmitUncertainError(url_host(url), reason) from None
-                raise FireRedConnectionError(url_host(url), reason, request_id=request_id) from None
-        return response.status_code, parse_gateway_answer(
-            response.status_code,
-            response.headers,
-            content,
-            method=method,
-            request_id=request_id,
-            secret=settings.api_key,
-        )
 
     def _check_polling_url(self, result: SubmitResult) -> None:
         if result.polling_url and not self.settings.is_gateway_url(result.polling_url):
@@ -403,7 +333,7 @@ class FireRedHook(HttpHook):
     @cached_property
     def _media_session(self) -> requests.Session:
         # Media downloads get their own session: no credentials, proxies, cookies or unchecked hosts.
-        return downloads.new_media_session()
+        return new_media_session()
 
     # -- async (triggers) --------------------------------------------------------------------------
 
@@ -417,30 +347,10 @@ class FireRedHook(HttpHook):
         settings = await self.aget_settings()
 
         async def read() -> JobStatusResult:
-            status, data = await self._agateway_get(settings, path, request_id)
+            status, data = await agateway_get(self._get_async_session(), settings, path, request_id)
             return self._parse_status(data, request_id, status)
 
         return await settings.retry.acall(read)
-
-    async def _agateway_get(self, settings: GatewaySettings, path: str, request_id: str) -> tuple[int, Any]:
-        url = settings.base_url + path
-        session = self._get_async_session()
-        try:
-            async with session.get(
-                url, headers=settings.base_headers, allow_redirects=False, timeout=settings.client_timeout
-            ) as response:
-                # The timeout's total bounds the whole exchange, reading the body included.
-                content = await _aread_bounded(response, request_id)
-                return response.status, parse_gateway_answer(
-                    response.status,
-                    response.headers,
-                    content,
-                    method="GET",
-                    request_id=request_id,
-                    secret=settings.api_key,
-                )
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
 
     def _get_async_session(self) -> aiohttp.ClientSession:
         if self._async_session is None or self._async_session.closed:
@@ -473,125 +383,6 @@ class FireRedHook(HttpHook):
         await self.aclose()
 
 
-#: Bytes asked for per read of a gateway answer: a read returns what has arrived, up to this.
-_READ_CHUNK = 64 * 1024
-#: Frames that only run while a connection is being opened (TCP connect, TLS handshake): an error
-#: raised inside one of them was raised before any byte of the request was sent.
-_CONNECT_FRAMES = frozenset({"_validate_conn", "_new_conn", "do_handshake"})
-
-
-class _TooSlow(Exception):
-    """The answer was not complete within the exchange's wall-clock limit."""
-
-
-def _never_sent(err: requests.RequestException) -> bool:
-    """
-    Whether a failed request surely never reached the server, so sending it again is safe: the
-    connection was refused or timed out, or its TLS handshake failed (a plain-http server, a bad
-    certificate), before any byte of the request left.
-    """
-    if isinstance(err, requests.ConnectTimeout):
-        return True
-    reason = getattr(err.args[0], "reason", None) if err.args else None
-    if isinstance(err, requests.ConnectionError) and isinstance(reason, NewConnectionError):
-        return True
-    return isinstance(err, requests.exceptions.SSLError) and _raised_while_connecting(err)
-
-
-def _raised_while_connecting(err: BaseException) -> bool:
-    """Whether the error at the root of ``err`` was raised while its connection was being opened."""
-    seen: set[int] = set()
-    pending: list[BaseException] = [err]
-    while pending:
-        exc = pending.pop()
-        if id(exc) in seen:
-            continue
-        seen.add(id(exc))
-        tb = exc.__traceback__
-        while tb is not None:
-            if tb.tb_frame.f_code.co_name in _CONNECT_FRAMES:
-                return True
-            tb = tb.tb_next
-        pending += [a for a in exc.args if isinstance(a, BaseException)]
-        pending += [
-            e for e in (exc.__cause__, exc.__context__, getattr(exc, "reason", None)) if e is not None
-        ]
-    return False
-
-
-def _submit_refused(err: FireRedApiError, settings: GatewaySettings) -> bool:
-    """
-    Whether a submit's error answer means the gateway did not take the edit (so the error is passed
-    on as it is: retried if a ``429``, final if a ``4xx`` or a redirect).
-
-    A ``5xx`` or ``408`` may come after the gateway queued (and charged) the job, and a ``2xx`` that
-    cannot be read may be an accepted job whose id is lost: neither is sure, unless the connection
-    opts in (``resend_submit_on_5xx``) to sending again after a ``5xx``/``408``.
-    """
-    if isinstance(err, FireRedResponseError):
-        return False
-    if err.status_code == 429:
-        return True
-    if err.status_code == 408 or err.status_code >= 500:
-        return settings.resend_submit_on_5xx
-    return True
-
-
 def _changed(old: GatewaySettings, new: GatewaySettings) -> bool:
     """Whether a fresh lookup gave another key or gateway (reading again with it may succeed)."""
     return (old.api_key, old.base_url) != (new.api_key, new.base_url)
-
-
-def _content_length(headers: Mapping[str, str]) -> int | None:
-    try:
-        return int(headers["Content-Length"])
-    except (KeyError, ValueError):
-        return None
-
-
-def _read_bounded(
-    response: requests.Response, deadline: float, timeout: float, *, method: str, request_id: str | None
-) -> bytes:
-    """
-    Read a streamed answer, at most :data:`MAX_ANSWER_BYTES`, before ``deadline`` (monotonic).
-
-    ``read1`` returns whatever has arrived, so the clock is checked after every arrival: a body
-    dripped a byte at a time cannot hold the worker past the deadline by more than one read (itself
-    bounded by the socket timeout).
-
-    :param response: a response opened with ``stream=True``.
-    :param deadline: when the exchange must be over, on ``time.monotonic()``'s clock.
-    :param timeout: the exchange's limit in seconds, for the message.
-    :param method: the request method (an oversized answer to a GET is retryable).
-    :param request_id: the job concerned, for messages.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in _arrivals(response):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise answer_too_large(response.status_code, method=method, request_id=request_id)
-        chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise _TooSlow(f"no complete answer within {timeout:g}s")
-    if time.monotonic() > deadline:  # the headers alone came too slowly
-        raise _TooSlow(f"no complete answer within {timeout:g}s")
-    return b"".join(chunks)
-
-
-def _arrivals(response: requests.Response) -> Iterator[bytes]:
-    while chunk := response.raw.read1(_READ_CHUNK, decode_content=True):
-        yield chunk
-
-
-async def _aread_bounded(response: aiohttp.ClientResponse, request_id: str | None) -> bytes:
-    """Read an aiohttp answer, refused on its ``Content-Length`` or once past :data:`MAX_ANSWER_BYTES`."""
-    check_answer_length(response.status, response.content_length, method="GET", request_id=request_id)
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await response.content.read(_READ_CHUNK):
-        size += len(chunk)
-        if size > MAX_ANSWER_BYTES:
-            raise answer_too_large(response.status, method="GET", request_id=request_id)
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -4,44 +4,60 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow.providers.common.compat.sdk import (
-    AirflowFailException,
-    BaseOperator,
-    BaseOperatorLink,
-    XCom,
-    conf,
-)
+from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
 from airflow_provider_firered.downloads import download_outputs
-from airflow_provider_firered.exceptions import FireRedApiError, FireRedTimeoutError
+from airflow_provider_firered.exceptions import (
+    FireRedApiError,
+    FireRedJobFailedError,
+    FireRedTimeoutError,
+    FireRedValidationError,
+    airflow_errors,
+)
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs, validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
-from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
-from airflow_provider_firered.waiting import (
-    REQUEST_ID_STATE_KEY,
-    REQUEST_ID_XCOM_KEY,
-    airflow_errors,
-    check_event,
-    check_status,
-    validate_resubmits,
-    validate_wait,
+from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
+from airflow_provider_firered.triggers.firered import (
+    DEFER_SLACK,
+    FireRedStatusTrigger,
+    validate_poll_interval,
 )
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import TaskInstanceKey
     from airflow.sdk import Context
 
-#: Extra seconds Airflow's own deferral timeout allows beyond the trigger's deadline, so the
-#: trigger's clearer timeout event normally wins.
-_DEFER_SLACK = 60.0
+#: XCom key holding the request id, pushed right after the gateway accepts a job.
+REQUEST_ID_XCOM_KEY = "request_id"
+#: task_state_store key holding the request id across tries (Airflow 3.3+).
+REQUEST_ID_STATE_KEY = "firered_request_id"
 #: XCom key counting the resubmissions of ERROR jobs within a try.
 RESUBMISSIONS_XCOM_KEY = "resubmissions"
+#: The most resubmissions of an ERROR job ``resubmit_on_error`` may ask for.
+MAX_RESUBMITS = 10
+
+
+def validate_wait(poll_interval: Any, timeout: Any, resubmit_on_error: Any) -> None:
+    """Check the waiting arguments, naming the field."""
+    validate_poll_interval("poll_interval", poll_interval)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+    if (
+        isinstance(resubmit_on_error, bool)
+        or not isinstance(resubmit_on_error, int)
+        or not 0 <= resubmit_on_error <= MAX_RESUBMITS
+    ):
+        raise FireRedValidationError(
+            "resubmit_on_error",
+            f"must be a whole number from 0 to {MAX_RESUBMITS}, got {resubmit_on_error!r}",
+        )
 
 
 def web_link(url: Any) -> str:
@@ -64,6 +80,19 @@ class FireRedOutputLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return web_link(XCom.get_value(key=self.xcom_key, ti_key=ti_key))
+
+
+@dataclass(frozen=True)
+class Start:
+    """
+    Where a try starts: the job's latest known status, and whether the try waits for it.
+
+    :param status: the job's status (a fresh submit's own answer, or a resumed job's last read).
+    :param wait: False when the try returns right after the submit (``wait_for_completion=False``).
+    """
+
+    status: JobStatusResult
+    wait: bool
 
 
 class FireRedEditOperator(BaseOperator):
@@ -151,152 +180,59 @@ class FireRedEditOperator(BaseOperator):
                 webhook_url=self.webhook_url,
                 webhook_mode=self.webhook_mode,
             )
-            validate_wait(self.poll_interval, self.timeout)
-            validate_resubmits(self.resubmit_on_error)
-            request_id, status = self._resume_or_submit(context)
-            if status is None:
-                return self._submitted_only(request_id)
-            return self._wait(context, status)
+            validate_wait(self.poll_interval, self.timeout, self.resubmit_on_error)
+            start = self._resume_or_submit(context)
+            if not start.wait:  # the result as of the submit: QUEUED, nothing to collect yet
+                queued = JobStatus.QUEUED
+                return JobStatusResult(start.status.request_id, queued, queued.value, self.model).to_dict()
+            return self._wait(context, start.status)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger fired: collect the outputs or fail with the request id."""
-        if event and event.get("status") == "error" and (left := self._resubmissions_left(context)):
-            with airflow_errors():
-                status = self._resubmit(context, str(event.get("request_id")), event.get("message"), left)
-                return self._wait(context, status)
-        self._refuse_retry_that_would_resubmit(context, event)
-        result = check_event(event)
-        with airflow_errors():
-            return self._collect(context, result)
+    # -- 1. submit, or resume the request an earlier try submitted --------------------------------
 
-    def _wait(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
-        """Wait for the job (deferred or here) and collect it; resubmit an ERROR job while allowed."""
-        while True:
-            if status.status is JobStatus.ERROR and (left := self._resubmissions_left(context)):
-                status = self._resubmit(context, status.request_id, status.error, left)
-                continue
-            if status.status.is_terminal:
-                return self._finish(context, status)
-            deadline = time.time() + self.timeout
-            if self.deferrable:
-                self.defer(
-                    trigger=FireRedStatusTrigger(
-                        request_id=status.request_id,
-                        firered_conn_id=self.firered_conn_id,
-                        poll_interval=self.poll_interval,
-                        deadline=deadline,
-                        timeout=self.timeout,
-                    ),
-                    method_name="execute_complete",
-                    timeout=timedelta(seconds=self.timeout + _DEFER_SLACK),
-                )
-            status = self._poll(status, deadline)
+    def _resume_or_submit(self, context: Context) -> Start:
+        """Resume the request an earlier try of this task submitted, if it can be; else submit."""
+        previous = self._previous_status(context)
+        if previous is not None:
+            if previous.status is JobStatus.FAILED:
+                # Charged and final (an earlier try stopped before it saw the outcome): posting the
+                # same input again would pay again, so this try fails for good too.
+                raise FireRedJobFailedError(previous.request_id, previous.status.value, previous.error)
+            if previous.status is not JobStatus.ERROR:
+                return self._resume(context, previous)
+            self.log.info(
+                "Previous request %s ended %s: submitting a fresh edit",
+                previous.request_id,
+                previous.raw_status,
+            )
+        submitted = self._submit(context)
+        if not self.wait_for_completion:
+            return Start(_answered(submitted), wait=False)
+        return Start(self._first_status(submitted), wait=True)
 
-    # -- submit or resume ------------------------------------------------------------------------
+    def _resume(self, context: Context, previous: JobStatusResult) -> Start:
+        """Take up a request that is COMPLETED (collected, waiting or not) or still running."""
+        context["ti"].xcom_push(key=REQUEST_ID_XCOM_KEY, value=previous.request_id)
+        if previous.status is JobStatus.COMPLETED:
+            self.log.info(
+                "Request %s already COMPLETED: collecting it without posting again", previous.request_id
+            )
+            return Start(previous, wait=True)
+        self.log.info(
+            "Resuming request %s (%s) instead of posting again", previous.request_id, previous.raw_status
+        )
+        return Start(previous, wait=self.wait_for_completion)
 
-    def _resume_or_submit(self, context: Context) -> tuple[str, JobStatusResult | None]:
-        """Return the request to wait for and its status (None when not waiting)."""
+    def _previous_status(self, context: Context) -> JobStatusResult | None:
+        """The status of the request an earlier try submitted, unless there is none to resume."""
         store = context.get("task_state_store")  # type: ignore[call-overload]
-        ti = context["ti"]
         if store is None:
             self.log.info(
                 "This Airflow has no task_state_store (3.3+): crash recovery is off, "
                 "a retry submits a new edit"
             )
-        stored = (
-            None if store is None else self._stored_request_id(store.get(REQUEST_ID_STATE_KEY), ti.max_tries)
-        )
-        if stored:
-            previous = self._stored_status(str(stored))
-            if previous is not None and previous.status is JobStatus.FAILED:
-                # Charged and final (an earlier try stopped before it saw the outcome): posting the
-                # same input again would pay again, so this try fails for good too.
-                check_status(previous)
-            if previous is not None and (
-                previous.status is JobStatus.COMPLETED or not previous.status.is_terminal
-            ):
-                ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=stored)
-                if previous.status is JobStatus.COMPLETED:
-                    self.log.info("Request %s already COMPLETED: collecting it without posting again", stored)
-                    return previous.request_id, previous
-                self.log.info(
-                    "Resuming request %s (%s) instead of posting again", stored, previous.raw_status
-                )
-                return previous.request_id, previous if self.wait_for_completion else None
-            if previous is not None:
-                self.log.info(
-                    "Previous request %s ended %s: submitting a fresh edit", stored, previous.raw_status
-                )
-        submitted = self._submit(context)
-        if not self.wait_for_completion:
-            return submitted.request_id, None
-        return submitted.request_id, self._first_status(submitted)
-
-    def _first_status(self, submitted: SubmitResult) -> JobStatusResult:
-        """
-        The status to start waiting from: the submit answer's own (``QUEUED``), which saves a status
-        read per edit (a trigger polls as soon as it starts). An unexpected terminal answer is read back.
-        """
-        if submitted.status.is_terminal:
-            return self.hook.get_status(submitted.request_id)
-        return JobStatusResult(submitted.request_id, submitted.status, submitted.status.value)
-
-    def _submit(self, context: Context) -> SubmitResult:
-        """Post the edit; record its request id (XCom, and task_state_store where Airflow has it)."""
-        submitted = self.hook.submit_edit(
-            self.model,
-            self.prompt,
-            self.images,
-            self.parameters,
-            webhook_url=self.webhook_url,
-            webhook_mode=self.webhook_mode,
-        )
-        ti = context["ti"]
-        store = context.get("task_state_store")  # type: ignore[call-overload]
-        if store is not None:
-            # Stored first, the job is paid for: if anything after this fails (the XCom push
-            # included), a retry still finds the request and resumes it instead of posting again.
-            # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
-            store.set(REQUEST_ID_STATE_KEY, {"request_id": submitted.request_id, "max_tries": ti.max_tries})
-        ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
-        return submitted
-
-    def _refuse_retry_that_would_resubmit(self, context: Context, event: dict[str, Any] | None) -> None:
-        """
-        A retryable trigger failure (a key refused even after a fresh look-up) relies on the retry
-        resuming the request from ``task_state_store``. Without it (Airflow before 3.3) a retry would
-        post the edit again and pay twice: fail for good instead, naming the request to collect.
-        """
-        if not event or event.get("status") != "api_error" or not event.get("retryable"):
-            return
-        if context.get("task_state_store") is not None:  # type: ignore[call-overload]
-            return
-        raise AirflowFailException(
-            f"{event.get('message')} (request_id={event.get('request_id')}). This Airflow has no "
-            "task_state_store, so a retry would submit the edit again: not retried. Collect the "
-            f"request with FireRedStatusSensor(request_id={event.get('request_id')!r}) once the key is fixed"
-        )
-
-    def _resubmissions_left(self, context: Context) -> int:
-        """How many more times an ERROR job may be resubmitted in this try."""
-        if not self.resubmit_on_error:
-            return 0
-        # Counted in XCom, which lasts for the try and across its deferrals.
-        ti = context["ti"]
-        done = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index, key=RESUBMISSIONS_XCOM_KEY)
-        return max(self.resubmit_on_error - int(done or 0), 0)
-
-    def _resubmit(self, context: Context, request_id: str, error: str | None, left: int) -> JobStatusResult:
-        self.log.warning(
-            "Request %s ended ERROR (%s), which the gateway does not charge: submitting the edit again "
-            "(%d of %d resubmissions left)",
-            request_id,
-            error or "no reason given",
-            left - 1,
-            self.resubmit_on_error,
-        )
-        context["ti"].xcom_push(key=RESUBMISSIONS_XCOM_KEY, value=self.resubmit_on_error - left + 1)
-        return self._first_status(self._submit(context))
+            return None
+        stored = self._stored_request_id(store.get(REQUEST_ID_STATE_KEY), context["ti"].max_tries)
+        return self._stored_status(stored) if stored else None
 
     def _stored_request_id(self, stored: Any, max_tries: int) -> str | None:
         """The request an earlier try of this task submitted, unless the task was cleared since."""
@@ -321,17 +257,59 @@ class FireRedEditOperator(BaseOperator):
                 return None
             raise
 
-    def _submitted_only(self, request_id: str) -> dict[str, Any]:
-        return {
-            "request_id": request_id,
-            "model_id": self.model,
-            "status": JobStatus.QUEUED.value,
-            "media_urls": [],
-            "media_type": None,
-            "output_paths": [],
-        }
+    def _submit(self, context: Context) -> SubmitResult:
+        """Post the edit; record its request id (XCom, and task_state_store where Airflow has it)."""
+        submitted = self.hook.submit_edit(
+            self.model,
+            self.prompt,
+            self.images,
+            self.parameters,
+            webhook_url=self.webhook_url,
+            webhook_mode=self.webhook_mode,
+        )
+        ti = context["ti"]
+        store = context.get("task_state_store")  # type: ignore[call-overload]
+        if store is not None:
+            # Stored first, the job is paid for: if anything after this fails (the XCom push
+            # included), a retry still finds the request and resumes it instead of posting again.
+            # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
+            store.set(REQUEST_ID_STATE_KEY, {"request_id": submitted.request_id, "max_tries": ti.max_tries})
+        ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
+        return submitted
 
-    # -- waiting and results ---------------------------------------------------------------------
+    def _first_status(self, submitted: SubmitResult) -> JobStatusResult:
+        """
+        The status to start waiting from: the submit answer's own (``QUEUED``), which saves a status
+        read per edit (a trigger polls as soon as it starts). An unexpected terminal answer is read back.
+        """
+        if submitted.status.is_terminal:
+            return self.hook.get_status(submitted.request_id)
+        return _answered(submitted)
+
+    # -- 2. wait, in the triggerer or here; resubmit an ERROR job while allowed ---------------------
+
+    def _wait(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
+        """Wait for the job (deferred or here) and collect it; resubmit an ERROR job while allowed."""
+        while True:
+            if status.status is JobStatus.ERROR and (left := self._resubmissions_left(context)):
+                status = self._resubmit(context, status.request_id, status.error, left)
+                continue
+            if status.status.is_terminal:
+                return self._collect(context, StatusEvent.ended(status).job_result())
+            deadline = time.time() + self.timeout
+            if self.deferrable:
+                self.defer(
+                    trigger=FireRedStatusTrigger(
+                        request_id=status.request_id,
+                        firered_conn_id=self.firered_conn_id,
+                        poll_interval=self.poll_interval,
+                        deadline=deadline,
+                        timeout=self.timeout,
+                    ),
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=self.timeout + DEFER_SLACK),
+                )
+            status = self._poll(status, deadline)
 
     def _poll(self, status: JobStatusResult, deadline: float) -> JobStatusResult:
         """Read the status on the worker until the job ends or ``deadline`` (epoch seconds) passes."""
@@ -343,11 +321,59 @@ class FireRedEditOperator(BaseOperator):
             status = self.hook.get_status(status.request_id)
         return status
 
-    def _finish(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
-        check_status(status)
-        return self._collect(context, status.to_dict())
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired: collect the outputs or fail with the request id."""
+        with airflow_errors():
+            ended = StatusEvent.from_dict(event)
+            if ended.status is EventStatus.ERROR and (left := self._resubmissions_left(context)):
+                return self._wait(context, self._resubmit(context, ended.request_id, ended.message, left))
+            self._refuse_retry_that_would_resubmit(context, ended)
+            return self._collect(context, ended.job_result())
+
+    def _refuse_retry_that_would_resubmit(self, context: Context, ended: StatusEvent) -> None:
+        """
+        A retryable trigger failure (a key refused even after a fresh look-up) relies on the retry
+        resuming the request from ``task_state_store``. Without it (Airflow before 3.3) a retry would
+        post the edit again and pay twice: fail for good instead, naming the request to collect.
+        """
+        if ended.status is not EventStatus.API_ERROR or not ended.retryable:
+            return
+        if context.get("task_state_store") is not None:  # type: ignore[call-overload]
+            return
+        raise FireRedApiError.reported(
+            f"{ended.message} (request_id={ended.request_id}). This Airflow has no "
+            "task_state_store, so a retry would submit the edit again: not retried. Collect the "
+            f"request with FireRedStatusSensor(request_id={ended.request_id!r}) once the key is fixed",
+            status_code=ended.http_status,
+            request_id=ended.request_id,
+            retryable=False,
+        )
+
+    def _resubmissions_left(self, context: Context) -> int:
+        """How many more times an ERROR job may be resubmitted in this try."""
+        if not self.resubmit_on_error:
+            return 0
+        # Counted in XCom, which lasts for the try and across its deferrals.
+        ti = context["ti"]
+        done = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index, key=RESUBMISSIONS_XCOM_KEY)
+        return max(self.resubmit_on_error - int(done or 0), 0)
+
+    def _resubmit(self, context: Context, request_id: str, error: str | None, left: int) -> JobStatusResult:
+        self.log.warning(
+            "Request %s ended ERROR (%s), which the gateway does not charge: submitting the edit again "
+            "(%d of %d resubmissions left)",
+            request_id,
+            error or "no reason given",
+            left - 1,
+            self.resubmit_on_error,
+        )
+        context["ti"].xcom_push(key=RESUBMISSIONS_XCOM_KEY, value=self.resubmit_on_error - left + 1)
+        return self._first_status(self._submit(context))
+
+    # -- 3. collect ---------------------------------------------------------------------------------
 
     def _collect(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        """Download the outputs (when asked), show the first as the extra link, return the result."""
         result["output_paths"] = download_outputs(
             self.hook,
             result,
@@ -363,3 +389,8 @@ class FireRedEditOperator(BaseOperator):
             f", saved to {self.output_dir}" if result["output_paths"] else "",
         )
         return result
+
+
+def _answered(submitted: SubmitResult) -> JobStatusResult:
+    """The status a submit answer states, as a status read (no request made)."""
+    return JobStatusResult(submitted.request_id, submitted.status, submitted.status.value)

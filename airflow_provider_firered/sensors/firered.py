@@ -9,8 +9,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import (
-    AirflowException,
-    AirflowFailException,
     AirflowSkipException,
     BaseSensorOperator,
     PokeReturnValue,
@@ -18,14 +16,14 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_firered.downloads import download_outputs
+from airflow_provider_firered.exceptions import FireRedError, airflow_errors, as_final, for_airflow
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.responses import status_path
 from airflow_provider_firered.results import JobStatusResult
-from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
-from airflow_provider_firered.waiting import (
-    airflow_errors,
-    check_event,
-    check_status,
+from airflow_provider_firered.triggers.events import StatusEvent
+from airflow_provider_firered.triggers.firered import (
+    DEFER_SLACK,
+    FireRedStatusTrigger,
     validate_poll_interval,
 )
 
@@ -93,7 +91,7 @@ class FireRedStatusSensor(BaseSensorOperator):
                 timeout=self.timeout,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout),
+            timeout=timedelta(seconds=self.timeout + DEFER_SLACK),
         )
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
@@ -107,23 +105,25 @@ class FireRedStatusSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired (soft_fail turns failures into a skip)."""
         try:
-            result = check_event(event)
-        except AirflowException as err:
-            # Airflow 3.3 applies soft_fail to deferred sensors itself; 3.0-3.2 do not.
-            if self.soft_fail:
-                raise AirflowSkipException(f"Skipping due to soft_fail: {err}") from err
-            raise
+            result = StatusEvent.from_dict(event).job_result()
+        except FireRedError as err:
+            raise self._failure(err) from None
         return self._collect(result)
 
     def _done(self, status: JobStatusResult) -> dict[str, Any]:
         try:
-            check_status(status)
-        except AirflowException as err:
-            if self.soft_fail:
-                raise AirflowSkipException(f"Skipping due to soft_fail: {err}") from None
+            result = StatusEvent.ended(status).job_result()
+        except FireRedError as err:
             # FAILED/ERROR are final for this request id: reading it again cannot change them.
-            raise AirflowFailException(str(err)) from None
-        return self._collect(status.to_dict())
+            raise self._failure(as_final(err)) from None
+        return self._collect(result)
+
+    def _failure(self, err: FireRedError) -> Exception:
+        """``err`` as the task raises it; ``soft_fail`` turns it into a skip."""
+        # Airflow 3.3 applies soft_fail to deferred sensors itself; 3.0-3.2 do not.
+        if self.soft_fail:
+            return AirflowSkipException(f"Skipping due to soft_fail: {err}")
+        return for_airflow(err)
 
     def _collect(self, result: dict[str, Any]) -> dict[str, Any]:
         with airflow_errors():

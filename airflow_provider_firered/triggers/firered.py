@@ -12,8 +12,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.results import JobStatus, JobStatusResult
-from airflow_provider_firered.waiting import validate_poll_interval
+from airflow_provider_firered.results import JobStatusResult
+from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
 
 #: Polls wake on a grid of this fraction of the poll interval (at most ``MAX_GRID_SECONDS``), so that
 #: the triggers sharing a loop wake up together: one wake-up of the triggerer serves many polls.
@@ -24,6 +24,25 @@ MAX_GRID_SECONDS = 0.25
 DEFAULT_MAX_WAIT_SECONDS = 24 * 3600.0
 #: Answers that mean the gateway refused the key: a rotated key is looked up again once.
 KEY_REFUSED_STATUSES = frozenset({401, 403})
+#: The shortest accepted ``poll_interval`` / ``poke_interval``, in seconds (the reference recommends 5-10).
+MIN_POLL_INTERVAL = 1.0
+#: Extra seconds Airflow's own deferral timeout allows beyond the trigger's deadline, so that the
+#: trigger's clearer timeout event (naming the request and its last status) normally wins.
+DEFER_SLACK = 60.0
+
+
+def validate_poll_interval(name: str, value: Any) -> None:
+    """
+    Check a polling interval, naming the field: at least :data:`MIN_POLL_INTERVAL` seconds.
+
+    :param name: the field, as the user spells it (``poll_interval``, ``poke_interval``).
+    :param value: its value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= MIN_POLL_INTERVAL:
+        raise FireRedValidationError(
+            name,
+            f"must be at least {MIN_POLL_INTERVAL:g} second (5-10 s is recommended), got {value!r}",
+        )
 
 
 class _KeyRefusedError(Exception):
@@ -48,11 +67,11 @@ class FireRedStatusTrigger(BaseTrigger):
     Poll ``GET /v2/requests/status/{request_id}`` until the job ends or the deadline passes.
 
     It never submits anything (a restarted triggerer must not post again), polls over the aiohttp
-    session that all FireRed triggers in the triggerer's loop share, and yields exactly one event
-    whose ``status`` is ``success`` (``result`` holds the result dict), ``failed`` / ``error``
-    (``message`` holds the gateway's error text), ``timeout``, or ``api_error`` (``retryable`` says
-    whether an Airflow retry may help: a 404 is final; a key the gateway refuses even after the
-    connection was looked up afresh is retryable, and the retry resumes the same request). Transient
+    session that all FireRed triggers in the triggerer's loop share, and yields exactly one
+    :class:`~airflow_provider_firered.triggers.events.StatusEvent`: ``success``, ``failed`` /
+    ``error``, ``timeout``, or ``api_error`` (``retryable`` says whether an Airflow retry may help: a
+    404 is final; a key the gateway refuses even after the connection was looked up afresh is
+    retryable, and the retry resumes the same request). Transient
     failures that outlast one read's retry policy (an outage, a long 429 storm) do not end the wait:
     polling goes on, with backoff, until the deadline.
     Its kwargs are plain values: no key, no connection object.
@@ -105,8 +124,8 @@ class FireRedStatusTrigger(BaseTrigger):
             },
         )
 
-    def _event(self, status: str, **payload: Any) -> TriggerEvent:
-        return TriggerEvent({"status": status, "request_id": self.request_id, **payload})
+    def _event(self, status: EventStatus, **fields: Any) -> TriggerEvent:
+        return TriggerEvent(StatusEvent(status, self.request_id, **fields).to_dict())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         last_status: str | None = None
@@ -124,10 +143,10 @@ class FireRedStatusTrigger(BaseTrigger):
                 except FireRedError as err:
                     if not err.retryable:
                         yield self._event(
-                            "api_error",
+                            EventStatus.API_ERROR,
                             message=str(err),
                             retryable=False,
-                            http_status=getattr(err, "status_code", None),
+                            http_status=err.status_code if isinstance(err, FireRedApiError) else None,
                         )
                         return
                     # The read's own retries ran out (an outage, a long 429 storm): waiting here is
@@ -136,16 +155,16 @@ class FireRedStatusTrigger(BaseTrigger):
                     last_status = f"unavailable ({err})"
                 else:
                     last_status = result.raw_status
-                    if result.status is JobStatus.COMPLETED:
-                        yield self._event("success", result=result.to_dict())
-                        return
-                    if result.status in (JobStatus.FAILED, JobStatus.ERROR):
-                        yield self._event(result.status.value.lower(), message=result.error)
+                    if result.status.is_terminal:
+                        yield TriggerEvent(StatusEvent.ended(result).to_dict())
                         return
                 remaining = self.deadline - time.time()
                 if remaining <= 0:
                     yield self._event(
-                        "timeout", last_status=last_status, timeout=self.timeout, deadline=self.deadline
+                        EventStatus.TIMEOUT,
+                        last_status=last_status,
+                        timeout=self.timeout,
+                        deadline=self.deadline,
                     )
                     return
                 self.log.debug("Job %s is %s", self.request_id, last_status)
@@ -190,7 +209,7 @@ class FireRedStatusTrigger(BaseTrigger):
         # Retryable: the job may still be running and is paid for; a retry of the task resumes this
         # request id (task_state_store) once the connection holds a key the gateway accepts.
         return self._event(
-            "api_error",
+            EventStatus.API_ERROR,
             message=(
                 f"{err}; the key of connection {self.firered_conn_id!r} was refused again after the "
                 "connection was looked up afresh. Fix the key: a retry of the task resumes this request "

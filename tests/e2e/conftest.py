@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import AirflowDeployment, install_chromium
+from airflow_provider_firered.testing.deployment import AirflowDeployment
+from tests.e2e.browser import install_chromium
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 #: DAGs that exist only for the end-to-end tests.
@@ -37,8 +38,8 @@ def deployment_skip_reason() -> str | None:
     """Why a real deployment cannot run here, or None."""
     if not sys.platform.startswith("linux"):
         # Airflow's task supervisor detaches task processes into their own process groups; the
-        # harness finds them through /proc to guarantee that nothing is left running.
-        return "the end-to-end harness needs Linux /proc to track every process it starts"
+        # deployment finds them through /proc to guarantee that nothing is left running.
+        return "the end-to-end deployment needs Linux /proc to track every process it starts"
     if _version_tuple("apache-airflow-core")[:2] == (3, 0) and _version_tuple("cadwyn") >= (6,):
         # Airflow 3.0's execution API answers the task runner's first call with HTTP 422 under
         # cadwyn 6+ (a newer release than Airflow 3.0 was built with), so no task can start.

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from airflow_provider_firered.emulator.process import EmulatorProcess
+from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator, trigger_logs
 from tests.e2e.conftest import EXAMPLE_DAGS
-from tests.e2e.harness import AirflowDeployment, EmulatorProcess, start_emulator, trigger_logs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from airflow_provider_firered.testing.deployment import start_emulator
 from tests.e2e.conftest import TEST_DAGS, needs_task_state_store, running_deployment
-from tests.e2e.harness import start_emulator
 
 EDITS = 200
 pytestmark = [

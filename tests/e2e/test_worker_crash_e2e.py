@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from tests.e2e.conftest import TEST_DAGS, needs_task_state_store, running_deployment
-from tests.e2e.harness import AirflowDeployment, start_emulator
 
 pytestmark = [
     pytest.mark.e2e,

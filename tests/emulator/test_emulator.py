@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import requests
 from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator, Fault
+from airflow_provider_firered.emulator.process import start_emulator_process
 
 KEY = "emulator-test-key"
 V10_PATH = "/firered-image-edit/v1/firered-image-edit/generate"
@@ -311,7 +311,8 @@ def test_render_off_returns_the_input_unedited() -> None:
         request_id = post(emulator, V11_PATH, {"prompt": "p", "image_urls": [source]}).json()["request_id"]
         done = finish(emulator, request_id)
         assert done["output"] == {"media_url": [source], "media_type": "image/png"}
-        assert not emulator._outputs  # nothing was rendered
+        rendered = requests.get(f"{emulator.cdn_url}/v1/{request_id}/output.png", timeout=10)
+        assert rendered.status_code == 404  # nothing was rendered
 
 
 def test_jobs_are_evicted_after_ttl() -> None:
@@ -453,23 +454,16 @@ def test_admin_api_redacts_keys_and_secrets(firered_emulator: Emulator) -> None:
 
 
 def test_cli_serves_the_documented_curl_example(tmp_path: Any) -> None:
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("firered-emulator")),  # the console script
-            "--port",
-            "0",
-            "--queued-seconds",
-            "0.1",
-            "--processing-seconds",
-            "0.3",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+    process = start_emulator_process(
+        "--queued-seconds",
+        "0.1",
+        "--processing-seconds",
+        "0.3",
+        command=[str(Path(sys.executable).with_name("firered-emulator"))],  # the console script
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        assert process.stdout is not None
-        info = json.loads(process.stdout.readline())
+        info = process.info
         assert set(info) == {"gateway_url", "cdn_url", "sample_images"}
         curl = subprocess.run(
             [
@@ -517,5 +511,4 @@ def test_cli_serves_the_documented_curl_example(tmp_path: Any) -> None:
         assert done["status"] == "COMPLETED"
         assert image_of(done["output"]["media_url"][0]).format == "PNG"
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert process.stop(grace=30) == 0  # SIGTERM is a clean exit

@@ -85,3 +85,28 @@ def test_the_worker_cost_dags_import_without_errors() -> None:
     assert bag.dags["bench_blocking"].get_task("edit").partial_kwargs["deferrable"] is False
     wait = bag.dags["bench_generic"].get_task("wait")
     assert wait.partial_kwargs["mode"] == "reschedule"
+
+
+def test_benchmarks_and_scripts_import_only_the_package() -> None:
+    """They share the emulator launcher and the deployment through the package, not through tests/."""
+    sources = [*BENCHMARKS.rglob("*.py"), *(BENCHMARKS.parent / "scripts").rglob("*.py")]
+    assert len(sources) >= 4
+    for path in sources:
+        text = path.read_text()
+        assert "sys.path" not in text, path
+        assert "from tests" not in text, path
+        assert "import tests" not in text, path
+
+
+def test_worker_cost_starts_from_any_directory(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "worker_cost.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--edits" in done.stdout

@@ -8,12 +8,15 @@ on every try. ``ERROR`` (not charged) and transient download failures keep Airfl
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from airflow_provider_firered.emulator import Emulator, Fault
+from tests.conftest import DAGS_FOLDER
 from tests.integration.test_operator import in_log, run_dag, xcom
 from tests.integration.test_sensor import run_sense_dag
 
@@ -170,3 +173,75 @@ def test_transient_download_failure_keeps_airflow_retries(
     assert ti.state == "success"
     assert ti.try_number >= 2
     assert len(list(tmp_path.iterdir())) == 1
+
+
+CALLBACK_TEMPLATE = """
+import json
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_firered.operators.firered import FireRedEditOperator
+
+
+def record(context):
+    error = context["exception"]
+    with open({record!r}, "w") as out:
+        json.dump(
+            {{"type": type(error).__name__, "module": type(error).__module__,
+              "request_id": getattr(error, "request_id", None)}},
+            out,
+        )
+
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    FireRedEditOperator(
+        task_id="edit",
+        prompt="x",
+        images={images!r},
+        deferrable={deferrable!r},
+        poll_interval=1,
+        timeout={timeout!r},
+        on_failure_callback=record,
+    )
+"""
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+@pytest.mark.parametrize(
+    ("outcome", "kind"),
+    [("FAILED", "FireRedJobFailedError"), ("timeout", "FireRedTimeoutError")],
+)
+def test_the_failure_callback_sees_the_providers_own_error(
+    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, deferrable: bool, outcome: str, kind: str
+) -> None:
+    # Both ways of waiting raise the same type for the same outcome, and Airflow hands it on as is.
+    if outcome == "FAILED":
+        firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
+    else:
+        firered_emulator.set_timings(processing_seconds=30)
+    record = tmp_path / "callback.json"
+    dag_id = f"final_callback_{outcome}_{deferrable}".lower()
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(
+        CALLBACK_TEMPLATE.format(
+            dag_id=dag_id,
+            record=str(record),
+            images=firered_emulator.sample_images[:1],
+            deferrable=deferrable,
+            timeout=0.5 if outcome == "timeout" else 60,
+        )
+    )
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (ti,) = module.dag.test().get_task_instances()
+    assert ti.state == "failed"
+    seen = json.loads(record.read_text())
+    assert seen == {
+        "type": kind,
+        "module": "airflow_provider_firered.exceptions",
+        "request_id": xcom(ti, "request_id"),
+    }

@@ -119,20 +119,27 @@ def test_download_to_object_storage_path(
         assert img.format == "PNG"
 
 
-async def test_async_status_with_one_session(firered_emulator: Emulator, firered_conn: str) -> None:
+async def test_async_status_with_one_session(
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     submitted = FireRedHook(firered_conn).submit_edit(V11, "green", firered_emulator.sample_images[:1])
+    sessions: list[Any] = []
+    original = FireRedHook._get_async_session
+
+    def spy(self: FireRedHook) -> Any:
+        sessions.append(original(self))
+        return sessions[-1]
+
+    monkeypatch.setattr(FireRedHook, "_get_async_session", spy)
     async with FireRedHook(firered_conn) as hook:
-        first = await hook.aget_status(submitted.request_id)
-        session = hook._async_session
         deadline = time.monotonic() + 20
-        result = first
+        result = await hook.aget_status(submitted.request_id)
         while not result.status.is_terminal and time.monotonic() < deadline:
             result = await hook.aget_status(submitted.request_id)
-            assert hook._async_session is session  # one session for the hook's life
     assert result.status is JobStatus.COMPLETED
-    assert session is not None
-    assert session.closed
-    assert hook._async_session is None
+    assert len(sessions) > 1
+    assert all(session is sessions[0] for session in sessions)  # one session for the hook's life
+    assert sessions[0].closed  # given back on exit
 
 
 def test_test_connection_good_key_submits_nothing(firered_emulator: Emulator, firered_conn: str) -> None:

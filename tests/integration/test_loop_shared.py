@@ -13,14 +13,28 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_firered import loop_shared
 from airflow_provider_firered.emulator import Emulator
-from airflow_provider_firered.hooks import loop_shared
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen
 
 V11 = "firered-image-edit-v1-1"
+
+
+def record_sessions(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every aiohttp session a status read goes through, in order."""
+    sessions: list[Any] = []
+    original = FireRedHook._get_async_session
+
+    def spy(self: FireRedHook) -> Any:
+        session = original(self)
+        sessions.append(session)
+        return session
+
+    monkeypatch.setattr(FireRedHook, "_get_async_session", spy)
+    return sessions
 
 
 def count_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -44,15 +58,7 @@ async def test_waits_share_one_session_and_one_lookup(
         hook.submit_edit(V11, f"p{i}", firered_emulator.sample_images[:1]).request_id for i in range(20)
     ]
     lookups = count_lookups(monkeypatch)
-    sessions: set[int] = set()
-    original = FireRedHook._get_async_session
-
-    def spy(self: FireRedHook) -> Any:
-        session = original(self)
-        sessions.add(id(session))
-        return session
-
-    monkeypatch.setattr(FireRedHook, "_get_async_session", spy)
+    sessions = record_sessions(monkeypatch)
 
     async def wait(request_id: str) -> str:
         trigger = FireRedStatusTrigger(request_id, firered_conn, poll_interval=1)
@@ -63,10 +69,13 @@ async def test_waits_share_one_session_and_one_lookup(
     runs = asyncio.gather(*(wait(r) for r in request_ids[1:]))
     assert [e.payload["status"] async for e in first.run()] == ["success"]
     assert await asyncio.wait_for(runs, 30) == ["success"] * 19
-    assert len(sessions) == 1
+    assert len({id(session) for session in sessions}) == 1
     assert lookups == [firered_conn]  # one lookup for 20 waits
-    shared = loop_shared._shared()
-    assert (shared.session, shared.users) == (None, 0)  # the last wait closed it
+    assert sessions[0].closed  # the last wait closed it
+    async with FireRedHook(firered_conn) as hook:  # a later wait opens a new one
+        assert (await hook.aget_status(request_ids[0])).status.value == "COMPLETED"
+    assert sessions[-1] is not sessions[0]
+    assert sessions[-1].closed
 
 
 async def test_a_lookup_is_reused_for_a_minute_only(
@@ -91,31 +100,36 @@ async def test_a_lookup_is_reused_for_a_minute_only(
 
 
 async def test_a_hook_outside_async_with_owns_its_session(
-    firered_emulator: Emulator, firered_conn: str
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     request_id = (
         FireRedHook(firered_conn).submit_edit(V11, "p", firered_emulator.sample_images[:1]).request_id
     )
+    sessions = record_sessions(monkeypatch)
     async with FireRedHook(firered_conn) as shared_hook:
         await shared_hook.aget_status(request_id)
         own = FireRedHook(firered_conn)
         await own.aget_status(request_id)
-        assert own._async_session is not shared_hook._async_session
+        shared, owned = sessions
+        assert owned is not shared
         await own.aclose()
-        assert not shared_hook._async_session.closed  # type: ignore[union-attr]
-    assert loop_shared._shared().session is None
+        assert owned.closed
+        await shared_hook.aget_status(request_id)  # closing its own session left the shared one open
+        assert not shared.closed
+    assert shared.closed  # the last user gave it back
 
 
-def test_each_event_loop_has_its_own_session(firered_emulator: Emulator, firered_conn: str) -> None:
+def test_each_event_loop_has_its_own_session(
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     request_id = (
         FireRedHook(firered_conn).submit_edit(V11, "p", firered_emulator.sample_images[:1]).request_id
     )
-    seen: list[Any] = []
+    seen = record_sessions(monkeypatch)
 
     async def poll_once() -> None:
         async with FireRedHook(firered_conn) as hook:
             await hook.aget_status(request_id)
-            seen.append(hook._async_session)
 
     for _ in range(2):
         asyncio.run(poll_once())
@@ -183,11 +197,12 @@ async def test_a_cookie_set_by_one_gateway_is_sent_to_no_one(monkeypatch: pytest
         # and a cookie ignores ports, so both gateways are the same cookie host.
         monkeypatch.setenv("AIRFLOW_CONN_FIRERED_A", conn_uri_json(f"http://localhost:{setter.port}"))
         monkeypatch.setenv("AIRFLOW_CONN_FIRERED_B", conn_uri_json(f"http://localhost:{other.port}"))
+        sessions = record_sessions(monkeypatch)
         async with FireRedHook("firered_a") as first, FireRedHook("firered_b") as second:
-            assert first._async_session is second._async_session  # one shared session
             await first.aget_status(rid)
             await second.aget_status(rid)
             await first.aget_status(rid)
+        assert sessions[0] is sessions[1] is sessions[2]  # one shared session
         own = FireRedHook("firered_b")  # a hook outside ``async with`` has its own session
         await own.aget_status(rid)
         await own.aclose()

@@ -33,6 +33,7 @@ async def events(trigger: FireRedStatusTrigger, limit: float = 20) -> list[dict[
 async def test_success(firered_emulator: Emulator, firered_conn: str) -> None:
     request_id = submit(firered_emulator, firered_conn)
     (event,) = await events(FireRedStatusTrigger(request_id, firered_conn, poll_interval=1))
+    assert set(event) == {"status", "request_id", "result"}  # the wire keys of a success
     assert event["status"] == "success"
     assert event["result"]["status"] == "COMPLETED"
     assert event["result"]["media_urls"]
@@ -152,15 +153,21 @@ async def test_session_closed_on_cancellation(firered_emulator: Emulator, firere
     assert opened[0].closed
 
 
-def test_serialize_round_trip_without_secret(firered_conn: str) -> None:
+#: The pure-construction tests below need no gateway: a connection id is all a trigger keeps.
+CONN_ID = "firered_default"
+
+
+def test_serialize_round_trip_without_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A connection holding the key exists (no gateway behind it): the kwargs must not carry it.
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json("http://127.0.0.1:9"))
     trigger = FireRedStatusTrigger(
-        "firered-image-edit-v1-1_abc", firered_conn, 2.5, deadline=1_900_000_000.5, timeout=60
+        "firered-image-edit-v1-1_abc", CONN_ID, 2.5, deadline=1_900_000_000.5, timeout=60
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_firered.triggers.firered.FireRedStatusTrigger"
     assert kwargs == {
         "request_id": "firered-image-edit-v1-1_abc",
-        "firered_conn_id": firered_conn,
+        "firered_conn_id": CONN_ID,
         "poll_interval": 2.5,
         "deadline": 1_900_000_000.5,
         "timeout": 60.0,
@@ -170,14 +177,14 @@ def test_serialize_round_trip_without_secret(firered_conn: str) -> None:
 
 
 @pytest.mark.parametrize("poll_interval", [0, 0.05, 0.999, -1, float("nan"), "5", True])
-def test_poll_interval_below_a_second_is_refused(firered_conn: str, poll_interval: Any) -> None:
+def test_poll_interval_below_a_second_is_refused(poll_interval: Any) -> None:
     with pytest.raises(FireRedValidationError, match=r"^poll_interval: must be at least 1 second"):
-        FireRedStatusTrigger("firered-image-edit-v1-1_abc", firered_conn, poll_interval)
+        FireRedStatusTrigger("firered-image-edit-v1-1_abc", CONN_ID, poll_interval)
 
 
-def test_a_trigger_without_deadline_waits_a_bounded_time(firered_conn: str) -> None:
+def test_a_trigger_without_deadline_waits_a_bounded_time() -> None:
     before = time.time()
-    trigger = FireRedStatusTrigger("firered-image-edit-v1-1_abc", firered_conn, 5)
+    trigger = FireRedStatusTrigger("firered-image-edit-v1-1_abc", CONN_ID, 5)
     assert trigger.deadline is not None
     assert before + DEFAULT_MAX_WAIT_SECONDS <= trigger.deadline <= time.time() + DEFAULT_MAX_WAIT_SECONDS
     assert trigger.timeout == DEFAULT_MAX_WAIT_SECONDS
@@ -185,7 +192,7 @@ def test_a_trigger_without_deadline_waits_a_bounded_time(firered_conn: str) -> N
     assert trigger.serialize()[1]["deadline"] == trigger.deadline
     assert FireRedStatusTrigger(**trigger.serialize()[1]).deadline == trigger.deadline
     with pytest.raises(FireRedValidationError, match=r"^timeout:"):
-        FireRedStatusTrigger("firered-image-edit-v1-1_abc", firered_conn, 5, timeout=0)
+        FireRedStatusTrigger("firered-image-edit-v1-1_abc", CONN_ID, 5, timeout=0)
 
 
 async def test_a_trigger_without_deadline_ends_after_its_timeout(
@@ -264,6 +271,6 @@ async def test_a_connection_gone_during_a_wait_ends_with_a_retryable_event(
 @pytest.mark.parametrize(
     ("field", "kwargs"), [("deadline", {"deadline": float("nan")}), ("timeout", {"timeout": float("inf")})]
 )
-def test_a_deadline_must_be_finite(firered_conn: str, field: str, kwargs: dict[str, Any]) -> None:
+def test_a_deadline_must_be_finite(field: str, kwargs: dict[str, Any]) -> None:
     with pytest.raises(FireRedValidationError, match=f"^{field}: must be a finite number"):
-        FireRedStatusTrigger("firered-image-edit-v1-1_abc", firered_conn, 5, **kwargs)
+        FireRedStatusTrigger("firered-image-edit-v1-1_abc", CONN_ID, 5, **kwargs)

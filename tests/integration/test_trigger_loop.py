@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from airflow_provider_firered.emulator.process import start_emulator_process
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from tests.conftest import conn_uri_json
@@ -30,31 +28,8 @@ NOISE_STEPS = 3
 
 @pytest.fixture
 def emulator_process() -> Iterator[dict[str, Any]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_firered.emulator",
-            "--port",
-            "0",
-            "--cdn-port",
-            "0",
-            "--queued-seconds",
-            "0.5",
-            "--processing-seconds",
-            "17",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield dict(json.loads(proc.stdout.readline()))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with start_emulator_process("--queued-seconds", "0.5", "--processing-seconds", "17") as emulator:
+        yield emulator.info
 
 
 @pytest.mark.timeout(120)

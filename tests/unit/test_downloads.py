@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_firered import downloads
+from airflow_provider_firered import downloads, media_hosts, output_paths
 from airflow_provider_firered.connection import GatewaySettings
 from airflow_provider_firered.exceptions import (
     FireRedDownloadError,
@@ -48,13 +48,13 @@ def settings(base_url: str = PUBLIC_GATEWAY, **fields: Any) -> GatewaySettings:
     ],
 )
 def test_output_name_uses_the_id_the_index_and_a_fixed_extension(media_type: str | None, name: str) -> None:
-    assert downloads.output_name(RID, 0, media_type) == name
+    assert output_paths.output_name(RID, 0, media_type) == name
 
 
 @pytest.mark.parametrize("request_id", ["../../x", "/etc/cron.d/x", "a/b", "a\\b", "", ".hidden", "x\0y", 7])
 def test_output_name_refuses_an_id_that_is_not_a_plain_gateway_id(request_id: Any) -> None:
     with pytest.raises(FireRedValidationError) as info:
-        downloads.output_name(request_id, 0, "image/png")
+        output_paths.output_name(request_id, 0, "image/png")
     assert info.value.field == "request_id"
 
 
@@ -69,27 +69,27 @@ def test_output_name_refuses_an_id_that_is_not_a_plain_gateway_id(request_id: An
     ],
 )
 def test_local_targets(destination: str, expected: str) -> None:
-    assert downloads.as_target(destination) == Path(expected)
+    assert output_paths.as_target(destination) == Path(expected)
 
 
 @pytest.mark.parametrize("destination", ["file://fileserver/share/out", "file://127.0.0.1/srv/out"])
 def test_file_url_naming_another_host_is_refused(destination: str) -> None:
     with pytest.raises(FireRedValidationError, match="no host or localhost") as info:
-        downloads.as_target(destination, field_name="output_dir")
+        output_paths.as_target(destination, field_name="output_dir")
     assert info.value.field == "output_dir"
 
 
 def test_target_inside_a_local_output_dir(tmp_path: Path) -> None:
     base = tmp_path / "out"
     base.mkdir()
-    downloads.check_inside(base / "x_0.png", base)
+    output_paths.check_inside(base / "x_0.png", base)
     with pytest.raises(FireRedValidationError, match="not inside"):
-        downloads.check_inside(base / ".." / "x_0.py", base)
+        output_paths.check_inside(base / ".." / "x_0.py", base)
     with pytest.raises(FireRedValidationError, match="not inside"):
-        downloads.check_inside(Path("/etc/x_0.png"), base)
+        output_paths.check_inside(Path("/etc/x_0.png"), base)
     (base / "link_0.png").symlink_to(tmp_path / "elsewhere.png")  # a planted link out of the folder
     with pytest.raises(FireRedValidationError, match="not inside"):
-        downloads.check_inside(base / "link_0.png", base)
+        output_paths.check_inside(base / "link_0.png", base)
 
 
 def test_target_inside_an_object_storage_output_dir() -> None:
@@ -99,10 +99,10 @@ def test_target_inside_an_object_storage_output_dir() -> None:
         base = ObjectStoragePath("memory://bucket/edits/run")
     except TypeError as err:  # Airflow 3.0's ObjectStoragePath with universal-pathlib 0.3
         pytest.skip(f"this Airflow cannot build a memory:// ObjectStoragePath: {err}")
-    downloads.check_inside(base / "x_0.png", base)
+    output_paths.check_inside(base / "x_0.png", base)
     for escaped in (base / ".." / "x_0.png", base / "../../other/x_0.png", ObjectStoragePath("memory://b/x")):
         with pytest.raises(FireRedValidationError, match="not inside"):
-            downloads.check_inside(escaped, base)
+            output_paths.check_inside(escaped, base)
 
 
 # -- media hosts ----------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_target_inside_an_object_storage_output_dir() -> None:
     ],
 )
 def test_address_kind(address: str, kind: str | None) -> None:
-    assert downloads.address_kind(address) == kind
+    assert media_hosts.address_kind(address) == kind
 
 
 @pytest.mark.parametrize(
@@ -155,7 +155,7 @@ def test_address_kind(address: str, kind: str | None) -> None:
 def test_media_host_policy_follows_the_gateway_and_the_extra(
     base_url: str, allow_private: bool, local: bool, private: bool
 ) -> None:
-    policy = downloads.MediaHostPolicy.for_settings(
+    policy = media_hosts.MediaHostPolicy.for_settings(
         settings(base_url, allow_private_media_hosts=allow_private)
     )
     assert (policy.allow_local, policy.allow_private) == (local, private)
@@ -181,14 +181,14 @@ def test_refused_media_host_fails_for_good_without_connecting(
 ) -> None:
     conf = settings(gateway, allow_private_media_hosts=allow_private)
     with pytest.raises(FireRedDownloadError, match=f"refused media host .*a {kind} address") as info:
-        downloads.download(downloads.new_media_session(), conf, url, tmp_path / "out.png")
+        downloads.download(media_hosts.new_media_session(), conf, url, tmp_path / "out.png")
     assert not info.value.retryable
     assert connects == []
     assert list(tmp_path.iterdir()) == []
 
 
 def test_media_session_takes_nothing_from_the_environment() -> None:
-    session = downloads.new_media_session()
+    session = media_hosts.new_media_session()
     assert session.trust_env is False
     assert session.headers["Accept-Encoding"] == "identity"
 

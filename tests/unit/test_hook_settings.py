@@ -86,7 +86,7 @@ def test_bad_connection_names_the_field(
 def test_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_for(monkeypatch, {"password": KEY})
     hook = FireRedHook("firered_t")
-    hook._use_settings(settings)
+    assert hook.settings == settings
     for text in (repr(settings), str(settings), repr(hook)):
         assert KEY not in text
 
@@ -104,10 +104,30 @@ def test_origin_check_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not settings.is_gateway_url(other)
 
 
-def test_no_connection_lookup_or_network_in_init() -> None:
-    hook = FireRedHook("does_not_exist")
-    assert hook._settings is None
-    assert hook._async_session is None
+def test_the_connection_is_looked_up_on_first_use_then_kept(
+    monkeypatch: pytest.MonkeyPatch, connects: list[Any]
+) -> None:
+    hook = FireRedHook("firered_later")  # the connection does not exist yet: nothing is looked up
+    conn = {"conn_type": "firered", "password": KEY, "host": "https://gw.test"}
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_LATER", json.dumps(conn))
+    assert hook.settings.base_url == "https://gw.test"
+    assert hook.base_url == "https://gw.test"  # HttpHook's view of the gateway root
+    assert hook.url_from_endpoint("/v2/x") == "https://gw.test/v2/x"
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_LATER", json.dumps({**conn, "host": "https://moved.test"}))
+    assert hook.settings.base_url == "https://gw.test"  # kept for the hook's life...
+    assert hook.refresh_settings().base_url == "https://moved.test"  # ...until looked up afresh
+    assert hook.settings.base_url == hook.base_url == "https://moved.test"
+    assert connects == []
+
+
+def test_a_retry_policy_given_to_the_hook_overrides_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = {"conn_type": "firered", "password": KEY, "extra": {"retry_max_attempts": 5}}
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_T", json.dumps(conn))
+    policy = RetryPolicy(max_attempts=2)
+    hook = FireRedHook("firered_t", retry_policy=policy)
+    assert hook.settings.retry is policy
+    assert hook.refresh_settings().retry is policy
+    assert FireRedHook("firered_t").settings.retry.max_attempts == 5
 
 
 def test_connection_form() -> None:

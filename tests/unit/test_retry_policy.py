@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -73,7 +74,7 @@ def test_what_is_retried(exc: BaseException, retry: bool) -> None:
     assert RetryPolicy.should_retry(exc) is retry
 
 
-def test_retrying_stops_after_max_attempts_and_reraises() -> None:
+def test_call_stops_after_max_attempts_and_reraises() -> None:
     calls: list[int] = []
 
     def flaky() -> None:
@@ -82,7 +83,7 @@ def test_retrying_stops_after_max_attempts_and_reraises() -> None:
 
     policy = RetryPolicy(max_attempts=3, initial_wait=0, jitter=0)
     with pytest.raises(FireRedApiError):
-        policy.retrying()(flaky)
+        policy.call(flaky)
     assert len(calls) == 3
 
 
@@ -94,7 +95,7 @@ def test_non_retryable_is_raised_at_once() -> None:
         raise FireRedApiError(401)
 
     with pytest.raises(FireRedApiError):
-        RetryPolicy(initial_wait=0).retrying()(denied)
+        RetryPolicy(initial_wait=0).call(denied)
     assert len(calls) == 1
 
 
@@ -121,7 +122,7 @@ async def test_acall_uses_the_same_policy() -> None:
     ],
     ids=["max-attempts", "max-elapsed", "not-retryable"],
 )
-async def test_acall_stops_like_retrying(policy: RetryPolicy, error: FireRedError, tries: int) -> None:
+async def test_acall_stops_like_call(policy: RetryPolicy, error: FireRedError, tries: int) -> None:
     def sync_call() -> None:
         sync_calls.append(1)
         raise error
@@ -133,7 +134,7 @@ async def test_acall_stops_like_retrying(policy: RetryPolicy, error: FireRedErro
     sync_calls: list[int] = []
     async_calls: list[int] = []
     with pytest.raises(type(error)):
-        policy.retrying()(sync_call)
+        policy.call(sync_call)
     with pytest.raises(type(error)):
         await policy.acall(async_call)
     assert len(async_calls) == len(sync_calls) == tries
@@ -153,21 +154,76 @@ async def test_acall_waits_as_told_by_retry_after(caplog: pytest.LogCaptureFixtu
     assert "FireRed call failed (try 1 of 2)" in caplog.text
 
 
-def test_policy_from_connection_extras() -> None:
-    policy = RetryPolicy.from_extras({"retry_max_attempts": "3", "retry_initial_wait": 0.5, "other": 1})
-    assert (policy.max_attempts, policy.initial_wait, policy.max_wait) == (3, 0.5, 30.0)
-
-
 @pytest.mark.parametrize(
-    ("extras", "field"),
+    ("fields", "field"),
     [
-        ({"retry_max_attempts": 0}, "retry_max_attempts"),
-        ({"retry_max_attempts": "many"}, "retry_max_attempts"),
-        ({"retry_initial_wait": -1}, "retry_initial_wait"),
-        ({"retry_max_wait": "x"}, "retry_max_wait"),
+        ({"max_attempts": 0}, "retry_max_attempts"),
+        ({"max_attempts": 2.5}, "retry_max_attempts"),
+        ({"initial_wait": -1}, "retry_initial_wait"),
+        ({"max_wait": "x"}, "retry_max_wait"),
     ],
 )
-def test_bad_extras_name_the_field(extras: dict[str, object], field: str) -> None:
+def test_a_bad_policy_names_the_field(fields: dict[str, object], field: str) -> None:
     with pytest.raises(FireRedValidationError) as info:
-        RetryPolicy.from_extras(extras)
+        RetryPolicy(**fields)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+async def test_sync_and_async_log_the_same_tries(caplog: pytest.LogCaptureFixture) -> None:
+    policy = RetryPolicy(max_attempts=3, initial_wait=0, jitter=0)
+
+    def sync_call() -> None:
+        raise FireRedApiError(503)
+
+    async def async_call() -> None:
+        raise FireRedApiError(503)
+
+    with caplog.at_level("WARNING", logger="airflow_provider_firered.retry"):
+        with pytest.raises(FireRedApiError):
+            policy.call(sync_call)
+        sync_lines = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        with pytest.raises(FireRedApiError):
+            await policy.acall(async_call)
+        async_lines = [r.getMessage() for r in caplog.records]
+    assert sync_lines == async_lines
+    assert [line.split(":")[0] for line in sync_lines] == [
+        "FireRed call failed (try 1 of 3)",
+        "FireRed call failed (try 2 of 3)",
+    ]
+
+
+async def test_max_elapsed_counts_the_first_try() -> None:
+    # The first try runs before the retry engine starts: its time still counts against max_elapsed.
+    policy = RetryPolicy(max_attempts=5, initial_wait=0, jitter=0, max_elapsed=0.2)
+    sync_calls: list[int] = []
+    async_calls: list[int] = []
+
+    def slow() -> None:
+        sync_calls.append(1)
+        time.sleep(0.3)
+        raise FireRedApiError(503)
+
+    async def aslow() -> None:
+        async_calls.append(1)
+        await asyncio.sleep(0.3)
+        raise FireRedApiError(503)
+
+    with pytest.raises(FireRedApiError):
+        policy.call(slow)
+    with pytest.raises(FireRedApiError):
+        await policy.acall(aslow)
+    assert sync_calls == async_calls == [1]
+
+
+def test_call_passes_arguments_and_returns_the_first_success() -> None:
+    calls: list[tuple[int, str]] = []
+
+    def flaky(number: int, word: str) -> str:
+        calls.append((number, word))
+        if len(calls) == 1:
+            raise FireRedConnectionError("h", "reset")
+        return f"{word} {number}"
+
+    assert RetryPolicy(initial_wait=0, jitter=0).call(flaky, 7, "try") == "try 7"
+    assert calls == [(7, "try"), (7, "try")]

@@ -1,6 +1,7 @@
 """
-A real Airflow deployment on loopback for end-to-end tests: api-server, scheduler (LocalExecutor),
-dag-processor and triggerer, each a separate process, in a throwaway AIRFLOW_HOME on SQLite.
+A real Airflow deployment on loopback for end-to-end tests and benchmarks: api-server, scheduler
+(LocalExecutor), dag-processor and triggerer, each a separate process, in a throwaway AIRFLOW_HOME on
+SQLite, with the emulator beside it. A development tool (Linux only): the provider never imports it.
 
 Every process gets a unique marker in its environment. Airflow's task supervisor moves each task into
 its own process group, so stopping a process group is not enough to stop everything: after the groups,
@@ -14,13 +15,10 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,46 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_firered.emulator.process import EmulatorProcess, start_emulator_process
+from airflow_provider_firered.testing.processes import alive, descendants, free_port, pids_with_env
+
 #: The environment variable that tags every process of one deployment.
 MARKER_VAR = "FIRERED_E2E_DEPLOYMENT"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _pids_with_marker(marker: str) -> list[int]:
-    """Pids of live processes whose environment carries ``MARKER_VAR=marker`` (Linux /proc only)."""
-    needle = f"{MARKER_VAR}={marker}".encode()
-    found: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone, or not ours
-            continue
-        # A zombie has released its environment already; its parent reaps it.
-        if needle in environ.split(b"\0") and stat.rsplit(")", 1)[-1].split()[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -76,7 +39,7 @@ class ManagedProcess:
     """One long-running process started by the deployment."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[Any]
     log_path: Path
 
     @property
@@ -198,12 +161,8 @@ class AirflowDeployment:
         prefix = ["nice", "-n", str(niceness)] if niceness else []
         return self.start_command(name, [*prefix, str(self.airflow_bin), *args])
 
-    def start_command(self, name: str, argv: Sequence[str], *, stdout_pipe: bool = False) -> ManagedProcess:
-        """
-        Start any command with the deployment's environment (and marker) in its own process group.
-
-        :param stdout_pipe: keep stdout as a pipe (to read a first line); stderr still goes to the log.
-        """
+    def start_command(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        """Start any command with the deployment's environment (and marker) in its own process group."""
         log_path = self.logs / f"{name}.log"
         with log_path.open("ab") as log:
             popen = subprocess.Popen(
@@ -211,10 +170,14 @@ class AirflowDeployment:
                 env=self.env,
                 cwd=self.home,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if stdout_pipe else log,
-                stderr=log if stdout_pipe else subprocess.STDOUT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        return self.track(name, popen, log_path)
+
+    def track(self, name: str, popen: subprocess.Popen[Any], log_path: Path) -> ManagedProcess:
+        """Count a process started elsewhere (with :attr:`env`) as part of the deployment."""
         proc = ManagedProcess(name, popen, log_path)
         self.processes.append(proc)
         return proc
@@ -243,7 +206,7 @@ class AirflowDeployment:
     def kill(self, proc: ManagedProcess) -> None:
         """SIGKILL a process, its group and its descendants at once: a crash, not a shutdown."""
         self.killed.append(proc)
-        victims = self._tree(proc.pid)
+        victims = descendants(proc.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         for pid in victims:
@@ -260,7 +223,7 @@ class AirflowDeployment:
         busy = [
             pid for pid, title in self.titles().items() if "LocalExecutor" in title and "<idle>" not in title
         ]
-        victims = [*busy, *(child for pid in busy for child in self._tree(pid))]
+        victims = [*busy, *(child for pid in busy for child in descendants(pid))]
         for pid in victims:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -271,7 +234,9 @@ class AirflowDeployment:
         The process title of every live process started here and of their descendants (found by
         ancestry: a title set with setproctitle overwrites the environment that carries the marker).
         """
-        pids = {pid for proc in self.processes if proc.running() for pid in (proc.pid, *self._tree(proc.pid))}
+        pids = {
+            pid for proc in self.processes if proc.running() for pid in (proc.pid, *descendants(proc.pid))
+        }
         titles = {}
         for pid in pids:
             with contextlib.suppress(OSError):
@@ -298,28 +263,12 @@ class AirflowDeployment:
         # Tasks and triggerer children live in process groups of their own: find them by the marker.
         for sig, wait in ((signal.SIGTERM, grace / 2), (signal.SIGKILL, 5.0)):
             deadline = time.monotonic() + wait
-            while (left := _pids_with_marker(self.marker)) and time.monotonic() < deadline:
+            while (left := pids_with_env(MARKER_VAR, self.marker)) and time.monotonic() < deadline:
                 for pid in left:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, sig)
                 time.sleep(0.5)
-        return [pid for pid in _pids_with_marker(self.marker) if _alive(pid)]
-
-    def _tree(self, root: int) -> list[int]:
-        """``root``'s descendants, read from /proc before anything is killed (orphans get reparented)."""
-        children: dict[int, list[int]] = {}
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[-1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-        found, todo = [], [root]
-        while todo:
-            for child in children.get(todo.pop(), []):
-                found.append(child)
-                todo.append(child)
-        return found
+        return [pid for pid in pids_with_env(MARKER_VAR, self.marker) if alive(pid)]
 
     # -- observing ---------------------------------------------------------------------------------------
 
@@ -411,64 +360,19 @@ class AirflowDeployment:
         return "\n".join(f"--- {p.name} ({p.log_path}) ---\n{p.log_text()[-chars:]}" for p in self.processes)
 
 
-@dataclass
-class EmulatorProcess:
-    """The FireRed emulator, run through its command line like a user would."""
-
-    process: ManagedProcess
-    info: dict[str, Any]
-
-    @property
-    def gateway_url(self) -> str:
-        return str(self.info["gateway_url"])
-
-    @property
-    def sample_images(self) -> list[str]:
-        return list(self.info.get("sample_images") or [])
-
-    def control(self, method: str, path: str, body: Any = None) -> Any:
-        """Call the emulator's out-of-process control API (``/_emulator/...``)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.gateway_url}/_emulator/{path.lstrip('/')}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw else None
-
-
 def start_emulator(deployment: AirflowDeployment, *args: str, timeout: float = 60) -> EmulatorProcess:
-    """Start ``python -m airflow_provider_firered.emulator`` and read the JSON of its first line."""
-    argv = [
-        sys.executable,
-        "-m",
-        "airflow_provider_firered.emulator",
-        "--port",
-        "0",
-        "--cdn-port",
-        "0",
-        *args,
-    ]
-    proc = deployment.start_command("emulator", argv, stdout_pipe=True)
-    stdout = proc.popen.stdout
-    assert stdout is not None
-    lines: list[bytes] = []
-    reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not lines or not lines[0]:
-        raise RuntimeError(f"the emulator printed no first line within {timeout:.0f}s:\n{proc.log_text()}")
+    """
+    Start the emulator's command line as part of ``deployment`` (its environment and marker, its
+    output in ``process-logs/emulator.log``, stopped with the rest).
 
-    def drain() -> None:  # keep the pipe flowing so the emulator never blocks on a full buffer
-        with proc.log_path.open("ab") as log:
-            for line in stdout:
-                log.write(line)
-
-    threading.Thread(target=drain, daemon=True).start()
-    return EmulatorProcess(proc, dict(json.loads(lines[0])))
+    :param args: more emulator flags (``--processing-seconds 20``, ...).
+    """
+    log_path = deployment.logs / "emulator.log"
+    emulator = start_emulator_process(
+        *args, env=deployment.env, cwd=deployment.home, log_path=log_path, timeout=timeout
+    )
+    deployment.track("emulator", emulator.popen, log_path)
+    return emulator
 
 
 def trigger_logs(
@@ -491,84 +395,3 @@ def trigger_logs(
             index = int(path.parent.name.split("=", 1)[1])
             started.setdefault(index, set()).add(int(path.name.rsplit(".", 2)[-2]))
     return started
-
-
-# -- the web UI ---------------------------------------------------------------------------------------
-
-#: The user the UI tests sign in as (the simple auth manager, Airflow's default).
-UI_USER = "admin"
-#: Flags for a headless Chromium that talks to loopback only.
-CHROMIUM_ARGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-_CHROMIUM_NAMES = ("chromium", "chromium-browser")
-
-
-def enable_ui_login(deployment: AirflowDeployment, password: str) -> None:
-    """
-    Let ``UI_USER`` (an admin) sign in with ``password``; call before starting the api-server.
-
-    The simple auth manager reads passwords from its file and generates only the missing ones.
-    """
-    passwords = deployment.home / "ui-passwords.json"
-    passwords.write_text(json.dumps({UI_USER: password}))
-    deployment.env.update(
-        {
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{UI_USER}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-            # Airflow 3.0 signs UI tokens with an issuer that newer PyJWT requires to be a string.
-            "AIRFLOW__API_AUTH__JWT_ISSUER": "airflow",
-        }
-    )
-
-
-def start_api_server(deployment: AirflowDeployment) -> ManagedProcess:
-    """Start the api-server alone (the web UI and the REST API)."""
-    return deployment.start(
-        "api-server", "api-server", "--port", str(deployment.api_port), "--host", "127.0.0.1"
-    )
-
-
-def find_chromium() -> str | None:
-    """The distribution's Chromium, if installed."""
-    for name in _CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def install_chromium(timeout: float = 900) -> tuple[str | None, str]:
-    """
-    The path of Chromium, installed with ``apt-get`` when missing and running as root.
-
-    :return: the executable, or None and the reason it cannot be had.
-    """
-    found = find_chromium()
-    if found:
-        return found, ""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return None, "Chromium is not installed, and installing it (apt-get install chromium) needs root"
-    if not shutil.which("apt-get"):
-        return None, "Chromium is not installed, and there is no apt-get to install it with"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
-    output = ""
-    deadline = time.monotonic() + timeout
-    # A fresh machine may have no package lists yet: update once when the first try fails.
-    for command in (install, ["apt-get", "update"], install):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=left, check=False)
-        output = done.stdout[-1500:] + done.stderr[-1500:]
-        if command is install and done.returncode == 0 and find_chromium():
-            return find_chromium(), ""
-    return None, f"apt-get install chromium failed:\n{output}"

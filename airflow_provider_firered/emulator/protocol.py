@@ -1,0 +1,30 @@
+"""The gateway's wire conventions that every origin of the emulator shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+KEY_HEADER = "Ocp-Apim-Subscription-Key"
+STATUS_PREFIX = "/v2/requests/status/"
+UNFINISHED = ("QUEUED", "PROCESSING")
+TERMINAL = ("COMPLETED", "FAILED", "ERROR")
+
+
+def error_answer(
+    status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """The gateway's documented error body: ``{"error": ..., "message": ...}``."""
+    return web.json_response({"error": error, "message": message}, status=status, headers=headers)
+
+
+def has_key(headers: Mapping[str, str]) -> bool:
+    """Whether ``headers`` carry the subscription key (any spelling of the header name)."""
+    return any(name.lower() == KEY_HEADER.lower() for name in headers)
+
+
+def iso(ts: float) -> str:
+    """A UTC timestamp as the gateway writes it: milliseconds and a ``Z``."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

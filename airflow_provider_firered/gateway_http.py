@@ -1,0 +1,250 @@
+"""
+One exchange with the gateway, over ``requests`` (workers) and aiohttp (triggers).
+
+Each exchange is bounded in size (:data:`~airflow_provider_firered.responses.MAX_ANSWER_BYTES`) and
+in wall-clock time (the connection's ``request_timeout``, checked while the answer is read), follows
+no redirect (it could carry the key to another host), and is turned into JSON data or a
+:class:`~airflow_provider_firered.exceptions.FireRedError` by
+:func:`~airflow_provider_firered.responses.parse_gateway_answer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import requests
+import urllib3
+from urllib3.exceptions import NewConnectionError
+
+from airflow_provider_firered.connection import url_host
+from airflow_provider_firered.exceptions import (
+    FireRedApiError,
+    FireRedConnectionError,
+    FireRedResponseError,
+    FireRedSubmitUncertainError,
+)
+from airflow_provider_firered.responses import (
+    MAX_ANSWER_BYTES,
+    answer_too_large,
+    check_answer_length,
+    content_length,
+    parse_gateway_answer,
+)
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.connection import GatewaySettings
+
+#: Bytes asked for per read of a gateway answer: a read returns what has arrived, up to this.
+_READ_CHUNK = 64 * 1024
+#: Frames that only run while a connection is being opened (TCP connect, TLS handshake): an error
+#: raised inside one of them was raised before any byte of the request was sent.
+_CONNECT_FRAMES = frozenset({"_validate_conn", "_new_conn", "do_handshake"})
+
+
+def gateway_call(
+    session: requests.Session,
+    settings: GatewaySettings,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
+) -> tuple[int, Any]:
+    """
+    One blocking exchange with the gateway; return its status and JSON data.
+
+    A POST that failed after it left raises :class:`FireRedSubmitUncertainError`; one that never
+    left (and any failed GET) raises a retryable :class:`FireRedConnectionError`.
+
+    :param session: a session that carries no key (the key is added here, for the gateway only).
+    :param settings: the gateway settings (root, key, ``request_timeout``).
+    :param method: ``GET`` or ``POST``.
+    :param path: the endpoint path under the gateway root.
+    :param body: the JSON body of a POST.
+    :param headers: request headers besides the documented ones.
+    :param request_id: the job concerned, for messages.
+    """
+    url = settings.base_url + path
+    deadline = time.monotonic() + settings.request_timeout
+    try:
+        response = session.request(
+            method,
+            url,
+            json=body,
+            headers=settings.headers(headers),
+            timeout=settings.request_timeout,
+            allow_redirects=False,
+            stream=True,  # read below, bounded in size and time
+        )
+    except requests.RequestException as err:
+        if method == "POST" and not never_sent(err):
+            raise FireRedSubmitUncertainError(url_host(url), type(err).__name__) from None
+        raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
+    with response:
+        try:
+            check_answer_length(
+                response.status_code, content_length(response.headers), method=method, request_id=request_id
+            )
+            content = _read_bounded(
+                response, deadline, settings.request_timeout, method=method, request_id=request_id
+            )
+        except FireRedResponseError:
+            raise  # too large: for a POST, the hook says it may have been accepted
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, _TooSlow) as err:
+            reason = str(err) if isinstance(err, _TooSlow) else type(err).__name__
+            if method == "POST":
+                raise FireRedSubmitUncertainError(url_host(url), reason) from None
+            raise FireRedConnectionError(url_host(url), reason, request_id=request_id) from None
+    return response.status_code, parse_gateway_answer(
+        response.status_code,
+        response.headers,
+        content,
+        method=method,
+        request_id=request_id,
+        secret=settings.api_key,
+    )
+
+
+async def agateway_get(
+    session: aiohttp.ClientSession, settings: GatewaySettings, path: str, request_id: str
+) -> tuple[int, Any]:
+    """
+    One GET of the gateway over aiohttp; return its status and JSON data.
+
+    The timeout's ``total`` bounds the whole exchange, reading the body included. A failed exchange
+    raises a retryable :class:`FireRedConnectionError`.
+
+    :param session: a session that carries no key (see ``loop_shared``).
+    :param settings: the gateway settings.
+    :param path: the endpoint path under the gateway root.
+    :param request_id: the job concerned, for messages.
+    """
+    url = settings.base_url + path
+    try:
+        async with session.get(
+            url, headers=settings.base_headers, allow_redirects=False, timeout=settings.client_timeout
+        ) as response:
+            content = await _aread_bounded(response, request_id)
+            return response.status, parse_gateway_answer(
+                response.status,
+                response.headers,
+                content,
+                method="GET",
+                request_id=request_id,
+                secret=settings.api_key,
+            )
+    except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
+
+
+def never_sent(err: requests.RequestException) -> bool:
+    """
+    Whether a failed request surely never reached the server, so sending it again is safe: the
+    connection was refused or timed out, or its TLS handshake failed (a plain-http server, a bad
+    certificate), before any byte of the request left.
+    """
+    if isinstance(err, requests.ConnectTimeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    if isinstance(err, requests.ConnectionError) and isinstance(reason, NewConnectionError):
+        return True
+    return isinstance(err, requests.exceptions.SSLError) and _raised_while_connecting(err)
+
+
+def submit_refused(err: FireRedApiError, *, resend_on_5xx: bool) -> bool:
+    """
+    Whether a submit's error answer means the gateway did not take the edit (so the error is passed
+    on as it is: retried if a ``429``, final if a ``4xx`` or a redirect).
+
+    A ``5xx`` or ``408`` may come after the gateway queued (and charged) the job, and a ``2xx`` that
+    cannot be read may be an accepted job whose id is lost: neither is sure, unless the connection
+    opts in (``resend_submit_on_5xx``) to sending again after a ``5xx``/``408``.
+
+    :param err: the error a submit's answer raised.
+    :param resend_on_5xx: the connection's ``resend_submit_on_5xx``.
+    """
+    if isinstance(err, FireRedResponseError):
+        return False
+    if err.status_code == 429:
+        return True
+    if err.status_code == 408 or err.status_code >= 500:
+        return resend_on_5xx
+    return True
+
+
+def _raised_while_connecting(err: BaseException) -> bool:
+    """Whether the error at the root of ``err`` was raised while its connection was being opened."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [err]
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name in _CONNECT_FRAMES:
+                return True
+            tb = tb.tb_next
+        pending += [a for a in exc.args if isinstance(a, BaseException)]
+        pending += [
+            e for e in (exc.__cause__, exc.__context__, getattr(exc, "reason", None)) if e is not None
+        ]
+    return False
+
+
+class _TooSlow(Exception):
+    """The answer was not complete within the exchange's wall-clock limit."""
+
+
+def _read_bounded(
+    response: requests.Response, deadline: float, timeout: float, *, method: str, request_id: str | None
+) -> bytes:
+    """
+    Read a streamed answer, at most :data:`MAX_ANSWER_BYTES`, before ``deadline`` (monotonic).
+
+    ``read1`` returns whatever has arrived, so the clock is checked after every arrival: a body
+    dripped a byte at a time cannot hold the worker past the deadline by more than one read (itself
+    bounded by the socket timeout).
+
+    :param response: a response opened with ``stream=True``.
+    :param deadline: when the exchange must be over, on ``time.monotonic()``'s clock.
+    :param timeout: the exchange's limit in seconds, for the message.
+    :param method: the request method (an oversized answer to a GET is retryable).
+    :param request_id: the job concerned, for messages.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in _arrivals(response):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise answer_too_large(response.status_code, method=method, request_id=request_id)
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise _TooSlow(f"no complete answer within {timeout:g}s")
+    if time.monotonic() > deadline:  # the headers alone came too slowly
+        raise _TooSlow(f"no complete answer within {timeout:g}s")
+    return b"".join(chunks)
+
+
+def _arrivals(response: requests.Response) -> Iterator[bytes]:
+    while chunk := response.raw.read1(_READ_CHUNK, decode_content=True):
+        yield chunk
+
+
+async def _aread_bounded(response: aiohttp.ClientResponse, request_id: str | None) -> bytes:
+    """Read an aiohttp answer, refused on its ``Content-Length`` or once past :data:`MAX_ANSWER_BYTES`."""
+    check_answer_length(response.status, response.content_length, method="GET", request_id=request_id)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await response.content.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise answer_too_large(response.status, method="GET", request_id=request_id)
+        chunks.append(chunk)
+    return b"".join(chunks)
