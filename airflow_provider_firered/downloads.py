@@ -31,7 +31,7 @@ from airflow_provider_firered.exceptions import (
 from airflow_provider_firered.media_hosts import HostRefused, MediaExchange, MediaHostPolicy, media_exchange
 from airflow_provider_firered.options import MAX_NUM_IMAGES
 from airflow_provider_firered.output_paths import as_target, check_inside, output_name
-from airflow_provider_firered.responses import check_media_type, content_length
+from airflow_provider_firered.results import check_media_type, content_length
 
 if TYPE_CHECKING:
     from airflow_provider_firered.connection import GatewaySettings

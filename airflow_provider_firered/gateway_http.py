@@ -1,11 +1,11 @@
 """
 One exchange with the gateway, over ``requests`` (workers) and aiohttp (triggers).
 
-Each exchange is bounded in size (:data:`~airflow_provider_firered.responses.MAX_ANSWER_BYTES`) and
+Each exchange is bounded in size (:data:`~airflow_provider_firered.results.MAX_ANSWER_BYTES`) and
 in wall-clock time (the connection's ``request_timeout``, checked while the answer is read), follows
 no redirect (it could carry the key to another host), and is turned into JSON data or a
 :class:`~airflow_provider_firered.exceptions.FireRedError` by
-:func:`~airflow_provider_firered.responses.parse_gateway_answer`.
+:func:`~airflow_provider_firered.results.parse_gateway_answer`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from airflow_provider_firered.exceptions import (
     FireRedResponseError,
     FireRedSubmitUncertainError,
 )
-from airflow_provider_firered.responses import (
+from airflow_provider_firered.results import (
     MAX_ANSWER_BYTES,
     answer_too_large,
     check_answer_length,

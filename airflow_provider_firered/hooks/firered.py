@@ -26,8 +26,7 @@ from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, F
 from airflow_provider_firered.gateway_http import agateway_get, gateway_call, submit_refused
 from airflow_provider_firered.media_hosts import new_media_session
 from airflow_provider_firered.options import validate_edit
-from airflow_provider_firered.responses import status_path
-from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
+from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult, status_path
 from airflow_provider_firered.retry import RetryPolicy
 
 if TYPE_CHECKING:

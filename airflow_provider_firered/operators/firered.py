@@ -23,10 +23,11 @@ from airflow_provider_firered.exceptions import (
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs, validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
-from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
 from airflow_provider_firered.triggers.firered import (
     DEFER_SLACK,
+    EventStatus,
     FireRedStatusTrigger,
+    StatusEvent,
     validate_poll_interval,
 )
 

@@ -18,12 +18,11 @@ from airflow.providers.common.compat.sdk import (
 from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import FireRedError, airflow_errors, as_final, for_airflow
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.responses import status_path
-from airflow_provider_firered.results import JobStatusResult
-from airflow_provider_firered.triggers.events import StatusEvent
+from airflow_provider_firered.results import JobStatusResult, status_path
 from airflow_provider_firered.triggers.firered import (
     DEFER_SLACK,
     FireRedStatusTrigger,
+    StatusEvent,
     validate_poll_interval,
 )
 

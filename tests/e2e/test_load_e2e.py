@@ -142,7 +142,7 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
         # 0.16 s for this provider's, idle, most of it `requests`); on two busy cores that one-time
         # import took up to 0.94 s. From then on, while the waits and the storm go on, the loop must
         # never stall for BLOCKED_THRESHOLD. (How long the triggers' own steps hold the loop is
-        # measured directly, in milliseconds, by tests/integration/test_trigger_loop.py.)
+        # measured directly, in milliseconds, by tests/integration/triggers/test_event_loop.py.)
         steady = [line for line in blocked if _epoch(line) > first_deferred_at + WARMUP_SECONDS]
         assert steady == [], steady
         retried = sum(try_number > 1 for _, _, try_number in tis)

@@ -25,7 +25,7 @@ from airflow_provider_firered.exceptions import (
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.results import JobStatus
 from tests.conftest import conn_uri_json
-from tests.integration.test_hook import wait_done
+from tests.integration.hooks.test_firered import wait_done
 from tests.unit.test_options import BAD_IMAGES, BAD_PROMPTS, BAD_WEBHOOKS, CASES
 
 V10 = "firered-image-edit"

@@ -17,8 +17,8 @@ import pytest
 
 from airflow_provider_firered.emulator import Emulator, Fault
 from tests.conftest import DAGS_FOLDER
-from tests.integration.test_operator import in_log, run_dag, xcom
-from tests.integration.test_sensor import run_sense_dag
+from tests.integration.operators.test_firered import in_log, run_dag, xcom
+from tests.integration.sensors.test_firered import run_sense_dag
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

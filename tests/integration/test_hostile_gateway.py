@@ -24,8 +24,7 @@ from airflow_provider_firered.exceptions import (
 )
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.options import MAX_NUM_IMAGES
-from airflow_provider_firered.responses import MAX_ANSWER_BYTES
-from airflow_provider_firered.results import JobStatus
+from airflow_provider_firered.results import MAX_ANSWER_BYTES, JobStatus
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator
 from tests.conftest import DAGS_FOLDER
-from tests.integration.test_operator import in_log, xcom
+from tests.integration.operators.test_firered import in_log, xcom
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 

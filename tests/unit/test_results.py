@@ -9,14 +9,16 @@ import pytest
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedResponseError
 from airflow_provider_firered.options import MAX_NUM_IMAGES
-from airflow_provider_firered.responses import (
+from airflow_provider_firered.results import (
     MAX_ANSWER_BYTES,
+    JobStatus,
+    JobStatusResult,
+    SubmitResult,
     check_answer_length,
     parse_gateway_answer,
     scrub,
     status_path,
 )
-from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
 
 RID = "firered-image-edit_019d0000-0000-0000-0000-000000000001"
 
