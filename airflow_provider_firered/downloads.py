@@ -15,13 +15,11 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_firered.exceptions import (
     FireRedDownloadError,
@@ -34,6 +32,10 @@ from airflow_provider_firered.output_paths import as_target, check_inside, outpu
 from airflow_provider_firered.results import check_media_type, content_length
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
     from airflow_provider_firered.connection import GatewaySettings
     from airflow_provider_firered.hooks.firered import FireRedHook
 

@@ -13,11 +13,13 @@ answer and from values the user passed, never from request headers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from airflow.providers.common.compat.sdk import AirflowException
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 class FireRedError(AirflowException):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -36,6 +35,8 @@ from airflow_provider_firered.results import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+
     from airflow_provider_firered.connection import GatewaySettings
 
 #: Bytes asked for per read of a gateway answer: a read returns what has arrived, up to this.

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 #: A resolved connection is reused by new waits for this long; a changed key or host reaches new
 #: triggers within it. A running wait keeps the settings it started with, until the gateway refuses

@@ -17,7 +17,6 @@ import ipaddress
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -30,6 +29,8 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.util import connection as urllib3_connection
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow_provider_firered.connection import GatewaySettings
 
 #: Cloud metadata endpoints: never a media host, whatever the connection allows.

@@ -3,7 +3,7 @@ The two FireRed models, their documented options, and validation of an edit requ
 
 These tables are the single source of truth: the hook validates with them, builds request bodies
 from them, and the README's option reference is generated from them (``python -m
-airflow_provider_firered.options`` prints it; a test checks the README holds exactly that text).
+airflow_provider_firered.option_reference`` prints it; a test checks the README holds exactly that text).
 Ranges and value sets come from the gateway reference; where the reference documents none, the
 bound marked "provider guard" is ours and only rejects values that cannot mean anything.
 """
@@ -11,7 +11,7 @@ bound marked "provider guard" is ours and only rejects values that cannot mean a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -70,10 +70,14 @@ class OptionSpec:
     https_only: bool = False
     guard: bool = False
 
-    def allowed(self) -> str:
-        """Describe the allowed values in words, for error messages and the reference."""
+    def allowed(self, show: Callable[[Any], str] = repr) -> str:
+        """
+        Describe the allowed values in words, for error messages and the reference.
+
+        :param show: how a value is written (``repr`` in errors, JSON in the README's reference).
+        """
         if self.choices is not None:
-            values = ", ".join(repr(c) for c in self.choices)
+            values = ", ".join(show(c) for c in self.choices)
             return f"a list of values from {values}" if self.type == "array" else f"one of {values}"
         text = {
             "integer": "an integer",
@@ -383,7 +387,7 @@ def expected_outputs(model: str, parameters: Mapping[str, Any] | None = None) ->
     if option is None:
         return 1
     value = (parameters or {}).get("num_images")
-    return option.default if value is None else option.validate(value, "parameters.num_images")
+    return int(option.default if value is None else option.validate(value, "parameters.num_images"))
 
 
 def _has_type(value: Any, kind: OptionType) -> bool:
@@ -402,34 +406,3 @@ def _has_type(value: Any, kind: OptionType) -> bool:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def option_reference_markdown() -> str:
-    """Render the per-model option reference (the README embeds exactly this text)."""
-    lines: list[str] = []
-    for spec in MODELS.values():
-        lines += [
-            f"#### `{spec.model_id}` ({spec.title})",
-            "",
-            f"Submit path `{spec.submit_path}`; the images go in the `{spec.image_field}` field.",
-            "",
-            "| option | type | default | allowed | description |",
-            "|---|---|---|---|---|",
-        ]
-        for option in spec.options.values():
-            default = "null" if option.default is None else f"`{option.default!r}`".replace("'", '"')
-            allowed = option.allowed() + (" (provider guard)" if option.guard else "")
-            lines.append(
-                f"| `{option.name}` | {option.type} | {default} | {allowed} | {option.description} |"
-            )
-        lines.append("")
-    lines.append(
-        f"Every request: `prompt` a non-blank string of at most {MAX_PROMPT_CHARS} characters; "
-        f"`images` 1 to {MAX_IMAGES} distinct http(s) URLs of at most {MAX_URL_CHARS} characters "
-        "(provider guards); `webhook_url` https only, `webhook_mode` `terminal` or `sync`."
-    )
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(option_reference_markdown())

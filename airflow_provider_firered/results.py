@@ -8,10 +8,9 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from airflow_provider_firered.connection import url_host
@@ -23,6 +22,9 @@ from airflow_provider_firered.exceptions import (
 )
 from airflow_provider_firered.options import MAX_NUM_IMAGES, STATUS_PATH
 from airflow_provider_firered.retry import parse_retry_after
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 #: Media types accepted from the CDN: images, and the generic type the reference shows.
 DOWNLOAD_MEDIA_TYPES = ("image/", "application/octet-stream")
@@ -344,15 +346,15 @@ class JobStatusResult:
             completed_at=_opt_str(data.get("completed_at"), _TEXT_LIMITS["time"]),
         )
 
-    def to_dict(self, output_paths: list[str] | None = None) -> dict[str, Any]:
-        """The provider's result shape (the operator's and sensor's XCom return value)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The result shape the operator and the sensor return, before any output is downloaded."""
         return {
             "request_id": self.request_id,
             "model_id": self.model_id,
             "status": self.status.value,
             "media_urls": list(self.media_urls),
             "media_type": self.media_type,
-            "output_paths": list(output_paths or []),
+            "output_paths": [],
         }
 
 

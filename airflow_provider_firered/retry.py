@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, fields
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +29,8 @@ import tenacity
 # Imported where used: Airflow imports this module (through get_provider_info and the connection
 # extras) while it is itself starting, before exceptions.py, whose base class is Airflow's, can load.
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from airflow_provider_firered.exceptions import FireRedValidationError
 
 log = logging.getLogger(__name__)

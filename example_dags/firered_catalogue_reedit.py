@@ -228,5 +228,6 @@ with DAG(
             raise AirflowFailException(f"{len(failed)} of {len(rows)} SKU(s) failed: {', '.join(failed)}")
         return report
 
-    summary = summarise(manifest["skus"], manifest["run_folder"])
+    # Airflow types a task's output as XComArg, which it indexes (an XCom by key) only at run time.
+    summary = summarise(manifest["skus"], manifest["run_folder"])  # type: ignore[index]
     edit >> summary

@@ -37,7 +37,7 @@ def firered_image(url: str) -> str:
     """Keep an absolute URL; resolve a relative one against the ``firered_image_base_url`` Variable."""
     if urlsplit(url).scheme:
         return url
-    base = Variable.get("firered_image_base_url", default="")
+    base: str = Variable.get("firered_image_base_url", default="")
     if not base:
         raise ValueError(f"image_url {url!r} is relative and the firered_image_base_url Variable is not set")
     return urljoin(base.rstrip("/") + "/", url)

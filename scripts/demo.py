@@ -36,10 +36,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 DAGS_FOLDER = REPO / "example_dags"
@@ -407,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # `kill` or a CI timeout: unwind through the finally blocks so the emulator and Airflow stop too.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     try:
         sys.exit(main())
     except DemoError as err:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,7 +42,7 @@ def conn_uri_json(host: str, key: str = TEST_KEY, **extra: Any) -> str:
 
 
 @pytest.fixture
-def firered_conn(firered_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def firered_conn(firered_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point ``firered_default`` at a fresh emulator; yields the conn id."""
     monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(firered_emulator.gateway_url))
     return "firered_default"

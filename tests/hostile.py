@@ -51,6 +51,11 @@ class Answer:
 Route = Callable[[Seen], Answer]
 
 
+def _always(answer: Answer) -> Route:
+    """A route giving the same answer to every request."""
+    return lambda _seen: answer
+
+
 class HostileServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 whose answers the test chooses per path prefix."""
 
@@ -63,7 +68,8 @@ class HostileServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # quiet
+            # BaseHTTPRequestHandler's signature; quiet: no line per request on stderr.
+            def log_message(self, format: str, *args: object) -> None:  # noqa: ARG002
                 return
 
             def _handle(self) -> None:
@@ -110,7 +116,7 @@ class HostileServer:
 
     def route(self, prefix: str, answer: Route | Answer) -> None:
         """Answer every request whose path starts with ``prefix`` (the longest prefix wins)."""
-        self.routes[prefix] = answer if callable(answer) else (lambda _seen, a=answer: a)
+        self.routes[prefix] = answer if callable(answer) else _always(answer)
 
     def posts(self) -> int:
         """How many POSTs (paid submits) arrived."""

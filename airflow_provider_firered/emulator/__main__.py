@@ -7,10 +7,13 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from types import FrameType
+from typing import TYPE_CHECKING
 
 from airflow_provider_firered.emulator.server import Emulator
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import FrameType
 
 
 def _csv(value: str) -> list[str]:
@@ -53,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)

@@ -38,10 +38,10 @@ class _Admin:
     def __init__(self, emulator: Emulator) -> None:
         self._emulator = emulator
 
-    async def requests(self, request: web.Request) -> web.Response:
+    async def requests(self, _request: web.Request) -> web.Response:
         return web.json_response([record_json(r) for r in self._emulator.requests])
 
-    async def submissions(self, request: web.Request) -> web.Response:
+    async def submissions(self, _request: web.Request) -> web.Response:
         return web.json_response([record_json(r) for r in self._emulator.submissions()])
 
     async def add_fault(self, request: web.Request) -> web.Response:
@@ -51,7 +51,7 @@ class _Admin:
             return error_answer(400, "Bad fault", str(err))
         return web.json_response(_OK)
 
-    async def clear_faults(self, request: web.Request) -> web.Response:
+    async def clear_faults(self, _request: web.Request) -> web.Response:
         self._emulator.clear_faults()
         return web.json_response(_OK)
 
@@ -75,6 +75,6 @@ class _Admin:
             return error_answer(400, "Bad outcome", str(err))
         return web.json_response(_OK)
 
-    async def reset(self, request: web.Request) -> web.Response:
+    async def reset(self, _request: web.Request) -> web.Response:
         self._emulator.reset()
         return web.json_response(_OK)

@@ -13,7 +13,6 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,8 @@ from airflow_provider_firered.emulator.protocol import TERMINAL, UNFINISHED, iso
 from airflow_provider_firered.emulator.validation import MODELS
 
 if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
     from airflow_provider_firered.emulator.records import Recorder
     from airflow_provider_firered.emulator.server import Emulator
 

@@ -19,10 +19,12 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from pathlib import Path
 
 #: ``python -m airflow_provider_firered.emulator`` with this interpreter.
 MODULE_COMMAND = (sys.executable, "-m", "airflow_provider_firered.emulator")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 STATUS_PREFIX = "/v2/requests/status/"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from airflow_provider_firered.emulator.protocol import has_key
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 #: Header names whose values the admin API never returns: the key and anything else that may be secret.
 _SECRET_HEADER_WORDS = ("key", "token", "secret", "auth", "cookie", "password", "signature", "credential")

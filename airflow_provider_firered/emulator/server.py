@@ -12,8 +12,7 @@ import asyncio
 import threading
 import time
 import warnings
-from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,6 +24,9 @@ from airflow_provider_firered.emulator.gateway import Gateway
 from airflow_provider_firered.emulator.jobs import Jobs
 from airflow_provider_firered.emulator.records import RecordedRequest, Recorder
 from airflow_provider_firered.emulator.validation import PATHS
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
 
 __all__ = ["Emulator", "RecordedRequest"]
 

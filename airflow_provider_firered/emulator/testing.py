@@ -6,11 +6,14 @@ Enable them with ``pytest_plugins = ["airflow_provider_firered.emulator.testing"
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from airflow_provider_firered.emulator.server import Emulator
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 @pytest.fixture

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
-from collections.abc import Mapping, Sequence
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import aiohttp
 import requests
-from airflow.providers.common.compat.sdk import ObjectStoragePath
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
@@ -27,12 +23,17 @@ from airflow_provider_firered.gateway_http import agateway_get, gateway_call, su
 from airflow_provider_firered.media_hosts import new_media_session
 from airflow_provider_firered.options import validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult, status_path
-from airflow_provider_firered.retry import RetryPolicy
 
 if TYPE_CHECKING:
+    import os
+    from collections.abc import Mapping, Sequence
     from types import TracebackType
 
+    import aiohttp
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
     from airflow.sdk import Connection
+
+    from airflow_provider_firered.retry import RetryPolicy
 
 __all__ = ["DEFAULT_GATEWAY", "KEY_HEADER", "FireRedHook", "GatewaySettings"]
 
@@ -141,7 +142,7 @@ class FireRedHook(HttpHook):
     async def _aget_connection(self) -> Connection:
         aget = getattr(super(), "aget_connection", None)
         if aget is not None:  # Airflow 3.1+
-            return await aget(self.firered_conn_id)
+            return cast("Connection", await aget(self.firered_conn_id))
         from asgiref.sync import sync_to_async
 
         return await sync_to_async(self.get_connection)(self.firered_conn_id)
@@ -166,7 +167,9 @@ class FireRedHook(HttpHook):
         return session
 
     def get_conn(
-        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+        self,
+        headers: dict[Any, Any] | None = None,  # noqa: ARG002 - HttpHook.get_conn's signature
+        extra_options: dict[str, Any] | None = None,  # noqa: ARG002
     ) -> requests.Session:
         """Return the hook's pooled ``requests`` session (no credentials are set on it)."""
         return self._session

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -32,6 +31,8 @@ from airflow_provider_firered.triggers.firered import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.providers.common.compat.sdk import TaskInstanceKey
     from airflow.sdk import Context
 
@@ -79,7 +80,8 @@ class FireRedOutputLink(BaseOperatorLink):
 
     name = "FireRed output"
 
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+    # BaseOperatorLink's signature: the link needs only the task instance's key.
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:  # noqa: ARG002
         return web_link(XCom.get_value(key=self.xcom_key, ti_key=ti_key))
 
 
@@ -225,7 +227,7 @@ class FireRedEditOperator(BaseOperator):
 
     def _previous_status(self, context: Context) -> JobStatusResult | None:
         """The status of the request an earlier try submitted, unless there is none to resume."""
-        store = context.get("task_state_store")  # type: ignore[call-overload]
+        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         if store is None:
             self.log.info(
                 "This Airflow has no task_state_store (3.3+): crash recovery is off, "
@@ -269,7 +271,7 @@ class FireRedEditOperator(BaseOperator):
             webhook_mode=self.webhook_mode,
         )
         ti = context["ti"]
-        store = context.get("task_state_store")  # type: ignore[call-overload]
+        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         if store is not None:
             # Stored first, the job is paid for: if anything after this fails (the XCom push
             # included), a retry still finds the request and resumes it instead of posting again.
@@ -339,7 +341,7 @@ class FireRedEditOperator(BaseOperator):
         """
         if ended.status is not EventStatus.API_ERROR or not ended.retryable:
             return
-        if context.get("task_state_store") is not None:  # type: ignore[call-overload]
+        if context.get("task_state_store") is not None:  # type: ignore[call-overload,unused-ignore]  # 3.3+
             return
         raise FireRedApiError.reported(
             f"{ended.message} (request_id={ended.request_id}). This Airflow has no "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,8 @@ from airflow_provider_firered.triggers.firered import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from airflow.sdk import Context
 
 
@@ -93,7 +94,8 @@ class FireRedStatusSensor(BaseSensorOperator):
             timeout=timedelta(seconds=self.timeout + DEFER_SLACK),
         )
 
-    def poke(self, context: Context) -> PokeReturnValue | bool:
+    # Airflow's signature: a poke needs only the request id, not the context.
+    def poke(self, context: Context) -> PokeReturnValue | bool:  # noqa: ARG002
         with airflow_errors():
             status = self.hook.get_status(self.request_id)
         if status.status.is_terminal:
@@ -101,7 +103,8 @@ class FireRedStatusSensor(BaseSensorOperator):
         self.log.info("FireRed job %s is %s", self.request_id, status.raw_status)
         return False
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    # Airflow resumes with context= and event=: the event alone carries the outcome.
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ARG002
         """Resume after the trigger fired (soft_fail turns failures into a skip)."""
         try:
             result = StatusEvent.from_dict(event).job_result()

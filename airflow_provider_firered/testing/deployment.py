@@ -22,13 +22,15 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_firered.emulator.process import EmulatorProcess, start_emulator_process
 from airflow_provider_firered.testing.processes import alive, descendants, free_port, pids_with_env
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
 
 #: The environment variable that tags every process of one deployment.
 MARKER_VAR = "FIRERED_E2E_DEPLOYMENT"

@@ -9,8 +9,10 @@ import os
 import shutil
 import subprocess
 import time
+from typing import TYPE_CHECKING
 
-from airflow_provider_firered.testing.deployment import AirflowDeployment, ManagedProcess
+if TYPE_CHECKING:
+    from airflow_provider_firered.testing.deployment import AirflowDeployment, ManagedProcess
 
 # -- the web UI ---------------------------------------------------------------------------------------
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from airflow_provider_firered.testing.deployment import AirflowDeployment
 from tests.e2e.browser import install_chromium
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 #: DAGs that exist only for the end-to-end tests.

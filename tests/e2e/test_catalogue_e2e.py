@@ -16,14 +16,16 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
-from airflow_provider_firered.emulator.process import EmulatorProcess
 from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator, trigger_logs
 from tests.e2e.conftest import EXAMPLE_DAGS
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.emulator.process import EmulatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -214,8 +216,8 @@ def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path:
     assert seen.killed_at, "the triggerer was never killed mid-wait"
     assert seen.restarted_at, "no new triggerer was started"
     for index in seen.running_at_kill:
-        others = started_by[index] - {seen.killed_job}
-        assert others, f"edit[{index}]: no triggerer took over after job {seen.killed_job} was killed"
+        took_over = started_by[index] - {seen.killed_job}
+        assert took_over, f"edit[{index}]: no triggerer took over after job {seen.killed_job} was killed"
     assert all(try_number == 1 for _, try_number in final.values()), final
     posts = [
         r

@@ -18,19 +18,22 @@ import importlib.util
 import json
 import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import airflow
 import pytest
 
 from airflow_provider_firered.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
-from airflow_provider_firered.emulator.process import EmulatorProcess
 from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from tests.conftest import without_masker_registration
 from tests.e2e.browser import CHROMIUM_ARGS, UI_USER, enable_ui_login, start_api_server
 from tests.e2e.conftest import running_deployment, unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow_provider_firered.emulator.process import EmulatorProcess
 
 # The timeout covers installing Chromium on a fresh machine (at most 420 s) and the run itself.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]

@@ -10,13 +10,16 @@ import json
 import time
 from collections import Counter
 from datetime import datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
 from airflow_provider_firered.testing.deployment import start_emulator
 from tests.e2e.conftest import TEST_DAGS, needs_task_state_store, running_deployment
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 EDITS = 200
 pytestmark = [

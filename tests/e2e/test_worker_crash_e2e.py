@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from tests.e2e.conftest import TEST_DAGS, needs_task_state_store, running_deployment
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [
     pytest.mark.e2e,

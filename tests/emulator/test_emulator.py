@@ -9,10 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -20,6 +19,9 @@ from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator, Fault
 from airflow_provider_firered.emulator.process import start_emulator_process
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 KEY = "emulator-test-key"
 V10_PATH = "/firered-image-edit/v1/firered-image-edit/generate"
@@ -55,7 +57,7 @@ def finish(emulator: Emulator, request_id: str, limit: float = 20) -> dict[str, 
     seen: list[str] = []
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        body = status(emulator, request_id).json()
+        body: dict[str, Any] = status(emulator, request_id).json()
         if not seen or seen[-1] != body["status"]:
             seen.append(body["status"])
         if body["status"] in ("COMPLETED", "FAILED", "ERROR"):
@@ -453,7 +455,7 @@ def test_admin_api_redacts_keys_and_secrets(firered_emulator: Emulator) -> None:
     assert firered_emulator.cdn_key_violations
 
 
-def test_cli_serves_the_documented_curl_example(tmp_path: Any) -> None:
+def test_cli_serves_the_documented_curl_example() -> None:
     process = start_emulator_process(
         "--queued-seconds",
         "0.1",

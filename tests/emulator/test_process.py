@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
 from airflow_provider_firered.emulator.process import EmulatorStartError, start_emulator_process
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def gone(pid: int) -> bool:

@@ -6,8 +6,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
+
+if TYPE_CHECKING:
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -77,13 +81,15 @@ def test_the_worker_cost_dags_import_without_errors() -> None:
     try:
         from airflow.dag_processing.dagbag import DagBag  # Airflow 3.1+
     except ImportError:
-        from airflow.models.dagbag import DagBag  # type: ignore[no-redef,attr-defined]
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef,attr-defined,unused-ignore]
 
     bag = DagBag(dag_folder=str(BENCHMARKS / "dags"))
     assert bag.import_errors == {}
     assert set(bag.dag_ids) == {"bench_deferrable", "bench_blocking", "bench_generic"}
-    assert bag.dags["bench_blocking"].get_task("edit").partial_kwargs["deferrable"] is False
-    wait = bag.dags["bench_generic"].get_task("wait")
+    # Both tasks are mapped: get_task's type is any operator.
+    edit = cast("MappedOperator", bag.dags["bench_blocking"].get_task("edit"))
+    assert edit.partial_kwargs["deferrable"] is False
+    wait = cast("MappedOperator", bag.dags["bench_generic"].get_task("wait"))
     assert wait.partial_kwargs["mode"] == "reschedule"
 
 

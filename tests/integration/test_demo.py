@@ -7,12 +7,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
-from airflow_provider_firered.emulator import Emulator
 from tests.conftest import TEST_KEY
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.emulator import Emulator
 
 DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
 SAMPLE_SKUS = ["SHOE-1001", "SHOE-1002", "MUG-2001", "MUG-2002", "TEE-3001"]

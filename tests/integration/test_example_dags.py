@@ -6,14 +6,17 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
-from airflow_provider_firered.emulator import Emulator
 from tests.conftest import DAGS_FOLDER
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from airflow_provider_firered.emulator import Emulator
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 CATALOGUE = "firered_catalogue_reedit"
@@ -37,7 +40,7 @@ def test_every_example_imports_without_errors() -> None:
     try:
         from airflow.dag_processing.dagbag import DagBag  # Airflow 3.1+
     except ImportError:
-        from airflow.models.dagbag import DagBag  # type: ignore[no-redef,attr-defined]
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef,attr-defined,unused-ignore]
 
     bag = DagBag(dag_folder=str(EXAMPLE_DAGS))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES
     assert bag.import_errors == {}
@@ -86,9 +89,9 @@ def test_manifest_json_and_relative_urls(catalogue: ModuleType) -> None:
         catalogue.resolve_image_url("a.png", "")
 
 
-@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
 def test_catalogue_run_keeps_the_good_skus_when_one_fails(
-    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bad SKU fails alone (before any request); the others are edited and the summary lists both."""
     for name in (f"{CATALOGUE}.py", "firered_catalogue_manifest.csv"):
@@ -136,9 +139,9 @@ def test_catalogue_run_keeps_the_good_skus_when_one_fails(
     assert prompts == sorted(good.values())
 
 
-@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
 def test_catalogue_pays_once_for_a_sku_whose_job_fails(
-    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The catalogue's ``retries: 2`` do not submit a FAILED (charged) SKU again."""
     for name in (f"{CATALOGUE}.py", "firered_catalogue_manifest.csv"):
@@ -162,7 +165,7 @@ def test_catalogue_pays_once_for_a_sku_whose_job_fails(
     assert json.loads(summary_path.read_text())["failed"] == ["NSFW-1"]
 
 
-@pytest.mark.usefixtures("airflow_db")
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
 @pytest.mark.parametrize(
     ("dag_id", "folder", "image_format"),
     [
@@ -172,7 +175,6 @@ def test_catalogue_pays_once_for_a_sku_whose_job_fails(
 )
 def test_small_examples_run_unchanged(
     firered_emulator: Emulator,
-    firered_conn: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     dag_id: str,

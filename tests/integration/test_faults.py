@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +25,10 @@ from airflow_provider_firered.results import JobStatus
 from tests.conftest import conn_uri_json
 from tests.integration.hooks.test_firered import wait_done
 from tests.unit.test_options import BAD_IMAGES, BAD_PROMPTS, BAD_WEBHOOKS, CASES
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 V10 = "firered-image-edit"
 V11 = "firered-image-edit-v1-1"

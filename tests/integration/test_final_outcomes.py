@@ -32,8 +32,9 @@ def cdn_gets(emulator: Emulator) -> list[Any]:
 
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+@pytest.mark.usefixtures("firered_conn")
 def test_failed_job_fails_for_good_and_is_paid_once(
-    firered_emulator: Emulator, firered_conn: str, deferrable: bool, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, deferrable: bool, capfd: pytest.CaptureFixture[str]
 ) -> None:
     firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
     _, ti = run_dag(
@@ -54,8 +55,9 @@ def test_failed_job_fails_for_good_and_is_paid_once(
     assert in_log("the gateway charged for this job and its outcome is final", out)
 
 
+@pytest.mark.usefixtures("firered_conn")
 def test_error_job_keeps_airflow_retries(
-    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # ERROR is not charged: the task fails normally and its retry submits the edit again.
     firered_emulator.set_next_outcome("ERROR", "GPU lost")
@@ -75,8 +77,9 @@ def test_error_job_keeps_airflow_retries(
 
 
 @needs_task_state_store
+@pytest.mark.usefixtures("firered_conn")
 def test_failed_job_seen_by_a_retry_is_final_too(
-    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # The first try times out before the job ends FAILED; the retry resumes the request, sees FAILED
     # and fails for good instead of submitting the edit again.
@@ -101,8 +104,9 @@ def test_failed_job_seen_by_a_retry_is_final_too(
 
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "poke"])
+@pytest.mark.usefixtures("firered_conn")
 def test_sensor_failed_job_fails_for_good(
-    firered_emulator: Emulator, firered_conn: str, deferrable: bool, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, deferrable: bool, capfd: pytest.CaptureFixture[str]
 ) -> None:
     firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
     tis = run_sense_dag(
@@ -122,8 +126,9 @@ def test_sensor_failed_job_fails_for_good(
     assert len(firered_emulator.submit_attempts()) == 1
 
 
+@pytest.mark.usefixtures("firered_conn")
 def test_download_of_a_non_image_fails_without_retries(
-    firered_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.conftest import conn_uri_json
 
@@ -151,8 +156,9 @@ def test_download_of_a_non_image_fails_without_retries(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.usefixtures("firered_conn")
 def test_transient_download_failure_keeps_airflow_retries(
-    firered_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tests.conftest import conn_uri_json
 
@@ -212,8 +218,9 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
     ("outcome", "kind"),
     [("FAILED", "FireRedJobFailedError"), ("timeout", "FireRedTimeoutError")],
 )
+@pytest.mark.usefixtures("firered_conn")
 def test_the_failure_callback_sees_the_providers_own_error(
-    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, deferrable: bool, outcome: str, kind: str
+    firered_emulator: Emulator, tmp_path: Path, deferrable: bool, outcome: str, kind: str
 ) -> None:
     # Both ways of waiting raise the same type for the same outcome, and Airflow hands it on as is.
     if outcome == "FAILED":

@@ -5,9 +5,7 @@ from __future__ import annotations
 import gzip
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +14,10 @@ from airflow_provider_firered.exceptions import FireRedDownloadError, FireRedErr
 from airflow_provider_firered.hooks.firered import FireRedHook
 from tests.conftest import conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 #: No connection leaves the host in this module (see tests.hostile.connects).
 pytestmark = pytest.mark.usefixtures("connects")

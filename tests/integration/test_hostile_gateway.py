@@ -10,8 +10,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -27,6 +26,9 @@ from airflow_provider_firered.options import MAX_NUM_IMAGES
 from airflow_provider_firered.results import MAX_ANSWER_BYTES, JobStatus
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 V11 = "firered-image-edit-v1-1"
 RID = "firered-image-edit-v1-1_0123456789abcdef"

@@ -9,16 +9,18 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from airflow_provider_firered import loop_shared
-from airflow_provider_firered.emulator import Emulator
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.emulator import Emulator
 
 V11 = "firered-image-edit-v1-1"
 

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.option_reference import option_reference_markdown
 from airflow_provider_firered.options import (
     MAX_IMAGES,
     MAX_NUM_IMAGES,
     MAX_PROMPT_CHARS,
     MODELS,
     expected_outputs,
-    option_reference_markdown,
     validate_edit,
 )
 
@@ -36,7 +36,7 @@ def rejects(field: str, model: str = V11, **parameters: Any) -> FireRedValidatio
 
 
 # (model, option, accepted values, rejected values) — boundaries from the reference.
-CASES = [
+CASES: list[tuple[str, str, list[Any], list[Any]]] = [
     (V10, "seed", [0, 42, None, 2**31], ["1", 1.5, True]),
     (V10, "go_fast", [True, False], [1, "true", None]),
     (V10, "aspect_ratio", ["1:1", "16:9", "9:16", "4:3", "3:4", "match_input_image"], ["2:1", "", None, 1]),
@@ -184,7 +184,8 @@ def test_parameters_must_be_a_mapping() -> None:
 def test_readme_option_reference_is_generated_from_the_tables() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert option_reference_markdown() in readme, (
-        "README option reference is stale: regenerate it with `python -m airflow_provider_firered.options`"
+        "README option reference is stale: regenerate it with "
+        "`python -m airflow_provider_firered.option_reference`"
     )
 
 

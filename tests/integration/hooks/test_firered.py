@@ -6,8 +6,7 @@ import json
 import logging
 import socket
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
@@ -24,6 +23,9 @@ from airflow_provider_firered.hooks.firered import KEY_HEADER, FireRedHook
 from airflow_provider_firered.results import JobStatus, JobStatusResult
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 V10 = "firered-image-edit"
 V11 = "firered-image-edit-v1-1"
@@ -289,7 +291,7 @@ def test_real_402_when_balance_runs_out(monkeypatch: pytest.MonkeyPatch) -> None
     assert info.value.status_code == 402
 
 
-def test_real_404_for_unknown_request(firered_emulator: Emulator, firered_conn: str) -> None:
+def test_real_404_for_unknown_request(firered_conn: str) -> None:
     with pytest.raises(FireRedApiError) as info:
         FireRedHook(firered_conn).get_status("firered-image-edit-v1-1_does-not-exist")
     assert info.value.status_code == 404

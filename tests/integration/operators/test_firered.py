@@ -83,9 +83,8 @@ def xcom(ti: Any, key: str = "return_value") -> Any:
 
 @pytest.mark.parametrize("model", [V10, V11])
 @pytest.mark.parametrize("deferrable", [True, False])
-def test_edit_with_outputs(
-    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, model: str, deferrable: bool
-) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_edit_with_outputs(firered_emulator: Emulator, tmp_path: Path, model: str, deferrable: bool) -> None:
     parameters = {"output_format": "png"} if model == V10 else {"num_images": 2, "output_format": "jpeg"}
     run, ti = run_dag(
         f"edit_{model}_{deferrable}".replace("-", "_"),
@@ -114,7 +113,8 @@ def test_edit_with_outputs(
     assert post.body["prompt"] == "Make the background red"
 
 
-def test_without_output_dir(firered_emulator: Emulator, firered_conn: str) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_without_output_dir(firered_emulator: Emulator) -> None:
     _, ti = run_dag(
         "edit_no_output",
         prompt="blue",
@@ -128,7 +128,8 @@ def test_without_output_dir(firered_emulator: Emulator, firered_conn: str) -> No
     assert len(result["media_urls"]) == 1
 
 
-def test_waiting_starts_from_the_submit_answer(firered_emulator: Emulator, firered_conn: str) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_waiting_starts_from_the_submit_answer(firered_emulator: Emulator) -> None:
     # The job is done long before the first poll: one status read is all the edit needs, none is
     # spent right after the submit on what its answer (QUEUED) already said.
     firered_emulator.set_timings(queued_seconds=0, processing_seconds=0.05)
@@ -174,7 +175,8 @@ def test_a_submit_answer_that_says_completed_is_read_back(
     assert len(status_reads) == 1  # read back once, not trusted blindly
 
 
-def test_no_wait(firered_emulator: Emulator, firered_conn: str) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_no_wait(firered_emulator: Emulator) -> None:
     firered_emulator.set_timings(processing_seconds=30)
     _, ti = run_dag(
         "edit_no_wait", prompt="x", images=firered_emulator.sample_images[:1], wait_for_completion=False
@@ -205,9 +207,9 @@ def test_no_wait(firered_emulator: Emulator, firered_conn: str) -> None:
         ({"resubmit_on_error": 11}, "resubmit_on_error"),
     ],
 )
+@pytest.mark.usefixtures("firered_conn")
 def test_bad_input_fails_without_requests(
     firered_emulator: Emulator,
-    firered_conn: str,
     kwargs: dict[str, Any],
     field: str,
     capfd: pytest.CaptureFixture[str],
@@ -227,9 +229,9 @@ def test_bad_input_fails_without_requests(
 
 @pytest.mark.parametrize(("outcome", "text"), [("FAILED", "NSFW content"), ("ERROR", "GPU lost")])
 @pytest.mark.parametrize("deferrable", [True, False])
+@pytest.mark.usefixtures("firered_conn")
 def test_job_failure_fails_the_task(
     firered_emulator: Emulator,
-    firered_conn: str,
     outcome: str,
     text: str,
     deferrable: bool,
@@ -251,8 +253,9 @@ def test_job_failure_fails_the_task(
 
 
 @pytest.mark.parametrize("deferrable", [True, False])
+@pytest.mark.usefixtures("firered_conn")
 def test_error_job_is_resubmitted_when_asked(
-    firered_emulator: Emulator, firered_conn: str, deferrable: bool, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, deferrable: bool, capfd: pytest.CaptureFixture[str]
 ) -> None:
     firered_emulator.set_next_outcome("ERROR", "GPU lost")
     _, ti = run_dag(
@@ -277,8 +280,9 @@ def test_error_job_is_resubmitted_when_asked(
     [("ERROR", 2, 1, 2), ("FAILED", 1, 3, 1)],
     ids=["error-beyond-the-allowance", "failed-is-never-resubmitted"],
 )
+@pytest.mark.usefixtures("firered_conn")
 def test_resubmission_limits(
-    firered_emulator: Emulator, firered_conn: str, outcome: str, count: int, resubmits: int, posts: int
+    firered_emulator: Emulator, outcome: str, count: int, resubmits: int, posts: int
 ) -> None:
     firered_emulator.set_next_outcome(outcome, "broken", count=count)
     _, ti = run_dag(
@@ -307,9 +311,8 @@ def test_gateway_402_fails_without_retries(
     assert TEST_KEY not in out
 
 
-def test_timeout_names_the_request(
-    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
-) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_timeout_names_the_request(firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]) -> None:
     firered_emulator.set_timings(processing_seconds=30)
     _, ti = run_dag(
         "edit_timeout",
@@ -324,8 +327,9 @@ def test_timeout_names_the_request(
     assert "did not finish within 0.5s" in capfd.readouterr().out
 
 
+@pytest.mark.usefixtures("firered_conn")
 def test_key_not_in_trigger_kwargs_or_logs(
-    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
     _, ti = run_dag(
         "edit_secret",
@@ -349,9 +353,9 @@ def test_key_not_in_trigger_kwargs_or_logs(
     [(0, "instead of posting again"), (3, "already COMPLETED: collecting it without posting again")],
     ids=["resume-running", "collect-completed"],
 )
+@pytest.mark.usefixtures("firered_conn")
 def test_pay_once_retry_reuses_the_request(
     firered_emulator: Emulator,
-    firered_conn: str,
     tmp_path: Path,
     capfd: pytest.CaptureFixture[str],
     retry_delay: int,
@@ -383,9 +387,8 @@ def test_pay_once_retry_reuses_the_request(
 
 
 @pytest.mark.parametrize("model", [V10, V11])
-def test_airflow_dags_test_cli(
-    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, model: str
-) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_airflow_dags_test_cli(firered_emulator: Emulator, tmp_path: Path, model: str) -> None:
     # The acceptance run: `airflow dags test` defers, completes and leaves images behind.
     dag_id = f"cli_{model}".replace("-", "_")
     kwargs = {
@@ -462,8 +465,9 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 @pytest.mark.skipif(
     "not __import__('airflow').__version__.startswith('3.3')", reason="task_state_store needs Airflow 3.3+"
 )
+@pytest.mark.usefixtures("firered_conn")
 def test_failed_xcom_push_after_submit_still_resumes(
-    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # The request id is kept in task_state_store before the XCom push: the push failing after the
     # paid submit leaves a request the retry finds and resumes, with no second POST.
@@ -556,8 +560,9 @@ def test_output_link_shown_by_airflow_is_http_or_https_only(url: str, link: str)
 ROTATED_KEY = "sk-firered-ROTATED-fedcba9876543210"
 
 
+@pytest.mark.usefixtures("firered_conn")
 def test_key_refused_during_a_wait_resumes_on_retry(
-    firered_emulator: Emulator, firered_conn: str, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
 ) -> None:
     # The key is rotated at the gateway during the wait, and in the connection only after the wait
     # gave up: the retry resumes the same request with the new key, without a second POST.

@@ -5,14 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
-from airflow_provider_firered.emulator import Emulator
 from tests.conftest import DAGS_FOLDER
 from tests.integration.operators.test_firered import in_log, xcom
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.emulator import Emulator
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -63,9 +65,8 @@ def run_sense_dag(dag_id: str, images: list[str], **sensor: Any) -> dict[str, An
     ],
     ids=["deferrable", "poke", "reschedule"],
 )
-def test_sensor_collects_the_result(
-    firered_emulator: Emulator, firered_conn: str, tmp_path: Path, mode: dict[str, Any]
-) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_sensor_collects_the_result(firered_emulator: Emulator, tmp_path: Path, mode: dict[str, Any]) -> None:
     firered_emulator.set_timings(processing_seconds=0.5)
     tis = run_sense_dag(
         f"sense_{mode.get('mode', 'deferred')}",
@@ -87,7 +88,8 @@ def test_sensor_collects_the_result(
 
 
 @pytest.mark.parametrize("deferrable", [True, False])
-def test_sensor_fails_on_failed_job(firered_emulator: Emulator, firered_conn: str, deferrable: bool) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_sensor_fails_on_failed_job(firered_emulator: Emulator, deferrable: bool) -> None:
     firered_emulator.set_next_outcome("FAILED", "bad input")
     tis = run_sense_dag(
         f"sense_fail_{deferrable}",
@@ -100,7 +102,8 @@ def test_sensor_fails_on_failed_job(firered_emulator: Emulator, firered_conn: st
 
 
 @pytest.mark.parametrize("deferrable", [True, False])
-def test_sensor_soft_fail_skips(firered_emulator: Emulator, firered_conn: str, deferrable: bool) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_sensor_soft_fail_skips(firered_emulator: Emulator, deferrable: bool) -> None:
     firered_emulator.set_next_outcome("ERROR", "system")
     tis = run_sense_dag(
         f"sense_soft_{deferrable}",
@@ -113,7 +116,8 @@ def test_sensor_soft_fail_skips(firered_emulator: Emulator, firered_conn: str, d
     assert tis["sense"].state == "skipped"
 
 
-def test_sensor_timeout(firered_emulator: Emulator, firered_conn: str) -> None:
+@pytest.mark.usefixtures("firered_conn")
+def test_sensor_timeout(firered_emulator: Emulator) -> None:
     firered_emulator.set_timings(processing_seconds=30)
     tis = run_sense_dag(
         "sense_timeout", firered_emulator.sample_images[:1], poke_interval=1, timeout=0.5, deferrable=True
@@ -122,8 +126,9 @@ def test_sensor_timeout(firered_emulator: Emulator, firered_conn: str) -> None:
 
 
 @pytest.mark.parametrize("deferrable", [True, False])
+@pytest.mark.usefixtures("firered_conn")
 def test_poke_interval_below_a_second_is_refused(
-    firered_emulator: Emulator, firered_conn: str, deferrable: bool, capfd: pytest.CaptureFixture[str]
+    firered_emulator: Emulator, deferrable: bool, capfd: pytest.CaptureFixture[str]
 ) -> None:
     tis = run_sense_dag(
         f"sense_fast_poke_{deferrable}",

@@ -10,8 +10,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -19,6 +18,9 @@ from airflow_provider_firered.emulator.process import start_emulator_process
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from tests.conftest import conn_uri_json
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 TRIGGERS = 200
 SLOW_STEP_SECONDS = 0.05
@@ -49,8 +51,9 @@ def test_200_waiting_triggers_never_hold_the_loop(
 
         async def one(request_id: str) -> dict[str, Any]:
             trigger = FireRedStatusTrigger(request_id, "firered_default", 1.0, deadline=time.time() + 90)
-            (event,) = [event.payload async for event in trigger.run()]
-            return event
+            payloads: list[dict[str, Any]] = [event.payload async for event in trigger.run()]
+            (payload,) = payloads
+            return payload
 
         return await asyncio.wait_for(asyncio.gather(*(one(r) for r in request_ids)), 90)
 

@@ -124,7 +124,7 @@ async def test_slow_reads_do_not_push_the_polls_later(firered_emulator: Emulator
     assert all(0.85 <= gap <= 1.15 for gap in gaps), gaps
 
 
-async def test_unknown_request_is_a_final_error(firered_emulator: Emulator, firered_conn: str) -> None:
+async def test_unknown_request_is_a_final_error(firered_conn: str) -> None:
     (event,) = await events(FireRedStatusTrigger("firered-image-edit-v1-1_gone", firered_conn, 1))
     assert (event["status"], event["retryable"], event["http_status"]) == ("api_error", False, 404)
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException, TaskDeferred
@@ -28,6 +27,9 @@ from airflow_provider_firered.sensors.firered import FireRedStatusSensor
 from airflow_provider_firered.triggers.firered import DEFER_SLACK, FireRedStatusTrigger
 from tests.conftest import conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 V11 = "firered-image-edit-v1-1"
 JSON = {"Content-Type": "application/json"}
@@ -95,7 +97,8 @@ class TaskInstance:
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
 
-    def xcom_pull(self, task_ids: str, map_indexes: int, key: str) -> Any:
+    # Called with Airflow's keyword arguments; XComs here are told apart by key alone.
+    def xcom_pull(self, task_ids: str, map_indexes: int, key: str) -> Any:  # noqa: ARG002
         return self.xcom.get(key)
 
 
@@ -260,7 +263,8 @@ def test_a_key_refused_during_the_wait_is_retried_only_where_a_retry_resumes(
     assert gateway.server.posts() == 0
 
 
-def test_a_success_event_is_collected(gateway: Gateway) -> None:
+@pytest.mark.usefixtures("gateway")
+def test_a_success_event_is_collected() -> None:
     result = {
         "request_id": rid(1),
         "model_id": V11,

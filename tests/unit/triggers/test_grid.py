@@ -7,19 +7,23 @@ import random
 
 import pytest
 
-from airflow_provider_firered.triggers import firered
 from airflow_provider_firered.triggers.firered import grid_point
 
 
-@pytest.mark.parametrize("interval", [0.05, 1.0, 5.0, 60.0])
-def test_a_time_moves_to_the_nearest_grid_point(interval: float) -> None:
-    grid = min(interval * firered.GRID_FRACTION, firered.MAX_GRID_SECONDS)
+@pytest.mark.parametrize(
+    ("interval", "most_moved", "points_per_second"),
+    # The documented grid: a tenth of the interval, at most 0.25 s; a poll moves by half a step at most.
+    [(1.0, 0.05, 10), (5.0, 0.125, 4), (60.0, 0.125, 4)],
+)
+def test_polls_move_a_little_and_land_together(
+    interval: float, most_moved: float, points_per_second: int
+) -> None:
     rng = random.Random(7)
-    for _ in range(200):
-        when = rng.uniform(0, 10_000)
-        point = grid_point(when, interval)
-        assert abs(point - when) <= grid / 2 + 1e-6
-        assert point / grid == pytest.approx(round(point / grid), abs=1e-6)
+    times = [rng.uniform(1000, 1001) for _ in range(500)]
+    points = [grid_point(when, interval) for when in times]
+    assert max(abs(p - w) for p, w in zip(points, times, strict=True)) <= most_moved + 1e-9
+    # 500 polls planned within one second wake at a handful of moments, not 500.
+    assert len({round(p, 6) for p in points}) <= points_per_second + 1
 
 
 def test_no_grid_for_a_zero_interval() -> None:
