@@ -13,13 +13,13 @@ answer and from values the user passed, never from request headers.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from airflow.providers.common.compat.sdk import AirflowException
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from types import TracebackType
 
 
 class FireRedError(AirflowException):
@@ -283,10 +283,15 @@ def for_airflow(error: E) -> E:
     return as_final(error)
 
 
-@contextmanager
-def airflow_errors() -> Iterator[None]:
-    """Raise the provider's errors as Airflow must see them (:func:`for_airflow`)."""
-    try:
-        yield
-    except FireRedError as error:
-        raise for_airflow(error) from error.__cause__
+class airflow_errors(AbstractContextManager[None]):  # named like the function it replaced
+    """
+    Raise the provider's errors as Airflow must see them (:func:`for_airflow`), without the frames
+    they came through: those hold the key (a ``headers`` or ``secret`` local), and a task log may
+    print locals. A class, not ``@contextmanager``: that would put the original frames back.
+    """
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(error, FireRedError):
+            raise for_airflow(error).with_traceback(None) from None
