@@ -151,37 +151,78 @@ class FireRedSubmitUncertainError(FireRedError):
         )
 
 
-class FireRedJobFailedError(FireRedError):
+class FireRedJobEndedError(FireRedError):
     """
-    The job ended ``FAILED`` or ``ERROR`` at the gateway.
-
-    ``FAILED`` is a problem with the input: the gateway charged for the job and its outcome is final,
-    so no retry is worth it (it would submit the same input and pay again). ``ERROR`` is a failure on
-    the gateway's side that is not charged: submitting again may succeed.
+    The job ended ``FAILED`` or ``ERROR`` at the gateway: raised as one of the two kinds below, which
+    tell the outcomes apart (:meth:`for_status` picks it).
 
     :param request_id: the job.
     :param status: ``FAILED`` or ``ERROR``.
     :param error: the gateway's error text.
     """
 
+    #: Whether the gateway charged for the job.
+    charged: bool = False
+    #: What the outcome means for the user, appended to the message.
+    _consequence: str = ""
+
     def __init__(self, request_id: str, status: str, error: str | None) -> None:
         self.request_id = request_id
         self.status = status
         self.error = error
-        #: A FAILED job was charged: posting the same input again would pay again for the same outcome.
-        self.charged = status == "FAILED"
         self.retryable = not self.charged
-        if self.charged:
-            consequence = (
-                "the gateway charged for this job and its outcome is final; it is not retried, because "
-                "submitting the same input again would be paid again. Fix the input, then clear the task"
-            )
-        else:
-            consequence = (
-                "a failure on the gateway's side; ERROR jobs are not charged, submitting again may succeed"
-            )
         super().__init__(
-            f"FireRed job {request_id} ended {status}: {error or 'no error text given'} ({consequence})"
+            f"FireRed job {request_id} ended {status}: {error or 'no error text given'} ({self._consequence})"
+        )
+
+    @staticmethod
+    def for_status(request_id: str, status: str, error: str | None) -> FireRedJobEndedError:
+        """
+        The error for a job that ended ``status``.
+
+        :param request_id: the job.
+        :param status: ``FAILED`` or ``ERROR``.
+        :param error: the gateway's error text.
+        """
+        kind = FireRedJobFailedError if status == "FAILED" else FireRedJobErroredError
+        return kind(request_id, status, error)
+
+
+class FireRedJobFailedError(FireRedJobEndedError):
+    """
+    The job ended ``FAILED``: a problem with the input. The gateway charged for it and the outcome is
+    final, so no retry is worth it (it would submit the same input and pay again).
+    """
+
+    charged = True
+    _consequence = (
+        "the gateway charged for this job and its outcome is final; it is not retried, because "
+        "submitting the same input again would be paid again. Fix the input, then clear the task"
+    )
+
+
+class FireRedJobErroredError(FireRedJobEndedError):
+    """The job ended ``ERROR``: a failure on the gateway's side, not charged; submitting again may succeed."""
+
+    _consequence = "a failure on the gateway's side; ERROR jobs are not charged, submitting again may succeed"
+
+
+class FireRedStartTimeoutError(FireRedError):
+    """
+    The gateway did not start the job (it stayed ``QUEUED``) within ``start_timeout``; it may still
+    start, complete and be charged later.
+
+    :param request_id: the job, which can still be collected later (for example with the sensor).
+    :param start_timeout: the start deadline that passed, in seconds.
+    """
+
+    def __init__(self, request_id: str, start_timeout: float) -> None:
+        self.request_id = request_id
+        self.start_timeout = start_timeout
+        super().__init__(
+            f"The gateway did not start request {request_id} within {start_timeout:g}s (still QUEUED); "
+            "it may still start and be charged: collect it with "
+            f"FireRedStatusSensor(request_id={request_id!r}), or raise start_timeout"
         )
 
 
@@ -229,7 +270,10 @@ FINAL_KINDS: dict[type[FireRedError], bool | None] = {
     FireRedSubmitUncertainError: True,  # a retry could pay for the edit twice
     FireRedApiError: None,  # 400/401/402/403/404 are final; 408/429/5xx are not
     FireRedDownloadError: None,  # not an image, too large, a refused host or a CDN 4xx are final
-    FireRedJobFailedError: None,  # FAILED was charged and is final; ERROR was not charged
+    FireRedJobEndedError: None,  # FAILED was charged and is final; ERROR was not charged
+    # The gateway's queue is not moving: a retry could only wait again for the same queued job (a
+    # larger start_timeout does that) or, without task_state_store, pay for a second one.
+    FireRedStartTimeoutError: True,
     FireRedConnectionError: False,
     FireRedTimeoutError: False,  # the job may still complete: a retry resumes it with a fresh wait
 }

@@ -15,6 +15,7 @@ from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedJobFailedError,
+    FireRedStartTimeoutError,
     FireRedTimeoutError,
     FireRedValidationError,
     airflow_errors,
@@ -27,8 +28,8 @@ from airflow_provider_firered.triggers.firered import (
     EventStatus,
     FireRedStatusTrigger,
     StatusEvent,
-    validate_poll_interval,
 )
+from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -46,9 +47,8 @@ RESUBMISSIONS_XCOM_KEY = "resubmissions"
 MAX_RESUBMITS = 10
 
 
-def validate_wait(poll_interval: Any, timeout: Any, resubmit_on_error: Any) -> None:
-    """Check the waiting arguments, naming the field."""
-    validate_poll_interval("poll_interval", poll_interval)
+def validate_wait(timeout: Any, resubmit_on_error: Any) -> None:
+    """Check the waiting arguments the wait policy does not cover, naming the field."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")
     if (
@@ -118,6 +118,10 @@ class FireRedEditOperator(BaseOperator):
     :param wait_for_completion: wait for the job; if False, return right after the submit.
     :param poll_interval: seconds between status reads, at least 1 (5-10 is recommended).
     :param timeout: seconds one try waits for the job; a retry resumes the same job with a fresh wait.
+    :param start_timeout: seconds the job may stay ``QUEUED`` once the try starts waiting; past that the
+        task fails for good with ``FireRedStartTimeoutError``, naming the request (None: no limit).
+    :param max_poll_interval: let the interval grow (x1.5 per read) while the job is ``PROCESSING``, up
+        to this many seconds; None (the default) keeps ``poll_interval``.
     :param output_dir: download every output here: a local folder or an object storage URL such as
         ``s3://bucket/edits/``. (templated)
     :param webhook_url: https URL the gateway calls back (``X-Webhook-URL``).
@@ -146,6 +150,8 @@ class FireRedEditOperator(BaseOperator):
         wait_for_completion: bool = True,
         poll_interval: float = 5.0,
         timeout: float = 3600.0,
+        start_timeout: float | None = None,
+        max_poll_interval: float | None = None,
         output_dir: str | None = None,
         webhook_url: str | None = None,
         webhook_mode: str | None = None,
@@ -162,6 +168,8 @@ class FireRedEditOperator(BaseOperator):
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.max_poll_interval = max_poll_interval
         self.output_dir = output_dir
         self.webhook_url = webhook_url
         self.webhook_mode = webhook_mode
@@ -171,6 +179,11 @@ class FireRedEditOperator(BaseOperator):
     def hook(self) -> FireRedHook:
         """The FireRed hook (created on first use, never in ``__init__``)."""
         return FireRedHook(self.firered_conn_id)
+
+    @cached_property
+    def policy(self) -> WaitPolicy:
+        """How the wait paces its reads; built (and checked) from the arguments on first use."""
+        return WaitPolicy(self.poll_interval, self.max_poll_interval, self.start_timeout)
 
     def execute(self, context: Context) -> dict[str, Any]:
         with airflow_errors():
@@ -183,7 +196,8 @@ class FireRedEditOperator(BaseOperator):
                 webhook_url=self.webhook_url,
                 webhook_mode=self.webhook_mode,
             )
-            validate_wait(self.poll_interval, self.timeout, self.resubmit_on_error)
+            validate_wait(self.timeout, self.resubmit_on_error)
+            _ = self.policy  # checks poll_interval, max_poll_interval and start_timeout
             start = self._resume_or_submit(context)
             if not start.wait:  # the result as of the submit: QUEUED, nothing to collect yet
                 queued = JobStatus.QUEUED
@@ -199,7 +213,7 @@ class FireRedEditOperator(BaseOperator):
             if previous.status is JobStatus.FAILED:
                 # Charged and final (an earlier try stopped before it saw the outcome): posting the
                 # same input again would pay again, so this try fails for good too.
-                raise FireRedJobFailedError(previous.request_id, previous.status.value, previous.error)
+                raise FireRedJobFailedError(previous.request_id, "FAILED", previous.error)
             if previous.status is not JobStatus.ERROR:
                 return self._resume(context, previous)
             self.log.info(
@@ -299,7 +313,8 @@ class FireRedEditOperator(BaseOperator):
                 continue
             if status.status.is_terminal:
                 return self._collect(context, StatusEvent.ended(status).job_result())
-            deadline = time.time() + self.timeout
+            now = time.time()
+            deadline, start_deadline = now + self.timeout, self.policy.start_deadline(now)
             if self.deferrable:
                 self.defer(
                     trigger=FireRedStatusTrigger(
@@ -308,20 +323,35 @@ class FireRedEditOperator(BaseOperator):
                         poll_interval=self.poll_interval,
                         deadline=deadline,
                         timeout=self.timeout,
+                        max_poll_interval=self.max_poll_interval,
+                        start_deadline=start_deadline,
+                        start_timeout=self.start_timeout,
                     ),
                     method_name="execute_complete",
                     timeout=timedelta(seconds=self.timeout + DEFER_SLACK),
                 )
-            status = self._poll(status, deadline)
+            status = self._poll(status, deadline, start_deadline)
 
-    def _poll(self, status: JobStatusResult, deadline: float) -> JobStatusResult:
-        """Read the status on the worker until the job ends or ``deadline`` (epoch seconds) passes."""
+    def _poll(
+        self, status: JobStatusResult, deadline: float, start_deadline: float | None
+    ) -> JobStatusResult:
+        """
+        Read the status on the worker until the job ends, or it is still ``QUEUED`` at
+        ``start_deadline``, or ``deadline`` passes (epoch seconds): the trigger's policy, on the worker.
+        """
+        interval = self.policy.poll_interval
         while not status.status.is_terminal:
-            remaining = deadline - time.time()
+            now = time.time()
+            if not_started_in_time(status.status, start_deadline, now):
+                raise FireRedStartTimeoutError(status.request_id, self.start_timeout or 0.0)
+            remaining = deadline - now
             if remaining <= 0:
                 raise FireRedTimeoutError(status.request_id, self.timeout, status.raw_status)
-            time.sleep(min(self.poll_interval, remaining))
+            if status.status is JobStatus.QUEUED and start_deadline is not None:
+                remaining = min(remaining, max(start_deadline - now, 0.0))  # read again right then
+            time.sleep(min(interval, remaining))
             status = self.hook.get_status(status.request_id)
+            interval = self.policy.next_interval(interval, status.status)
         return status
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -15,15 +15,18 @@ from airflow.providers.common.compat.sdk import (
 )
 
 from airflow_provider_firered.downloads import download_outputs
-from airflow_provider_firered.exceptions import FireRedError, airflow_errors, as_final, for_airflow
+from airflow_provider_firered.exceptions import (
+    FireRedError,
+    FireRedStartTimeoutError,
+    FireRedValidationError,
+    airflow_errors,
+    as_final,
+    for_airflow,
+)
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.results import JobStatusResult, status_path
-from airflow_provider_firered.triggers.firered import (
-    DEFER_SLACK,
-    FireRedStatusTrigger,
-    StatusEvent,
-    validate_poll_interval,
-)
+from airflow_provider_firered.triggers.firered import DEFER_SLACK, FireRedStatusTrigger, StatusEvent
+from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -44,6 +47,12 @@ class FireRedStatusSensor(BaseSensorOperator):
     :param firered_conn_id: the FireRed connection.
     :param output_dir: download every output here (local folder or object storage URL). (templated)
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    :param start_timeout: seconds the job may stay ``QUEUED`` once the sensor starts waiting (in
+        ``reschedule`` mode, from its first poke); past that the task fails for good with
+        ``FireRedStartTimeoutError`` (None: no limit).
+    :param max_poll_interval: with ``deferrable=True``, let the interval grow (x1.5 per read) while the
+        job is ``PROCESSING``, up to this many seconds. In ``poke`` and ``reschedule`` modes use
+        Airflow's own ``exponential_backoff`` and ``max_wait`` instead.
     """
 
     template_fields: Sequence[str] = ("request_id", "output_dir")
@@ -56,6 +65,8 @@ class FireRedStatusSensor(BaseSensorOperator):
         firered_conn_id: str = FireRedHook.default_conn_name,
         output_dir: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        start_timeout: float | None = None,
+        max_poll_interval: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -63,20 +74,41 @@ class FireRedStatusSensor(BaseSensorOperator):
         self.firered_conn_id = firered_conn_id
         self.output_dir = output_dir
         self.deferrable = deferrable
+        self.start_timeout = start_timeout
+        self.max_poll_interval = max_poll_interval
+        #: The start deadline of a poke or reschedule wait, in epoch seconds (set by ``execute``).
+        self._start_deadline: float | None = None
 
     @cached_property
     def hook(self) -> FireRedHook:
         """The FireRed hook (created on first use)."""
         return FireRedHook(self.firered_conn_id)
 
+    @cached_property
+    def policy(self) -> WaitPolicy:
+        """How the wait paces its reads; built (and checked) from the arguments on first use."""
+        return WaitPolicy(self.poke_interval, self.max_poll_interval, self.start_timeout, "poke_interval")
+
     def _check_arguments(self) -> None:
         with airflow_errors():
             status_path(self.request_id)
-            validate_poll_interval("poke_interval", self.poke_interval)
+            if self.max_poll_interval is not None and not self.deferrable:
+                raise FireRedValidationError(
+                    "max_poll_interval",
+                    "applies to deferrable=True only; in poke and reschedule modes use Airflow's "
+                    "exponential_backoff=True with max_wait",
+                )
+            _ = self.policy  # checks poke_interval, max_poll_interval and start_timeout
 
     def execute(self, context: Context) -> Any:
         self._check_arguments()
+        now = time.time()
         if not self.deferrable:
+            # A reschedule wait spans several tries of execute: its start deadline counts from the
+            # first, as Airflow's own sensor timeout does.
+            if self.reschedule and (first := context["ti"].get_first_reschedule_date(context)):
+                now = _epoch(first)
+            self._start_deadline = self.policy.start_deadline(now)
             return super().execute(context)
         with airflow_errors():
             status = self.hook.get_status(self.request_id)
@@ -87,8 +119,11 @@ class FireRedStatusSensor(BaseSensorOperator):
                 request_id=self.request_id,
                 firered_conn_id=self.firered_conn_id,
                 poll_interval=self.poke_interval,
-                deadline=time.time() + self.timeout,
+                deadline=now + self.timeout,
                 timeout=self.timeout,
+                max_poll_interval=self.max_poll_interval,
+                start_deadline=self.policy.start_deadline(now),
+                start_timeout=self.start_timeout,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=self.timeout + DEFER_SLACK),
@@ -98,6 +133,8 @@ class FireRedStatusSensor(BaseSensorOperator):
     def poke(self, context: Context) -> PokeReturnValue | bool:  # noqa: ARG002
         with airflow_errors():
             status = self.hook.get_status(self.request_id)
+            if not_started_in_time(status.status, self._start_deadline, time.time()):
+                raise FireRedStartTimeoutError(self.request_id, self.start_timeout or 0.0)
         if status.status.is_terminal:
             return PokeReturnValue(is_done=True, xcom_value=self._done(status))
         self.log.info("FireRed job %s is %s", self.request_id, status.raw_status)
@@ -131,3 +168,8 @@ class FireRedStatusSensor(BaseSensorOperator):
         with airflow_errors():
             result["output_paths"] = download_outputs(self.hook, result, self.output_dir)
         return result
+
+
+def _epoch(when: datetime | str) -> float:
+    """A date from Airflow as epoch seconds (Airflow 3.0 hands the first reschedule date as ISO text)."""
+    return (datetime.fromisoformat(when) if isinstance(when, str) else when).timestamp()

@@ -14,12 +14,14 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedError,
-    FireRedJobFailedError,
+    FireRedJobEndedError,
+    FireRedStartTimeoutError,
     FireRedTimeoutError,
     FireRedValidationError,
 )
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.results import JobStatus, JobStatusResult
+from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -33,25 +35,9 @@ MAX_GRID_SECONDS = 0.25
 DEFAULT_MAX_WAIT_SECONDS = 24 * 3600.0
 #: Answers that mean the gateway refused the key: a rotated key is looked up again once.
 KEY_REFUSED_STATUSES = frozenset({401, 403})
-#: The shortest accepted ``poll_interval`` / ``poke_interval``, in seconds (the reference recommends 5-10).
-MIN_POLL_INTERVAL = 1.0
 #: Extra seconds Airflow's own deferral timeout allows beyond the trigger's deadline, so that the
 #: trigger's clearer timeout event (naming the request and its last status) normally wins.
 DEFER_SLACK = 60.0
-
-
-def validate_poll_interval(name: str, value: Any) -> None:
-    """
-    Check a polling interval, naming the field: at least :data:`MIN_POLL_INTERVAL` seconds.
-
-    :param name: the field, as the user spells it (``poll_interval``, ``poke_interval``).
-    :param value: its value.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= MIN_POLL_INTERVAL:
-        raise FireRedValidationError(
-            name,
-            f"must be at least {MIN_POLL_INTERVAL:g} second (5-10 s is recommended), got {value!r}",
-        )
 
 
 class _KeyRefusedError(Exception):
@@ -89,6 +75,8 @@ class EventStatus(str, Enum):
     ERROR = "error"
     #: The deadline passed first: ``last_status``, ``timeout`` and ``deadline`` say when and where.
     TIMEOUT = "timeout"
+    #: The job was still ``QUEUED`` at its start deadline: ``timeout`` and ``deadline`` are the start's.
+    START_TIMEOUT = "start_timeout"
     #: The status could not be read: ``message``, ``retryable`` and ``http_status`` say why.
     API_ERROR = "api_error"
 
@@ -99,6 +87,7 @@ FIELDS: dict[EventStatus, tuple[str, ...]] = {
     EventStatus.FAILED: ("message",),
     EventStatus.ERROR: ("message",),
     EventStatus.TIMEOUT: ("last_status", "timeout", "deadline"),
+    EventStatus.START_TIMEOUT: ("last_status", "timeout", "deadline"),
     EventStatus.API_ERROR: ("message", "retryable", "http_status"),
 }
 #: The job statuses that end a wait in failure, and the event each becomes.
@@ -118,7 +107,7 @@ class StatusEvent:
     :param retryable: whether an Airflow retry may help after an ``api_error``.
     :param http_status: the gateway's HTTP status for an ``api_error``, when it answered.
     :param last_status: the last status seen before the deadline.
-    :param timeout: the wait the deadline stood for, in seconds.
+    :param timeout: the wait the deadline stood for, in seconds (for ``start_timeout``: the start's).
     :param deadline: the deadline, in epoch seconds.
     """
 
@@ -185,12 +174,16 @@ class StatusEvent:
     def error(self) -> FireRedError:
         """
         The error this ending stands for: the same type the worker path raises for the same outcome
-        (``FireRedJobFailedError``, ``FireRedTimeoutError``, ``FireRedApiError``).
+        (``FireRedJobFailedError``, ``FireRedJobErroredError``, ``FireRedStartTimeoutError``,
+        ``FireRedTimeoutError``, ``FireRedApiError``).
         """
         if self.status in _ENDED_JOBS:
-            return FireRedJobFailedError(self.request_id, _ENDED_JOBS[self.status].value, self.message)
+            job_status = _ENDED_JOBS[self.status].value
+            return FireRedJobEndedError.for_status(self.request_id, job_status, self.message)
         if self.status is EventStatus.TIMEOUT:
             return FireRedTimeoutError(self.request_id, self.timeout or 0.0, self.last_status)
+        if self.status is EventStatus.START_TIMEOUT:
+            return FireRedStartTimeoutError(self.request_id, self.timeout or 0.0)
         if self.status is EventStatus.SUCCESS:  # only a success without its result gets here
             return FireRedError(f"FireRed trigger sent an unusable event: {self.to_dict()!r}")
         return FireRedApiError.reported(
@@ -215,14 +208,14 @@ def _float(value: Any) -> float | None:
 
 class FireRedStatusTrigger(BaseTrigger):
     """
-    Poll ``GET /v2/requests/status/{request_id}`` until the job ends or the deadline passes.
+    Poll ``GET /v2/requests/status/{request_id}`` until the job ends or a deadline passes.
 
     It never submits anything (a restarted triggerer must not post again), polls over the aiohttp
     session that all FireRed triggers in the triggerer's loop share, and yields exactly one
     :class:`~airflow_provider_firered.triggers.firered.StatusEvent`: ``success``, ``failed`` /
-    ``error``, ``timeout``, or ``api_error`` (``retryable`` says whether an Airflow retry may help: a
-    404 is final; a key the gateway refuses even after the connection was looked up afresh is
-    retryable, and the retry resumes the same request). Transient
+    ``error``, ``start_timeout``, ``timeout``, or ``api_error`` (``retryable`` says whether an Airflow
+    retry may help: a 404 is final; a key the gateway refuses even after the connection was looked up
+    afresh is retryable, and the retry resumes the same request). Transient
     failures that outlast one read's retry policy (an outage, a long 429 storm) do not end the wait:
     polling goes on, with backoff, until the deadline.
     Its kwargs are plain values: no key, no connection object.
@@ -234,6 +227,11 @@ class FireRedStatusTrigger(BaseTrigger):
         None, the trigger waits ``timeout`` seconds from its creation, else at most
         :data:`DEFAULT_MAX_WAIT_SECONDS` (one day): a wait never lasts forever.
     :param timeout: the wait the deadline stands for, in seconds (for the timeout message).
+    :param max_poll_interval: when set, the interval grows while the job is ``PROCESSING``, up to this
+        (:class:`~airflow_provider_firered.wait_policy.WaitPolicy`).
+    :param start_deadline: absolute wall-clock deadline (epoch seconds) for the job to leave ``QUEUED``;
+        None means none.
+    :param start_timeout: the wait the start deadline stands for, in seconds (for its message).
     """
 
     def __init__(
@@ -243,11 +241,14 @@ class FireRedStatusTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         deadline: float | None = None,
         timeout: float | None = None,
+        max_poll_interval: float | None = None,
+        start_deadline: float | None = None,
+        start_timeout: float | None = None,
     ) -> None:
         # Airflow leaves BaseTrigger.__init__ untyped (a super() call escapes untyped_calls_exclude).
         super().__init__()  # type: ignore[no-untyped-call]
-        validate_poll_interval("poll_interval", poll_interval)
-        for name, value in (("deadline", deadline), ("timeout", timeout)):
+        self.policy = WaitPolicy(poll_interval, max_poll_interval, start_timeout)
+        for name, value in (("deadline", deadline), ("start_deadline", start_deadline), ("timeout", timeout)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
             ):
@@ -256,13 +257,15 @@ class FireRedStatusTrigger(BaseTrigger):
             raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")
         self.request_id = request_id
         self.firered_conn_id = firered_conn_id
-        self.poll_interval = float(poll_interval)
         if deadline is None:
             # Fixed now and serialized: a triggerer restart does not push it later.
             timeout = DEFAULT_MAX_WAIT_SECONDS if timeout is None else timeout
             deadline = time.time() + timeout
         self.deadline = float(deadline)
         self.timeout = None if timeout is None else float(timeout)
+        if start_deadline is None and start_timeout is not None:
+            start_deadline = time.time() + start_timeout  # fixed now, like the deadline
+        self.start_deadline = None if start_deadline is None else float(start_deadline)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -270,9 +273,12 @@ class FireRedStatusTrigger(BaseTrigger):
             {
                 "request_id": self.request_id,
                 "firered_conn_id": self.firered_conn_id,
-                "poll_interval": self.poll_interval,
+                "poll_interval": self.policy.poll_interval,
                 "deadline": self.deadline,
                 "timeout": self.timeout,
+                "max_poll_interval": self.policy.max_poll_interval,
+                "start_deadline": self.start_deadline,
+                "start_timeout": self.policy.start_timeout,
             },
         )
 
@@ -281,12 +287,16 @@ class FireRedStatusTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         last_status: str | None = None
+        policy = self.policy
+        interval = poll_interval = policy.poll_interval
+        deadline, start_deadline = self.deadline, self.start_deadline
         loop = asyncio.get_running_loop()
         # Polls are planned a fixed interval apart from the first one, independent of how long each
         # read took: many triggers waking together (the grid) must not push each other later.
         planned = loop.time()
         async with FireRedHook(self.firered_conn_id) as hook:
             while True:
+                status: JobStatus | None = None
                 try:
                     result = await self._read(hook)
                 except _KeyRefusedError as refused:
@@ -306,25 +316,42 @@ class FireRedStatusTrigger(BaseTrigger):
                     self.log.warning("Status of %s unavailable, still waiting: %s", self.request_id, err)
                     last_status = f"unavailable ({err})"
                 else:
+                    status = result.status
                     last_status = result.raw_status
-                    if result.status.is_terminal:
+                    if status.is_terminal:
                         yield TriggerEvent(StatusEvent.ended(result).to_dict())
                         return
-                remaining = self.deadline - time.time()
+                now = time.time()
+                if (
+                    start_deadline is not None
+                    and status is not None
+                    and not_started_in_time(status, start_deadline, now)
+                ):
+                    yield self._event(
+                        EventStatus.START_TIMEOUT,
+                        last_status=last_status,
+                        timeout=policy.start_timeout,
+                        deadline=start_deadline,
+                    )
+                    return
+                remaining = deadline - now
                 if remaining <= 0:
                     yield self._event(
                         EventStatus.TIMEOUT,
                         last_status=last_status,
                         timeout=self.timeout,
-                        deadline=self.deadline,
+                        deadline=deadline,
                     )
                     return
-                self.log.debug("Job %s is %s", self.request_id, last_status)
-                planned += self.poll_interval
-                now = loop.time()
-                if planned <= now:  # a read slower than the interval (its retries): plan afresh
-                    planned = now + self.poll_interval
-                delay = max(0.0, grid_point(planned, self.poll_interval) - now)
+                interval = policy.next_interval(interval, status)
+                planned += interval
+                now_loop = loop.time()
+                if planned <= now_loop:  # a read slower than the interval (its retries): plan afresh
+                    planned = now_loop + interval
+                delay = max(0.0, grid_point(planned, poll_interval) - now_loop)
+                if status is JobStatus.QUEUED and start_deadline is not None:
+                    # Read once more right at the start deadline: that read decides.
+                    remaining = min(remaining, max(start_deadline - now, 0.0))
                 await asyncio.sleep(min(delay, remaining))
 
     async def _read(self, hook: FireRedHook) -> JobStatusResult:

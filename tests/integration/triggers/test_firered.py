@@ -171,6 +171,9 @@ def test_serialize_round_trip_without_secret(monkeypatch: pytest.MonkeyPatch) ->
         "poll_interval": 2.5,
         "deadline": 1_900_000_000.5,
         "timeout": 60.0,
+        "max_poll_interval": None,
+        "start_deadline": None,
+        "start_timeout": None,
     }
     assert TEST_KEY not in json.dumps(kwargs)
     assert FireRedStatusTrigger(**kwargs).serialize() == (classpath, kwargs)

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException, TaskDeferred
 
-from airflow_provider_firered.exceptions import FireRedApiError, FireRedJobFailedError
+from airflow_provider_firered.exceptions import (
+    FireRedApiError,
+    FireRedJobEndedError,
+    FireRedJobErroredError,
+    FireRedJobFailedError,
+)
 from airflow_provider_firered.operators.firered import (
     REQUEST_ID_STATE_KEY,
     REQUEST_ID_XCOM_KEY,
@@ -214,10 +219,12 @@ def test_resubmission_counts_on_the_worker(
     if succeeds:
         assert operator.execute(context(ti, StateStore()))["status"] == "COMPLETED"
     else:
-        with pytest.raises(FireRedJobFailedError) as info:
+        with pytest.raises(FireRedJobEndedError) as info:
             operator.execute(context(ti, StateStore()))
-        # ERROR (not charged) keeps Airflow's retries; FAILED (charged) does not.
-        assert isinstance(info.value, AirflowFailException) is (submits[posts - 1] == "FAILED")
+        # ERROR (not charged) keeps Airflow's retries; FAILED (charged) does not: each its own type.
+        failed = submits[posts - 1] == "FAILED"
+        assert isinstance(info.value, FireRedJobFailedError if failed else FireRedJobErroredError)
+        assert isinstance(info.value, AirflowFailException) is failed
     assert gateway.server.posts() == posts
     assert ti.xcom.get(RESUBMISSIONS_XCOM_KEY, 0) == min(posts - 1, allowed)
     assert ti.xcom[REQUEST_ID_XCOM_KEY] == rid(100 + posts - 1)  # the XCom names the last request
@@ -234,7 +241,7 @@ def test_resubmission_counts_across_deferrals(gateway: Gateway) -> None:
     assert ti.xcom[RESUBMISSIONS_XCOM_KEY] == 1
     # The resubmitted job ends ERROR too: the allowance is spent, the task fails (retries apply).
     with pytest.raises(
-        FireRedJobFailedError, match=f"FireRed job {resubmitted} ended ERROR: GPU lost"
+        FireRedJobErroredError, match=f"FireRed job {resubmitted} ended ERROR: GPU lost"
     ) as info:
         operator.execute_complete(context(ti, store), {**error_event, "request_id": resubmitted})
     assert not isinstance(info.value, AirflowFailException)
@@ -298,13 +305,15 @@ def test_the_sensor_defers_with_the_same_slack_as_the_operator(gateway: Gateway)
 
 
 @pytest.mark.parametrize(
-    ("status", "final"),
-    [("failed", True), ("error", False)],
+    ("status", "kind", "final"),
+    [("failed", FireRedJobFailedError, True), ("error", FireRedJobErroredError, False)],
 )
-def test_the_sensor_raises_the_job_failure_as_itself(status: str, final: bool) -> None:
+def test_the_sensor_raises_the_job_failure_as_itself(
+    status: str, kind: type[FireRedJobEndedError], final: bool
+) -> None:
     sensor = FireRedStatusSensor(task_id="sense", request_id=rid(1), deferrable=True, poke_interval=1)
     event = {"status": status, "request_id": rid(1), "message": "went wrong"}
-    with pytest.raises(FireRedJobFailedError, match=f"ended {status.upper()}: went wrong") as info:
+    with pytest.raises(kind, match=f"ended {status.upper()}: went wrong") as info:
         sensor.execute_complete(context(TaskInstance(), None), event)
     assert isinstance(info.value, AirflowFailException) is final
 

@@ -11,7 +11,9 @@ from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedError,
+    FireRedJobErroredError,
     FireRedJobFailedError,
+    FireRedStartTimeoutError,
     FireRedTimeoutError,
     FireRedValidationError,
     airflow_errors,
@@ -41,6 +43,13 @@ WIRE: dict[EventStatus, dict[str, Any]] = {
         "request_id": RID,
         "last_status": "PROCESSING",
         "timeout": 60.0,
+        "deadline": 1_900_000_000.5,
+    },
+    EventStatus.START_TIMEOUT: {
+        "status": "start_timeout",
+        "request_id": RID,
+        "last_status": "QUEUED",
+        "timeout": 30.0,
         "deadline": 1_900_000_000.5,
     },
     EventStatus.API_ERROR: {
@@ -118,8 +127,14 @@ def test_a_success_gives_a_copy_of_the_result() -> None:
     ("status", "kind", "final", "text"),
     [
         (EventStatus.FAILED, FireRedJobFailedError, True, f"FireRed job {RID} ended FAILED: NSFW content"),
-        (EventStatus.ERROR, FireRedJobFailedError, False, f"FireRed job {RID} ended ERROR: no error text"),
+        (EventStatus.ERROR, FireRedJobErroredError, False, f"FireRed job {RID} ended ERROR: no error text"),
         (EventStatus.TIMEOUT, FireRedTimeoutError, False, f"FireRed job {RID} did not finish within 60s"),
+        (
+            EventStatus.START_TIMEOUT,
+            FireRedStartTimeoutError,
+            True,
+            f"The gateway did not start request {RID} within 30s (still QUEUED)",
+        ),
         (
             EventStatus.API_ERROR,
             FireRedApiError,
@@ -152,7 +167,7 @@ def test_a_retryable_api_error_keeps_airflow_retries() -> None:
         (FireRedApiError(402), True),
         (FireRedApiError(503), False),
         (FireRedJobFailedError(RID, "FAILED", "x"), True),
-        (FireRedJobFailedError(RID, "ERROR", "x"), False),
+        (FireRedJobErroredError(RID, "ERROR", "x"), False),
         (FireRedTimeoutError(RID, 5), False),
         (FireRedError("anything else"), False),
     ],
