@@ -168,14 +168,14 @@ def _follow(session: requests.Session, url: str, part: Path, limit: int, exchang
         try:
             if not response.is_redirect:
                 return _save(response, url, part, limit, exchange)
-            current = _redirect_target(url, current, response.headers["Location"])
+            current = redirect_target(url, current, response.headers["Location"])
         finally:
             response.raw.close()  # never back to the pool: every exchange opens a checked, watched socket
             response.close()
     raise FireRedDownloadError(url, f"more than {MAX_REDIRECTS} redirects")
 
 
-def _redirect_target(url: str, current: str, location: str) -> str:
+def redirect_target(url: str, current: str, location: str) -> str:
     target = urljoin(current, location)
     scheme = urlsplit(target).scheme.lower()
     if scheme not in ("http", "https") or not urlsplit(target).hostname:
@@ -250,6 +250,7 @@ def download_outputs(
     output_dir: str | os.PathLike[str] | ObjectStoragePath | None,
     *,
     max_outputs: int | None = MAX_NUM_IMAGES,
+    session: requests.Session | None = None,
 ) -> list[str]:
     """
     Download every media URL of a completed job into ``output_dir`` (local path or object storage URL).
@@ -263,6 +264,9 @@ def download_outputs(
     :param max_outputs: the most media URLs the edit asked for (see
         :func:`airflow_provider_firered.options.expected_outputs`); an answer listing more is a bad
         answer, refused whether or not anything is downloaded. ``None`` for no bound.
+    :param session: a media session of this thread's own
+        (:func:`~airflow_provider_firered.media_hosts.new_media_session`), for downloads that run in
+        several threads; the hook's otherwise.
     :return: the paths written, in media order.
     """
     request_id = result["request_id"]
@@ -280,5 +284,8 @@ def download_outputs(
     for index, url in enumerate(urls):
         target = base / output_name(request_id, index, result.get("media_type"))
         check_inside(target, base)
-        paths.append(hook.download(url, target, suffix_from_content=True))
+        if session is None:
+            paths.append(hook.download(url, target, suffix_from_content=True))
+        else:
+            paths.append(download(session, hook.settings, url, target, suffix_from_content=True))
     return paths

@@ -262,6 +262,33 @@ class FireRedDownloadError(FireRedError):
         super().__init__(f"Could not download {url}: {reason}")
 
 
+class FireRedBatchFailedError(FireRedError):
+    """
+    More items of a batch failed than ``max_failed`` allows (every success was collected first).
+
+    :param failures: ``(key, status, error)`` of each failed item.
+    :param max_failed: how many failures were allowed.
+    :param manifest: where the manifest lists every item.
+    :param retryable: whether a retry may change the outcome: some items failed in a way a retry takes
+        up again (``ERROR``, a timeout, a download); the others are final.
+    """
+
+    #: The most failures named in the message.
+    SHOWN = 20
+
+    def __init__(
+        self, failures: list[tuple[str, str, str]], max_failed: int, manifest: str, *, retryable: bool
+    ) -> None:
+        self.failures = failures
+        self.retryable = retryable
+        shown = "; ".join(f"{key}: {status} {error}"[:300] for key, status, error in failures[: self.SHOWN])
+        more = f"; and {len(failures) - self.SHOWN} more" if len(failures) > self.SHOWN else ""
+        super().__init__(
+            f"{len(failures)} item(s) of the batch failed, more than max_failed={max_failed} "
+            f"(every other item was collected; see {manifest}): {shown}{more}"
+        )
+
+
 #: Which failures no Airflow retry can change, by kind: ``True`` fails the task at once whatever its
 #: ``retries``; ``False`` leaves Airflow's ``retries`` to apply; ``None`` follows the error's own
 #: ``retryable``. The most specific kind listed wins; a kind not listed keeps Airflow's retries.
@@ -276,6 +303,7 @@ FINAL_KINDS: dict[type[FireRedError], bool | None] = {
     FireRedStartTimeoutError: True,
     FireRedConnectionError: False,
     FireRedTimeoutError: False,  # the job may still complete: a retry resumes it with a fresh wait
+    FireRedBatchFailedError: None,  # a retry resumes ERROR, timed-out and undownloaded items only
 }
 
 E = TypeVar("E", bound=FireRedError)

@@ -1,7 +1,8 @@
 """
 A real Airflow deployment on loopback for end-to-end tests and benchmarks: api-server, scheduler
-(LocalExecutor), dag-processor and triggerer, each a separate process, in a throwaway AIRFLOW_HOME on
-SQLite, with the emulator beside it. A development tool (Linux only): the provider never imports it.
+(LocalExecutor), dag-processor and one or more triggerers, each a separate process, in a throwaway
+AIRFLOW_HOME on SQLite (or on a PostgreSQL database, see :mod:`~airflow_provider_firered.testing.postgres`),
+with the emulator beside it. A development tool (Linux only): the provider never imports it.
 
 Every process gets a unique marker in its environment. Airflow's task supervisor moves each task into
 its own process group, so stopping a process group is not enough to stop everything: after the groups,
@@ -43,6 +44,8 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen[Any]
     log_path: Path
+    #: For a triggerer started by :meth:`AirflowDeployment.start_triggerers`: its row in the ``job`` table.
+    job_id: int | None = None
 
     @property
     def pid(self) -> int:
@@ -68,6 +71,9 @@ class AirflowDeployment:
     :param dags_folder: the DAGs to serve.
     :param extra_env: more environment for every process (connections, variables).
     :param airflow_bin: the ``airflow`` executable; defaults to the one beside this Python.
+    :param database_url: the metadata DB's SQLAlchemy URL (``postgresql+psycopg2://...``); None for
+        a SQLite file in ``home``. Can also be set later with :meth:`use_database`.
+    :param triggerers: how many triggerers :meth:`start_all` starts.
     """
 
     home: Path
@@ -75,6 +81,8 @@ class AirflowDeployment:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     airflow_bin: Path = field(default_factory=lambda: Path(sys.executable).parent / "airflow")
     parallelism: int = 2
+    database_url: str | None = None
+    triggerers: int = 1
     marker: str = field(default_factory=lambda: secrets.token_hex(8))
     processes: list[ManagedProcess] = field(default_factory=list)
     #: Processes killed on purpose (a crash under test): their exit is expected.
@@ -102,7 +110,8 @@ class AirflowDeployment:
             "CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
             "CORE__FERNET_KEY": "",
-            "DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.db_path}",
+            # Airflow derives the async URL from this one (postgresql -> postgresql+asyncpg).
+            "DATABASE__SQL_ALCHEMY_CONN": self.database_url or f"sqlite:///{self.db_path}",
             "API__HOST": "127.0.0.1",
             "API__PORT": str(self.api_port),
             "API__BASE_URL": api,
@@ -129,6 +138,20 @@ class AirflowDeployment:
         env[MARKER_VAR] = self.marker
         env.update(self.extra_env)
         return env
+
+    def use_database(self, url: str) -> None:
+        """
+        Put the metadata DB on ``url`` (a ``postgresql+psycopg2://`` URL) instead of SQLite; call it
+        before ``db migrate`` and before any process starts.
+        """
+        if self.processes:
+            raise RuntimeError("use_database() must come before any process is started")
+        self.database_url = url
+        self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = url
+
+    @property
+    def on_postgres(self) -> bool:
+        return bool(self.database_url) and str(self.database_url).startswith("postgresql")
 
     @property
     def api_url(self) -> str:
@@ -184,12 +207,14 @@ class AirflowDeployment:
         self.processes.append(proc)
         return proc
 
-    def start_all(self, *, background_niceness: int = 0) -> None:
+    def start_all(self, *, background_niceness: int = 0, triggerers: int | None = None) -> None:
         """
         Start the four components of a deployment.
 
-        :param background_niceness: CPU niceness for all but the triggerer (the scheduler's workers
-            inherit it), so that on a small machine the triggerer is not starved by busy workers.
+        :param background_niceness: CPU niceness for all but the triggerers (the scheduler's workers
+            inherit it), so that on a small machine a triggerer is not starved by busy workers.
+        :param triggerers: how many triggerers to start (default: :attr:`triggerers`). With more than
+            one, each is started once the one before has registered, so each knows its job id.
         """
         nice = background_niceness
         self.start(
@@ -197,11 +222,41 @@ class AirflowDeployment:
         )
         self.start("scheduler", "scheduler", niceness=nice)
         self.start("dag-processor", "dag-processor", niceness=nice)
-        self.start_triggerer()
+        count = self.triggerers if triggerers is None else triggerers
+        if count == 1:
+            self.start_triggerer()
+        else:
+            self.start_triggerers(count)
 
     def start_triggerer(self) -> ManagedProcess:
         count = sum(p.name.startswith("triggerer") for p in self.processes)
         return self.start(f"triggerer-{count + 1}", "triggerer")
+
+    def start_triggerers(self, count: int, timeout: float = 120) -> list[ManagedProcess]:
+        """
+        Start ``count`` triggerers one after the other, each once the previous one has its row in
+        the ``job`` table, and note each one's :attr:`ManagedProcess.job_id` (the ``triggerer_id`` of
+        the triggers it runs).
+
+        :param timeout: seconds each triggerer has to register.
+        """
+        started = []
+        for _ in range(count):
+            known = {job_id for (job_id,) in self.query(TRIGGERER_JOBS)}
+            proc = self.start_triggerer()
+            deadline = time.monotonic() + timeout
+            while not (new := [job_id for (job_id,) in self.query(TRIGGERER_JOBS) if job_id not in known]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{proc.name} never registered:\n{proc.log_text()[-4000:]}")
+                self.check_running()
+                time.sleep(0.5)
+            proc.job_id = int(min(new))
+            started.append(proc)
+        return started
+
+    def running_triggerers(self) -> list[ManagedProcess]:
+        """The triggerers started here and not killed."""
+        return [p for p in self.processes if p.name.startswith("triggerer") and p.running()]
 
     # -- stopping -------------------------------------------------------------------------------------
 
@@ -337,8 +392,15 @@ class AirflowDeployment:
         return triggerers[-1] if triggerers else None
 
     @contextlib.contextmanager
-    def db(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection to the metadata DB (never writes, never holds a lock for long)."""
+    def db(self) -> Iterator[Any]:
+        """
+        A read-only DB-API connection to the metadata DB (never writes, never holds a lock for
+        long): :mod:`sqlite3` on SQLite, psycopg2 on PostgreSQL.
+        """
+        if self.on_postgres:
+            with postgres_connection(str(self.database_url)) as conn:
+                yield conn
+            return
         conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True, timeout=10)
         try:
             yield conn
@@ -346,7 +408,12 @@ class AirflowDeployment:
             conn.close()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Run a read-only query, retrying briefly while a writer holds the database."""
+        """
+        Run a read-only query, retrying briefly while a writer holds the database. Parameters are
+        written ``?`` (SQLite's style) whatever the database.
+        """
+        if self.on_postgres:
+            return postgres_query(str(self.database_url), sql, params)
         for attempt in range(20):
             try:
                 with self.db() as conn:
@@ -360,6 +427,42 @@ class AirflowDeployment:
 
     def tail_logs(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {p.name} ({p.log_path}) ---\n{p.log_text()[-chars:]}" for p in self.processes)
+
+
+#: The triggerers' rows in the ``job`` table.
+TRIGGERER_JOBS = "SELECT id FROM job WHERE job_type = 'TriggererJob'"
+
+
+@contextlib.contextmanager
+def postgres_connection(url: str) -> Iterator[Any]:
+    """A read-only autocommit psycopg2 connection to a ``postgresql[+driver]://`` SQLAlchemy URL."""
+    import psycopg2  # the test extra's; only needed on PostgreSQL
+
+    scheme, rest = url.split(":", 1)
+    conn = psycopg2.connect(f"{scheme.split('+', 1)[0]}:{rest}", connect_timeout=10)
+    try:
+        conn.set_session(readonly=True, autocommit=True)
+        yield conn
+    finally:
+        conn.close()
+
+
+def postgres_query(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run a read-only query written with ``?`` parameters on PostgreSQL, retrying a lost connection."""
+    import psycopg2
+    import psycopg2.errors
+
+    statement = sql.replace("%", "%%").replace("?", "%s")
+    for attempt in range(5):
+        try:
+            with postgres_connection(url) as conn, conn.cursor() as cursor:
+                cursor.execute(statement, tuple(params))
+                return [tuple(row) for row in cursor.fetchall()]
+        except (psycopg2.OperationalError, psycopg2.errors.UndefinedTable):
+            if attempt == 4:
+                raise
+            time.sleep(0.5)
+    return []
 
 
 def start_emulator(deployment: AirflowDeployment, *args: str, timeout: float = 60) -> EmulatorProcess:
@@ -378,10 +481,12 @@ def start_emulator(deployment: AirflowDeployment, *args: str, timeout: float = 6
 
 
 def trigger_logs(
-    deployment: AirflowDeployment, dag_id: str, run_id: str, task_id: str
+    deployment: AirflowDeployment, dag_id: str, run_id: str, task_id: str, event: str = " starting"
 ) -> dict[int, set[int]]:
     """
-    For each map index of a task, the ids of the triggerer jobs that started its trigger.
+    For each map index of a task, the ids of the triggerer jobs that started its trigger (or, with
+    ``event``, whose trigger log for it has that text: ``"Trigger fired event"`` for the one that
+    finished it).
 
     A triggerer writes a task's trigger log beside its task log, named ``<task log>.trigger.<job id>.log``,
     from the moment it starts the trigger.
@@ -393,7 +498,7 @@ def trigger_logs(
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        if " starting" in text:
+        if event in text:
             index = int(path.parent.name.split("=", 1)[1])
             started.setdefault(index, set()).add(int(path.name.rsplit(".", 2)[-2]))
     return started

@@ -1,0 +1,628 @@
+"""Operator that runs many FireRed edits in one task: waves of submits, one trigger, one manifest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import BaseOperator, conf
+
+from airflow_provider_firered.batch_items import BatchItem, check_items, fingerprint, source_identities
+from airflow_provider_firered.downloads import download_outputs
+from airflow_provider_firered.exceptions import (
+    FireRedApiError,
+    FireRedBatchFailedError,
+    FireRedError,
+    FireRedSubmitUncertainError,
+    FireRedValidationError,
+    airflow_errors,
+)
+from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.manifest import ManifestEntry, previous_entries, read_manifest, write_manifest
+from airflow_provider_firered.media_hosts import new_media_session
+from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs
+from airflow_provider_firered.output_paths import as_target, check_inside
+from airflow_provider_firered.triggers.firered import DEFER_SLACK
+from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
+from airflow_provider_firered.wait_policy import WaitPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+    from airflow.sdk import Context
+
+#: The progress file beside the manifest: which try's work the manifest holds.
+PROGRESS_NAME = "_batch.json"
+#: task_state_store key of an item's request id: ``<prefix><key>``.
+STATE_KEY_PREFIX = "firered_batch:"
+#: Failed statuses a retry of the batch picks up again: waited for again (with a request id) ...
+RESUMED_STATUSES = frozenset({"TIMEOUT", "DOWNLOAD", "UNAVAILABLE"})
+#: ... or submitted again (not charged; never sent; or the gateway forgot the request).
+RESUBMITTED_STATUSES = frozenset({"ERROR", "NOT_SUBMITTED", "UNKNOWN_REQUEST"})
+#: Answers that refuse every submit of the batch alike (the key, the subscription).
+BATCH_REFUSALS = frozenset({401, 402, 403})
+MAX_IN_FLIGHT = 10_000
+
+
+class FireRedBatchEditOperator(BaseOperator):
+    """
+    Edit many images in one task: submit on the worker in waves of at most ``max_in_flight`` unfinished
+    jobs, wait for all of them in one trigger (or on the worker), download every output to
+    ``<output_root>/<key>/`` and write ``<output_root>/_manifest.jsonl``.
+
+    Every item is checked before anything is paid; an invalid item is reported and never sent. Each
+    request id is kept in ``task_state_store`` (Airflow 3.3+) as soon as the gateway accepts it, and the
+    manifest records the batch's progress at every wave, so a retry resumes: finished items are not
+    touched, unfinished ones are waited for, ``FAILED`` ones are not paid again and ``ERROR`` ones are
+    submitted again. A user's clear starts afresh. An item whose fingerprint (model, prompt,
+    parameters, and each input image's URL, ``ETag``, ``Last-Modified`` and ``Content-Length``) matches
+    a ``COMPLETED`` item of ``previous`` with its outputs present is copied, not submitted.
+
+    Returns ``{"total", "edited", "reused", "failed", "manifest", "output_root"}``; per-item results
+    are in the manifest, not in XCom.
+
+    :param edits: the items: ``{"key", "prompt", "images"}`` and optionally ``model`` and
+        ``parameters``. ``key`` names the item's output folder: a plain folder name, unique in the
+        batch. (templated; may be an XCom)
+    :param output_root: where outputs and the manifest go: a local folder or an object storage URL.
+        (templated)
+    :param model: the model of items that do not name one.
+    :param parameters: the options of items that do not give theirs. (templated)
+    :param firered_conn_id: the FireRed connection.
+    :param max_in_flight: the most jobs of this batch unfinished at the gateway at once.
+    :param poll_interval: seconds between status reads of each job, at least 1.
+    :param timeout: seconds one try of the batch may wait in all; unfinished items then fail (a retry
+        waits for them again).
+    :param start_timeout: seconds a job may stay ``QUEUED`` after its submit; it then fails (final).
+    :param max_failed: how many items may fail before the task fails (after every success is collected).
+    :param previous: an earlier run's output root, or a list of them, whose unchanged items are reused;
+        a root holds a manifest itself or in its direct subfolders. (templated)
+    :param force: edit every item, reusing nothing.
+    :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
+    :param download_threads: how many downloads (and HEAD requests) run at once.
+    """
+
+    template_fields: Sequence[str] = ("edits", "output_root", "parameters", "previous")
+    template_fields_renderers = {"edits": "json", "parameters": "json"}
+    ui_color = "#ffd0bd"
+
+    def __init__(
+        self,
+        *,
+        edits: list[dict[str, Any]],
+        output_root: str,
+        model: str = DEFAULT_MODEL,
+        parameters: dict[str, Any] | None = None,
+        firered_conn_id: str = FireRedHook.default_conn_name,
+        max_in_flight: int = 100,
+        poll_interval: float = 10.0,
+        timeout: float = 6 * 3600.0,
+        start_timeout: float | None = None,
+        max_failed: int = 0,
+        previous: str | list[str] | None = None,
+        force: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        download_threads: int = 8,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.edits = edits
+        self.output_root = output_root
+        self.model = model
+        self.parameters = parameters
+        self.firered_conn_id = firered_conn_id
+        self.max_in_flight = max_in_flight
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        self.max_failed = max_failed
+        self.previous = previous
+        self.force = force
+        self.deferrable = deferrable
+        self.download_threads = download_threads
+
+    @cached_property
+    def hook(self) -> FireRedHook:
+        """The FireRed hook (created on first use, never in ``__init__``)."""
+        return FireRedHook(self.firered_conn_id)
+
+    # -- arguments ----------------------------------------------------------------------------------
+
+    def _check_arguments(self) -> None:
+        WaitPolicy(self.poll_interval, None, self.start_timeout)
+        for name, value, low, high in (
+            ("max_in_flight", self.max_in_flight, 1, MAX_IN_FLIGHT),
+            ("max_failed", self.max_failed, 0, None),
+            ("download_threads", self.download_threads, 1, 64),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < low
+                or (high and value > high)
+            ):
+                allowed = f"from {low} to {high}" if high else f"at least {low}"
+                raise FireRedValidationError(name, f"must be a whole number {allowed}, got {value!r}")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not self.timeout > 0
+        ):
+            raise FireRedValidationError(
+                "timeout", f"must be a positive number of seconds, got {self.timeout!r}"
+            )
+        if not self.output_root or not isinstance(self.output_root, str):
+            raise FireRedValidationError(
+                "output_root", f"must be a folder path or URL, got {self.output_root!r}"
+            )
+        as_target(self.output_root, field_name="output_root")
+        if not all(isinstance(root, str) and root for root in self._previous_roots()):
+            raise FireRedValidationError(
+                "previous", f"must be a path or URL, or a list of them, got {self.previous!r}"
+            )
+
+    def _previous_roots(self) -> list[str]:
+        if self.previous is None or self.previous == "":
+            return []
+        return list(self.previous) if isinstance(self.previous, (list, tuple)) else [self.previous]
+
+    # -- Airflow's entry points ---------------------------------------------------------------------
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with airflow_errors():
+            self._check_arguments()
+            batch = self._start(context)
+            return self._advance(context, batch)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired: collect what ended, then submit the next wave or finish."""
+        with airflow_errors():
+            self._check_arguments()
+            batch = self._continue()
+            batch.take_event(event)
+            return self._advance(context, batch)
+
+    # -- building the batch's state ------------------------------------------------------------------
+
+    def _items(self) -> tuple[list[BatchItem], dict[str, ManifestEntry]]:
+        items, invalid = check_items(self.edits, self.model, self.parameters)
+        failed = {bad.key: ManifestEntry(bad.key, "failed", "INVALID", error=bad.error) for bad in invalid}
+        for bad in invalid:
+            self.log.warning("Item %s is invalid and is not sent: %s", bad.key, bad.error)
+        return items, failed
+
+    def _start(self, context: Context) -> _Batch:
+        """A new try: resume the manifest this task's earlier try wrote, else start afresh."""
+        items, invalid = self._items()
+        ti = context["ti"]
+        root = as_target(self.output_root, field_name="output_root")
+        earlier = self._resumable(root, ti.max_tries)
+        batch = _Batch(self, items, invalid, deadline=time.time() + self.timeout)
+        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
+        for item in items:
+            entry = earlier.get(item.key)
+            stored = self._stored_request(store, item.key, ti.max_tries)
+            batch.resume(item, entry, stored)
+        self._write_progress(root, ti.max_tries)
+        self._fingerprint_and_reuse(batch)
+        self.log.info(
+            "Batch of %d item(s): %d invalid, %d done before, %d reused, %d to wait for, %d to submit",
+            len(items) + len(invalid),
+            len(invalid),
+            batch.count("edited") + batch.count("reused") - batch.reused_now,
+            batch.reused_now,
+            len(batch.in_flight),
+            len(batch.queue),
+        )
+        return batch
+
+    def _continue(self) -> _Batch:
+        """A later wave of the same try: the manifest written before deferring holds the state."""
+        items, invalid = self._items()
+        entries = read_manifest(self.output_root) or []
+        by_key = {entry.key: entry for entry in entries}
+        batch = _Batch(self, items, invalid, deadline=0.0)
+        for item in items:
+            batch.carry(item, by_key.get(item.key))
+        return batch
+
+    def _resumable(self, root: Path | ObjectStoragePath, max_tries: int) -> dict[str, ManifestEntry]:
+        """The manifest an earlier try of this task wrote, unless the task was cleared since."""
+        try:
+            with (root / PROGRESS_NAME).open("r", encoding="utf-8") as source:
+                progress = json.loads(source.read(4096))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(progress, dict) or progress.get("max_tries") != max_tries:
+            self.log.info("The batch was cleared (or is new): every item starts afresh")
+            return {}
+        return {entry.key: entry for entry in read_manifest(root) or []}
+
+    @staticmethod
+    def _write_progress(root: Path | ObjectStoragePath, max_tries: int) -> None:
+        if isinstance(root, Path):
+            root.mkdir(parents=True, exist_ok=True)
+        with (root / PROGRESS_NAME).open("w", encoding="utf-8") as out:
+            out.write(json.dumps({"max_tries": max_tries}))
+
+    @staticmethod
+    def _stored_request(store: Any, key: str, max_tries: int) -> str | None:
+        if store is None:
+            return None
+        stored = store.get(STATE_KEY_PREFIX + key)
+        if isinstance(stored, dict) and stored.get("max_tries") == max_tries and stored.get("request_id"):
+            return str(stored["request_id"])
+        return None
+
+    def _fingerprint_and_reuse(self, batch: _Batch) -> None:
+        """Fingerprint the items still to submit; copy those unchanged since ``previous`` instead."""
+        todo = [item for item in batch.queue if batch.entries[item.key].fingerprint is None]
+        if not todo:
+            return
+        identities = source_identities(
+            (url for item in todo for url in item.images), self.hook.settings, threads=self.download_threads
+        )
+        for item in todo:
+            batch.entries[item.key].fingerprint = fingerprint(item, identities)
+        roots = self._previous_roots()
+        if self.force or not roots:
+            return
+        earlier = previous_entries(roots)
+        with ThreadPoolExecutor(max_workers=self.download_threads) as pool:
+            copied = list(
+                pool.map(lambda item: (item, self._reuse(batch, item, earlier.get(item.key))), todo)
+            )
+        for item, outputs in copied:
+            if outputs is not None:
+                batch.reused(item, outputs, earlier[item.key][0].request_id)
+
+    def _reuse(
+        self,
+        batch: _Batch,
+        item: BatchItem,
+        earlier: tuple[ManifestEntry, Path | ObjectStoragePath] | None,
+    ) -> list[str] | None:
+        """Copy an unchanged item's earlier outputs into its folder; None when it cannot be reused."""
+        if earlier is None:
+            return None
+        entry, earlier_root = earlier
+        mine = batch.entries[item.key].fingerprint
+        if mine is None or entry.fingerprint != mine or entry.status != "COMPLETED" or not entry.outputs:
+            return None
+        if entry.outcome not in ("edited", "reused"):
+            return None
+        target_dir = batch.root / item.key
+        copied = []
+        try:
+            for output in entry.outputs:
+                source = as_target(output, field_name="previous")
+                check_inside(source, earlier_root / item.key, field_name="previous")
+                target = target_dir / Path(str(source)).name
+                check_inside(target, target_dir)
+                _copy(source, target)
+                copied.append(str(target))
+        except (OSError, FireRedError) as err:
+            self.log.info("Item %s cannot reuse its earlier outputs (%s): editing it", item.key, err)
+            return None
+        return copied
+
+    # -- waves -----------------------------------------------------------------------------------------
+
+    def _advance(self, context: Context, batch: _Batch) -> dict[str, Any]:
+        """Collect what ended, submit while slots are free, then wait (deferred or here) or finish."""
+        while True:
+            batch.collect()
+            if batch.timed_out():
+                batch.give_up_waiting()
+            else:
+                self._submit_wave(context, batch)
+            if not batch.in_flight:
+                return self._finish(batch)
+            write_manifest(self.output_root, batch.manifest())
+            trigger = FireRedBatchStatusTrigger(
+                requests=[[rid, start] for rid, (_key, start) in batch.in_flight.items()],
+                firered_conn_id=self.firered_conn_id,
+                poll_interval=self.poll_interval,
+                deadline=batch.deadline,
+                # Fire once the rest of the batch, or a whole new wave, can be submitted: a batch of N
+                # costs about N / max_in_flight + 1 task starts.
+                min_ended=min(len(batch.queue), len(batch.in_flight)) or len(batch.in_flight),
+            )
+            if self.deferrable:
+                self.defer(
+                    trigger=trigger,
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=max(batch.deadline - time.time(), 0) + DEFER_SLACK),
+                )
+            batch.take_event(asyncio.run(_first_event(trigger)))
+
+    def _submit_wave(self, context: Context, batch: _Batch) -> None:
+        """Submit queued items while fewer than ``max_in_flight`` jobs are unfinished."""
+        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
+        max_tries = context["ti"].max_tries
+        submitted = 0
+        while batch.queue and len(batch.in_flight) < self.max_in_flight:
+            item = batch.queue[0]
+            try:
+                answer = self.hook.submit_edit(item.model, item.prompt, list(item.images), item.parameters)
+            except FireRedSubmitUncertainError as err:
+                batch.fail(item, "UNCERTAIN", str(err))  # may have been accepted: never sent again
+                continue
+            except FireRedApiError as err:
+                if err.retryable:
+                    # The gateway is saturated (429 past its retries) or away: the next wave tries again.
+                    if not batch.in_flight:
+                        raise
+                    self.log.warning("Submits paused until jobs finish: %s", err)
+                    break
+                if err.status_code in BATCH_REFUSALS:
+                    batch.fail_queue("REFUSED", str(err))  # the same answer awaits every item
+                    break
+                batch.fail(item, "REFUSED", str(err))
+                continue
+            except FireRedError as err:
+                if not err.retryable or not batch.in_flight:
+                    raise
+                self.log.warning("Submits paused until jobs finish: %s", err)
+                break
+            if store is not None:
+                # Stored first: a crash from here on resumes this request instead of paying again.
+                store.set(
+                    STATE_KEY_PREFIX + item.key, {"request_id": answer.request_id, "max_tries": max_tries}
+                )
+            batch.submitted(item, answer.request_id)
+            submitted += 1
+        if submitted:
+            self.log.info(
+                "Submitted %d edit(s); %d unfinished at the gateway, %d still to submit",
+                submitted,
+                len(batch.in_flight),
+                len(batch.queue),
+            )
+
+    def _finish(self, batch: _Batch) -> dict[str, Any]:
+        manifest = write_manifest(self.output_root, batch.manifest())
+        counts = {outcome: batch.count(outcome) for outcome in ("edited", "reused", "failed")}
+        self.log.info(
+            "Batch done: %d edited, %d reused, %d failed; manifest %s",
+            counts["edited"],
+            counts["reused"],
+            counts["failed"],
+            manifest,
+        )
+        failed = [entry for entry in batch.manifest() if entry.outcome == "failed"]
+        if len(failed) > self.max_failed:
+            retryable = any(entry.status in RESUMED_STATUSES | RESUBMITTED_STATUSES for entry in failed)
+            raise FireRedBatchFailedError(
+                [(entry.key, entry.status or "", entry.error or "") for entry in failed],
+                self.max_failed,
+                manifest,
+                retryable=retryable,
+            )
+        return {"total": len(batch.entries), **counts, "manifest": manifest, "output_root": self.output_root}
+
+
+class _Batch:
+    """The state of one batch within a task: an entry per item, the queue, the jobs in flight."""
+
+    def __init__(
+        self,
+        operator: FireRedBatchEditOperator,
+        items: list[BatchItem],
+        invalid: dict[str, ManifestEntry],
+        *,
+        deadline: float,
+    ) -> None:
+        self.operator = operator
+        self.root = as_target(operator.output_root, field_name="output_root")
+        self.items = {item.key: item for item in items}
+        self.entries: dict[str, ManifestEntry] = {}
+        for key, entry in invalid.items():
+            self.entries[key] = entry
+        self.queue: list[BatchItem] = []
+        #: request id -> (key, start deadline)
+        self.in_flight: dict[str, tuple[str, float | None]] = {}
+        #: request id -> how the job ended, waiting to be collected
+        self.ended: dict[str, dict[str, Any]] = {}
+        self.deadline = deadline
+        self.reused_now = 0
+
+    # building
+    def _entry(self, item: BatchItem, **fields: Any) -> ManifestEntry:
+        entry = ManifestEntry(item.key, "pending", images=list(item.images), prompt=item.prompt)
+        for name, value in fields.items():
+            setattr(entry, name, value)
+        self.entries[item.key] = entry
+        return entry
+
+    def _start_deadline(self) -> float | None:
+        timeout = self.operator.start_timeout
+        return None if timeout is None else time.time() + timeout
+
+    def resume(self, item: BatchItem, earlier: ManifestEntry | None, stored: str | None) -> None:
+        """Take an item up at the start of a try, from an earlier try's manifest and stored id."""
+        if earlier is not None and earlier.outcome in ("edited", "reused"):
+            self.entries[item.key] = earlier  # finished: not touched
+            return
+        if (
+            earlier is not None
+            and earlier.outcome == "failed"
+            and earlier.status not in (RESUMED_STATUSES | RESUBMITTED_STATUSES)
+        ):
+            self.entries[item.key] = earlier  # FAILED, INVALID, UNCERTAIN, ...: never paid again
+            return
+        resubmit = earlier is not None and earlier.status in RESUBMITTED_STATUSES
+        request_id = None if resubmit else (earlier.request_id if earlier else None) or stored
+        fingerprint = earlier.fingerprint if earlier else None
+        self._entry(item, request_id=request_id, fingerprint=fingerprint)
+        if request_id:
+            self.in_flight[request_id] = (item.key, self._start_deadline())
+        else:
+            self.queue.append(item)
+
+    def carry(self, item: BatchItem, entry: ManifestEntry | None) -> None:
+        """Take an item up between waves, from the manifest written before deferring."""
+        if entry is None:  # the items changed under the task (a re-rendered XCom): submit it
+            self._entry(item)
+            self.queue.append(item)
+            return
+        self.entries[item.key] = entry
+        if entry.outcome != "pending":
+            return
+        if entry.request_id:
+            self.in_flight[entry.request_id] = (item.key, None)
+        else:
+            self.queue.append(item)
+
+    def take_event(self, event: Any) -> None:
+        """Read the trigger's event: what ended, what is still running and its start deadlines."""
+        if not isinstance(event, dict) or not isinstance(event.get("ended"), dict):
+            raise FireRedError(f"FireRed batch trigger sent an unusable event: {str(event)[:200]!r}")
+        self.deadline = float(event.get("deadline") or 0.0)
+        for rid, ended in event["ended"].items():
+            if rid in self.in_flight and isinstance(ended, dict):
+                self.ended[rid] = ended
+        starts = dict(event.get("starts") or {})
+        for rid, (key, _start) in list(self.in_flight.items()):
+            if rid in starts:
+                self.in_flight[rid] = (key, starts[rid])
+
+    # waves
+    def submitted(self, item: BatchItem, request_id: str) -> None:
+        self.queue.remove(item)
+        self.entries[item.key].request_id = request_id
+        self.in_flight[request_id] = (item.key, self._start_deadline())
+
+    def fail(self, item: BatchItem, status: str, error: str) -> None:
+        if item in self.queue:
+            self.queue.remove(item)
+        entry = self.entries[item.key]
+        entry.outcome, entry.status, entry.error = "failed", status, error
+
+    def fail_queue(self, status: str, error: str) -> None:
+        for item in list(self.queue):
+            self.fail(item, status, error)
+
+    def reused(self, item: BatchItem, outputs: list[str], request_id: str | None) -> None:
+        self.queue.remove(item)
+        entry = self.entries[item.key]
+        entry.outcome, entry.status, entry.outputs, entry.request_id = (
+            "reused",
+            "COMPLETED",
+            outputs,
+            request_id,
+        )
+        self.reused_now += 1
+
+    def timed_out(self) -> bool:
+        return bool(self.in_flight) and time.time() >= self.deadline > 0
+
+    def give_up_waiting(self) -> None:
+        """The try's deadline passed: what is unfinished fails for now (a retry takes it up)."""
+        for rid, (key, _start) in list(self.in_flight.items()):
+            entry = self.entries[key]
+            entry.outcome, entry.status = "failed", "TIMEOUT"
+            entry.error = f"request {rid} did not finish within the batch's {self.operator.timeout:g}s"
+        self.in_flight.clear()
+        for item in list(self.queue):
+            self.fail(item, "NOT_SUBMITTED", f"not submitted within the batch's {self.operator.timeout:g}s")
+
+    def collect(self) -> None:
+        """Download what completed (several at once) and record how every ended job ended."""
+        completed = []
+        for rid, ended in self.ended.items():
+            key, _start = self.in_flight.pop(rid)
+            status = str(ended.get("status"))
+            if status == "COMPLETED":
+                completed.append((self.items[key], rid, ended))
+                continue
+            entry = self.entries[key]
+            if status == "API_ERROR" and ended.get("http_status") == 404:
+                status = "UNKNOWN_REQUEST"  # forgotten by the gateway: a retry submits it afresh
+            entry.outcome, entry.status, entry.error = "failed", status, _text(ended.get("error"))
+        self.ended.clear()
+        if completed:
+            self._download(completed)
+
+    def _download(self, completed: list[tuple[BatchItem, str, dict[str, Any]]]) -> None:
+        operator = self.operator
+        local = threading.local()
+
+        def fetch(job: tuple[BatchItem, str, dict[str, Any]]) -> tuple[BatchItem, list[str] | FireRedError]:
+            item, rid, ended = job
+            if not hasattr(local, "session"):
+                local.session = new_media_session()
+            result = {
+                "request_id": rid,
+                "media_urls": ended.get("media_urls") or [],
+                "media_type": ended.get("media_type"),
+            }
+            try:
+                paths = download_outputs(
+                    operator.hook,
+                    result,
+                    self.root / item.key,
+                    max_outputs=expected_outputs(item.model, item.parameters),
+                    session=local.session,
+                )
+            except FireRedError as err:
+                return item, err
+            return item, paths
+
+        operator.hook.settings  # noqa: B018  resolved once here, not in every thread
+        with ThreadPoolExecutor(max_workers=operator.download_threads) as pool:
+            for item, outcome in pool.map(fetch, completed):
+                entry = self.entries[item.key]
+                if isinstance(outcome, FireRedError):
+                    entry.outcome, entry.status, entry.error = "failed", "DOWNLOAD", str(outcome)
+                else:
+                    entry.outcome, entry.status, entry.outputs, entry.error = (
+                        "edited",
+                        "COMPLETED",
+                        outcome,
+                        None,
+                    )
+
+    # reading
+    def count(self, outcome: str) -> int:
+        return sum(1 for entry in self.entries.values() if entry.outcome == outcome)
+
+    def manifest(self) -> list[ManifestEntry]:
+        return sorted(self.entries.values(), key=lambda entry: self._order(entry.key))
+
+    def _order(self, key: str) -> int:
+        item = self.items.get(key)
+        return item.index if item else int(key[1:]) if key.startswith("#") and key[1:].isdigit() else 0
+
+
+def _copy(source: Path | ObjectStoragePath, target: Path | ObjectStoragePath) -> None:
+    """Copy one file, atomically where the target is local."""
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f".{target.name}.part")
+        with source.open("rb") as src, part.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+        part.replace(target)
+        return
+    with source.open("rb") as src, target.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:2000]
+
+
+async def _first_event(trigger: FireRedBatchStatusTrigger) -> dict[str, Any]:
+    """The trigger's event, run here on the worker (``deferrable=False``)."""
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise FireRedError("the FireRed batch trigger ended without an event")

@@ -1,0 +1,178 @@
+"""Trigger that waits for many FireRed jobs at once, for a batch edit, without holding a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedValidationError
+from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.results import JobStatus
+from airflow_provider_firered.triggers.firered import KEY_REFUSED_STATUSES, grid_point
+from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from airflow_provider_firered.results import JobStatusResult
+
+#: The statuses an item's wait can end with besides the job's own (``COMPLETED``, ``FAILED``, ``ERROR``).
+START_TIMEOUT = "START_TIMEOUT"
+API_ERROR = "API_ERROR"
+
+
+def ended_entry(job: JobStatusResult) -> dict[str, Any]:
+    """How one job ended, as the event carries it: plain JSON values only."""
+    if job.status is JobStatus.COMPLETED:
+        return {"status": job.status.value, "media_urls": list(job.media_urls), "media_type": job.media_type}
+    return {"status": job.status.value, "error": job.error}
+
+
+class FireRedBatchStatusTrigger(BaseTrigger):
+    """
+    Poll the status of many requests, on the shared session and the wake-up grid, until at least
+    ``min_ended`` of them ended (or all did, or the deadline passed), then yield one event:
+    ``{"ended": {request_id: {"status", ...}}, "pending": [request_id, ...], "starts": {request_id:
+    start deadline}, "deadline": ...}`` (``starts`` carries the pending requests' start deadlines on).
+
+    An ended entry's ``status`` is ``COMPLETED`` (with ``media_urls`` and ``media_type``), ``FAILED``
+    or ``ERROR`` (with ``error``), ``START_TIMEOUT`` (still ``QUEUED`` at its start deadline), or
+    ``API_ERROR`` (with ``error`` and ``http_status``: the gateway refused to tell, e.g. a 404). A read
+    whose retries ran out leaves its request pending. It never submits anything; its kwargs are
+    plain values: request ids, no key.
+
+    :param requests: ``[request_id, start_deadline or None]`` pairs.
+    :param firered_conn_id: the FireRed connection.
+    :param poll_interval: seconds between reads of each request, at least 1.
+    :param deadline: absolute wall-clock deadline (epoch seconds) of the whole wait.
+    :param min_ended: fire once this many requests ended (at most all of them).
+    """
+
+    def __init__(
+        self,
+        requests: list[list[Any]],
+        firered_conn_id: str = FireRedHook.default_conn_name,
+        poll_interval: float = 10.0,
+        deadline: float = 0.0,
+        min_ended: int = 1,
+    ) -> None:
+        # Airflow leaves BaseTrigger.__init__ untyped (a super() call escapes untyped_calls_exclude).
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.policy = WaitPolicy(poll_interval)
+        if not isinstance(requests, list) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)
+            for pair in requests
+        ):
+            raise FireRedValidationError("requests", "must be a list of [request_id, start_deadline] pairs")
+        self.requests: list[tuple[str, float | None]] = [
+            (str(rid), None if start is None else float(start)) for rid, start in requests
+        ]
+        self.firered_conn_id = firered_conn_id
+        self.deadline = float(deadline)
+        self.min_ended = max(1, min(int(min_ended), len(self.requests)))
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "requests": [list(pair) for pair in self.requests],
+                "firered_conn_id": self.firered_conn_id,
+                "poll_interval": self.policy.poll_interval,
+                "deadline": self.deadline,
+                "min_ended": self.min_ended,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        pending: dict[str, float | None] = {str(rid): start for rid, start in self.requests}
+        ended: dict[str, dict[str, Any]] = {}
+        interval = self.policy.poll_interval
+        loop = asyncio.get_running_loop()
+        planned = loop.time()
+        refreshed = False
+        async with FireRedHook(self.firered_conn_id) as hook:
+            while True:
+                ids = list(pending)
+                reads = await asyncio.gather(*(self._read(hook, rid) for rid in ids))
+                now = time.time()
+                refused = [read for read in reads if isinstance(read, FireRedApiError)]
+                if refused and not refreshed:
+                    # The key may have been rotated: look the connection up afresh once, read again.
+                    self.log.warning(
+                        "The gateway refused the key: looking connection %r up again", self.firered_conn_id
+                    )
+                    await hook.arefresh_settings()
+                    refreshed = True
+                    continue
+                for rid, read in zip(ids, reads, strict=True):
+                    if read is None:
+                        continue  # unavailable for now: still pending
+                    if isinstance(read, FireRedApiError):
+                        read = {
+                            "status": API_ERROR,
+                            "error": f"{read}: the key was refused again",
+                            "http_status": read.status_code,
+                        }
+                    if isinstance(read, dict):
+                        ended[rid] = read
+                    elif read.status.is_terminal:
+                        ended[rid] = ended_entry(read)
+                    elif not_started_in_time(read.status, pending[rid], now):
+                        ended[rid] = {"status": START_TIMEOUT, "error": "still QUEUED at its start deadline"}
+                    else:
+                        continue
+                    del pending[rid]
+                if len(ended) >= self.min_ended or not pending or now >= self.deadline:
+                    starts = {rid: start for rid, start in pending.items() if start is not None}
+                    event = {
+                        "ended": ended,
+                        "pending": list(pending),
+                        "starts": starts,
+                        "deadline": self.deadline,
+                    }
+                    yield TriggerEvent(event)
+                    return
+                planned += interval
+                now_loop = loop.time()
+                if planned <= now_loop:  # reads slower than the interval: plan afresh
+                    planned = now_loop + interval
+                wake = grid_point(planned, interval) - now_loop
+                await asyncio.sleep(
+                    max(0.0, min(wake, self.deadline - now, self._next_start_deadline(pending) - now))
+                )
+
+    @staticmethod
+    def _next_start_deadline(pending: dict[str, float | None]) -> float:
+        starts = [start for start in pending.values() if start is not None]
+        return min(starts) if starts else float("inf")
+
+    async def _read(
+        self, hook: FireRedHook, request_id: str
+    ) -> JobStatusResult | dict[str, Any] | FireRedApiError | None:
+        """
+        One request's status; a final refusal as an ended entry; a refused key as its error; None
+        while the status cannot be read.
+        """
+        try:
+            return await hook.aget_status(request_id)
+        except FireRedApiError as err:
+            if err.status_code in KEY_REFUSED_STATUSES:
+                return err
+            if err.retryable:
+                return None
+            return {"status": API_ERROR, "error": str(err), "http_status": err.status_code}
+        except FireRedError as err:
+            if err.retryable:
+                return None
+            return {"status": API_ERROR, "error": str(err), "http_status": None}
+
+    async def on_kill(self) -> None:
+        """The gateway has no cancel endpoint: the jobs may still complete and be charged."""
+        self.log.warning(
+            "Stopped waiting for %d FireRed job(s); the gateway has no cancel endpoint, so they may still "
+            "complete (a retry of the batch collects them)",
+            len(self.requests),
+        )

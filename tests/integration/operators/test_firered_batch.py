@@ -1,0 +1,319 @@
+"""FireRedBatchEditOperator through real Airflow (``dag.test()``) against the emulator."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from PIL import Image
+
+from airflow_provider_firered.manifest import read_manifest
+from tests.conftest import DAGS_FOLDER
+from tests.integration.operators.test_firered import in_log, xcom
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.emulator import Emulator
+
+pytestmark = pytest.mark.usefixtures("airflow_db", "firered_conn")
+
+#: Airflow 3.3+ keeps request ids in task_state_store: a retry resumes them.
+RESUMES = __import__("airflow").__version__.startswith("3.3")
+
+BATCH_TEMPLATE = """
+import json
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
+
+KWARGS = json.loads({kwargs!r})
+if "retry_delay" in KWARGS:
+    KWARGS["retry_delay"] = timedelta(seconds=KWARGS["retry_delay"])
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    FireRedBatchEditOperator(task_id="batch", **KWARGS)
+"""
+
+
+def run_batch(dag_id: str, **kwargs: Any) -> Any:
+    """Write a one-task batch DAG, run it with dag.test(); return its task instance."""
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(BATCH_TEMPLATE.format(kwargs=json.dumps(kwargs), dag_id=dag_id))
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (ti,) = module.dag.test().get_task_instances()
+    return ti
+
+
+def edits(emulator: Emulator, count: int, prompt: str = "Make it blue") -> list[dict[str, Any]]:
+    image = emulator.sample_images[0]
+    return [{"key": f"SKU-{n:04d}", "prompt": f"{prompt} #{n}", "images": [image]} for n in range(count)]
+
+
+def posts(emulator: Emulator) -> int:
+    return len(emulator.submit_attempts())
+
+
+@pytest.mark.parametrize("deferrable", [True, False], ids=["deferred", "worker"])
+def test_a_batch_in_waves_edits_every_item_once(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str], deferrable: bool
+) -> None:
+    firered_emulator.set_timings(queued_seconds=0.2, processing_seconds=0.5)
+    root = tmp_path / "run"
+    ti = run_batch(
+        f"batch_waves_{deferrable}",
+        edits=edits(firered_emulator, 12),
+        output_root=str(root),
+        max_in_flight=5,
+        poll_interval=1,
+        deferrable=deferrable,
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "success"
+    assert posts(firered_emulator) == 12
+    result = xcom(ti)
+    assert result == {
+        "total": 12,
+        "edited": 12,
+        "reused": 0,
+        "failed": 0,
+        "manifest": str(root / "_manifest.jsonl"),
+        "output_root": str(root),
+    }
+    entries = read_manifest(root)
+    assert entries is not None
+    assert [e.key for e in entries] == [f"SKU-{n:04d}" for n in range(12)]
+    for entry in entries:
+        assert (entry.outcome, entry.status) == ("edited", "COMPLETED")
+        (output,) = entry.outputs
+        assert Path(output).parent == root / entry.key
+        assert Path(output).name.startswith(str(entry.request_id))
+        with Image.open(output) as image:
+            image.verify()
+    # Waves of at most 5 unfinished jobs: 5, 5, 2 (each wave one wait: 12 / 5 + 1 task starts).
+    pattern = r"Submitted (\d+) edit\(s\); (\d+) unfinished at the gateway, (\d+) still to submit"
+    waves = re.findall(pattern, out)
+    # (Airflow 3.0's dag.test() prints each task log line twice.)
+    assert list(dict.fromkeys(waves)) == [("5", "5", "7"), ("5", "5", "2"), ("2", "2", "0")]
+
+
+def test_invalid_items_are_reported_and_never_sent(firered_emulator: Emulator, tmp_path: Path) -> None:
+    good = edits(firered_emulator, 3)
+    bad = [
+        {"key": "../escape", "prompt": "x", "images": good[0]["images"]},
+        {"key": "SKU-0000", "prompt": "dup", "images": good[0]["images"]},
+        {"key": "EMPTY", "prompt": " ", "images": good[0]["images"]},
+        "not a mapping",
+    ]
+    ti = run_batch(
+        "batch_invalid",
+        edits=good + bad,
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+        max_failed=4,
+        deferrable=True,
+    )
+    assert ti.state == "success"
+    assert posts(firered_emulator) == 3
+    entries = {e.key: e for e in read_manifest(tmp_path / "run") or []}
+    assert xcom(ti)["failed"] == 4
+    assert entries["#3"].error is not None
+    assert "edits[3].key: must be a plain folder name" in entries["#3"].error
+    assert "edits[4].key: 'SKU-0000' is used by an earlier item" in str(entries["#4"].error)
+    assert entries["EMPTY"].status == "INVALID"
+    assert "edits[5].prompt" in str(entries["EMPTY"].error)
+    assert "edits[6]: must be a mapping" in str(entries["#6"].error)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_a_failed_item_never_hides_the_others_and_is_paid_once(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
+    ti = run_batch(
+        "batch_failed_item",
+        edits=edits(firered_emulator, 4),
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+        retries=2,
+        retry_delay=0,
+        deferrable=True,
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "failed"
+    assert ti.try_number == 1  # FAILED was charged: no retry would change it
+    assert posts(firered_emulator) == 4
+    assert in_log("FireRedBatchFailedError: 1 item(s) of the batch failed, more than max_failed=0", out)
+    assert in_log("SKU-0000: FAILED NSFW content detected", out)
+    entries = {e.key: e for e in read_manifest(tmp_path / "run") or []}
+    assert entries["SKU-0000"].outcome == "failed"
+    assert [entries[f"SKU-{n:04d}"].outcome for n in (1, 2, 3)] == ["edited"] * 3
+
+
+def test_a_retry_resubmits_only_error_items(firered_emulator: Emulator, tmp_path: Path) -> None:
+    firered_emulator.set_next_outcome("ERROR", "GPU lost")
+    ti = run_batch(
+        "batch_error_item",
+        edits=edits(firered_emulator, 4),
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+        retries=1,
+        retry_delay=0,
+        deferrable=False,
+    )
+    assert ti.state == "success"
+    assert ti.try_number == 2
+    assert posts(firered_emulator) == 5  # the ERROR item again; the three finished ones untouched
+    assert xcom(ti)["edited"] == 4
+
+
+def test_an_unchanged_night_reuses_everything_and_pays_nothing(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    items = edits(firered_emulator, 6)
+    first = run_batch("batch_night_1", edits=items, output_root=str(tmp_path / "n1"), poll_interval=1)
+    assert first.state == "success"
+    assert posts(firered_emulator) == 6
+    second = run_batch(
+        "batch_night_2",
+        edits=items,
+        output_root=str(tmp_path / "n2"),
+        previous=str(tmp_path / "n1"),
+        poll_interval=1,
+    )
+    assert second.state == "success"
+    assert posts(firered_emulator) == 6  # nothing submitted
+    assert xcom(second)["reused"] == 6
+    for entry in read_manifest(tmp_path / "n2") or []:
+        assert entry.outcome == "reused"
+        (output,) = entry.outputs
+        assert Path(output).parent == tmp_path / "n2" / entry.key
+        assert Path(output).read_bytes() == (tmp_path / "n1" / entry.key / Path(output).name).read_bytes()
+    # One changed prompt re-edits that item only; force re-edits all.
+    changed = [dict(item) for item in items]
+    changed[2]["prompt"] = "Make it red"
+    third = run_batch(
+        "batch_night_3",
+        edits=changed,
+        output_root=str(tmp_path / "n3"),
+        previous=str(tmp_path / "n2"),
+        poll_interval=1,
+    )
+    assert (xcom(third)["edited"], xcom(third)["reused"]) == (1, 5)
+    assert posts(firered_emulator) == 7
+    forced = run_batch(
+        "batch_night_4",
+        edits=items,
+        output_root=str(tmp_path / "n4"),
+        previous=str(tmp_path / "n3"),
+        force=True,
+        poll_interval=1,
+    )
+    assert xcom(forced)["edited"] == 6
+    assert posts(firered_emulator) == 13
+
+
+def test_items_still_queued_at_the_start_deadline_fail_for_good(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    firered_emulator.set_timings(queued_seconds=60)
+    ti = run_batch(
+        "batch_start_timeout",
+        edits=edits(firered_emulator, 3),
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+        start_timeout=1.5,
+        retries=1,
+        retry_delay=0,
+        deferrable=True,
+    )
+    assert ti.state == "failed"
+    assert ti.try_number == 1
+    assert posts(firered_emulator) == 3
+    assert {e.status for e in read_manifest(tmp_path / "run") or []} == {"START_TIMEOUT"}
+
+
+def test_a_timed_out_batch_is_resumed_by_its_retry(firered_emulator: Emulator, tmp_path: Path) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=4)
+    ti = run_batch(
+        "batch_timeout_resumed",
+        edits=edits(firered_emulator, 3),
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+        timeout=1.5,
+        retries=3,
+        retry_delay=0,
+        deferrable=False,
+    )
+    assert ti.state == "success"
+    assert ti.try_number >= 2
+    # The retry waits again for the requests it already submitted: paid once (the manifest keeps them).
+    assert posts(firered_emulator) == 3
+
+
+CRASH_TEMPLATE = """
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
+
+EDITS = {edits!r}
+
+
+class CrashingBatch(FireRedBatchEditOperator):
+    # The worker is lost right after the gateway accepted two edits, before the wave was recorded.
+    def execute(self, context):
+        if context["ti"].try_number == 1:
+            submit, accepted = self.hook.submit_edit, []
+
+            def submit_then_crash(*args, **kwargs):
+                if len(accepted) == 2:
+                    raise RuntimeError("worker lost")
+                accepted.append(submit(*args, **kwargs))
+                return accepted[-1]
+
+            self.hook.submit_edit = submit_then_crash
+        return super().execute(context)
+
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    CrashingBatch(
+        task_id="batch",
+        edits=EDITS,
+        output_root={root!r},
+        poll_interval=1,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )
+"""
+
+
+@pytest.mark.skipif(not RESUMES, reason="task_state_store needs Airflow 3.3+")
+def test_requests_accepted_before_a_crash_are_resumed_not_paid_again(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    dag_id = "batch_crash_resumed"
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(
+        CRASH_TEMPLATE.format(edits=edits(firered_emulator, 5), dag_id=dag_id, root=str(tmp_path / "run"))
+    )
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (ti,) = module.dag.test().get_task_instances()
+    assert ti.state == "success"
+    assert ti.try_number == 2
+    # Two accepted before the crash, kept in task_state_store and resumed; three submitted by the retry.
+    assert posts(firered_emulator) == 5
+    assert {e.outcome for e in read_manifest(tmp_path / "run") or []} == {"edited"}

@@ -1,0 +1,42 @@
+"""FireRedBatchStatusTrigger's kwargs: plain values, small enough for a trigger row at 1,000 items."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
+
+RID = "firered-image-edit-v1-1_019d0000-0000-0000-0000-{:012d}"
+
+
+def test_kwargs_hold_only_ids_and_plain_values_and_round_trip() -> None:
+    trigger = FireRedBatchStatusTrigger(
+        [[RID.format(1), 1_900_000_000.5], [RID.format(2), None]], "firered_default", 5, 1_900_000_100.0, 1
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_firered.triggers.firered_batch.FireRedBatchStatusTrigger"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert FireRedBatchStatusTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert kwargs["min_ended"] == 1
+
+
+def test_the_trigger_row_at_a_thousand_items_is_small() -> None:
+    requests = [[RID.format(n), 1_900_000_000.5 + n] for n in range(1000)]
+    trigger = FireRedBatchStatusTrigger(requests, "firered_default", 10, 1_900_000_100.0, 500)
+    size = len(json.dumps(trigger.serialize()[1]))
+    # About 80 bytes an item (a 63-character id and a start deadline): 1,000 items in under 100 KB.
+    assert size < 100_000, size
+
+
+@pytest.mark.parametrize("requests", ["abc", [["only-id"]], [[1, None]], None])
+def test_malformed_requests_are_refused(requests: object) -> None:
+    with pytest.raises(FireRedValidationError, match=r"^requests: must be a list of"):
+        FireRedBatchStatusTrigger(requests, "firered_default", 5, 0.0, 1)  # type: ignore[arg-type]
+
+
+def test_min_ended_is_kept_within_the_batch() -> None:
+    trigger = FireRedBatchStatusTrigger([[RID.format(1), None]], "firered_default", 5, 0.0, 50)
+    assert trigger.min_ended == 1
