@@ -353,7 +353,11 @@ class FireRedBatchEditOperator(BaseOperator):
         while batch.queue and len(batch.in_flight) < self.max_in_flight:
             item = batch.queue[0]
             try:
-                answer = self.hook.submit_edit(item.model, item.prompt, list(item.images), item.parameters)
+                # With jobs in flight a 429 pauses the submits at once: waiting out the gateway's
+                # Retry-After here would hold the worker slot for nothing.
+                answer = self.hook.submit_edit(
+                    item.model, item.prompt, list(item.images), item.parameters, retry=not batch.in_flight
+                )
             except FireRedSubmitUncertainError as err:
                 batch.fail(item, "UNCERTAIN", str(err))  # may have been accepted: never sent again
                 continue

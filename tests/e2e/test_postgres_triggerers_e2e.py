@@ -1,6 +1,7 @@
 """
 Several triggerers on PostgreSQL, one of them lost: a real deployment with two triggerers runs
-concurrent deferrable edits; once their triggers are spread over both, one triggerer is killed with
+batches of deferrable edits (each batch waits in one trigger); once their triggers are spread over
+both, one triggerer is killed with
 SIGKILL. Airflow hands the dead triggerer's triggers to the other once its heartbeat is older than
 ``triggerer_health_check_threshold``; they must finish there, every edit must succeed with its output,
 and the gateway must see exactly one POST per edit (a trigger resumes its stored request id, it never
@@ -36,6 +37,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 DAG_ID = "firered_postgres_triggerers"
 RUN_ID = "e2e_postgres_triggerers"
 EDITS = 40
+#: The edits come in this many batch tasks, one trigger each.
+BATCHES = 8
+#: Triggers one triggerer runs at once: the survivor takes the rest once its own have fired.
+TRIGGERER_CAPACITY = 6
 BUDGET_SECONDS = 360
 #: How long each emulated job runs. Starting all the edits takes about 25 s on two cores: every job
 #: must outlast that, with room to spare, so that all of them wait at once when the kill comes.
@@ -82,7 +87,7 @@ def started_by(
 
 def wait_spread(deployment: AirflowDeployment, deadline: float) -> list[tuple[Any, ...]]:
     """
-    Wait until every edit waits in a trigger, each trigger running (started) on the triggerer it
+    Wait until every batch waits in a trigger, each trigger running (started) on the triggerer it
     is assigned to, and both triggerers run some; return those rows.
     """
     rows: list[tuple[Any, ...]] = []
@@ -90,12 +95,12 @@ def wait_spread(deployment: AirflowDeployment, deadline: float) -> list[tuple[An
         deployment.check_running()
         rows = deferred(deployment)
         owners = Counter(row[3] for row in rows)
-        if len(rows) == EDITS and None not in owners and len(owners) == 2:
+        if len(rows) == BATCHES and None not in owners and len(owners) == 2:
             started = started_by(deployment, {row[0] for row in rows})
             if all(row[3] in started.get((row[0], row[1]), ()) for row in rows):
                 return rows
         assert time.monotonic() < deadline, (
-            f"never all {EDITS} edits deferred over two triggerers: {len(rows)} deferred, by "
+            f"never all {BATCHES} batches deferred over two triggerers: {len(rows)} deferred, by "
             f"triggerer {dict(owners)}\n{deployment.tail_logs()}"
         )
         time.sleep(0.5)
@@ -138,9 +143,12 @@ def test_a_killed_triggerer_hands_its_triggers_over(postgres: PostgresCluster, t
                 "AIRFLOW_VAR_FIRERED_IMAGE": emulator.sample_images[0],
                 "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(output_root),
                 "FIRERED_TRIGGERERS_EDITS": str(EDITS),
+                "FIRERED_TRIGGERERS_BATCHES": str(BATCHES),
                 "AIRFLOW__CORE__PARALLELISM": "8",
-                "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(EDITS),
+                "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(BATCHES),
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(HEALTH_THRESHOLD_SECONDS),
+                # Fewer than BATCHES per triggerer: the batches' triggers cannot all land on one.
+                "AIRFLOW__TRIGGERER__CAPACITY": str(TRIGGERER_CAPACITY),
             }
         )
         deployment.cli("db", "migrate")
@@ -172,7 +180,7 @@ def test_a_killed_triggerer_hands_its_triggers_over(postgres: PostgresCluster, t
         states = Counter(
             row[0] for row in deployment.query("SELECT state FROM task_instance WHERE run_id = ?", (RUN_ID,))
         )
-        assert (state, states) == ("success", Counter({"success": EDITS})), deployment.tail_logs()
+        assert (state, states) == ("success", Counter({"success": BATCHES})), deployment.tail_logs()
 
         # Every trigger orphaned by the kill was started again by the survivor and its task ended
         # well (the run succeeded); it was still waiting when the victim died.
@@ -197,7 +205,8 @@ def test_a_killed_triggerer_hands_its_triggers_over(postgres: PostgresCluster, t
         prompts = Counter(r["body"]["prompt"] for r in posts)
         assert len(prompts) == EDITS, [p for p, n in prompts.items() if n > 1]
 
-        outputs = sorted(p for p in output_root.rglob("*") if p.is_file())
+        # Each batch's images, beside its manifest (_manifest.jsonl) and progress file (_batch.json).
+        outputs = sorted(p for p in output_root.rglob("*") if p.is_file() and not p.name.startswith("_"))
         assert len(outputs) == EDITS, outputs
         for output in outputs:
             with Image.open(output) as image:

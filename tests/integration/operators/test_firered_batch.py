@@ -317,3 +317,29 @@ def test_requests_accepted_before_a_crash_are_resumed_not_paid_again(
     # Two accepted before the crash, kept in task_state_store and resumed; three submitted by the retry.
     assert posts(firered_emulator) == 5
     assert {e.outcome for e in read_manifest(tmp_path / "run") or []} == {"edited"}
+
+
+def test_a_saturated_gateway_pauses_the_submits_until_jobs_finish(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The gateway takes 3 unfinished jobs; the batch allows 6: the 4th submit is refused (429) and the
+    # batch waits for jobs to finish instead of sleeping through Retry-After on the worker.
+    firered_emulator.max_concurrent_jobs = 3
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=1)
+    ti = run_batch(
+        "batch_saturated",
+        edits=edits(firered_emulator, 6),
+        output_root=str(tmp_path / "run"),
+        max_in_flight=6,
+        poll_interval=1,
+        deferrable=True,
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "success"
+    accepted = [r for r in firered_emulator.submit_attempts() if r.status == 202]
+    refused = [r for r in firered_emulator.submit_attempts() if r.status == 429]
+    assert len(accepted) == 6
+    assert len({r.body["prompt"] for r in accepted}) == 6  # each item accepted once
+    assert refused  # the gateway did refuse, and was not asked again at once
+    assert in_log("Submits paused until jobs finish", out)
+    assert xcom(ti)["edited"] == 6
