@@ -205,14 +205,15 @@ class FireRedBatchEditOperator(BaseOperator):
         items, invalid = self._items()
         ti = context["ti"]
         root = as_target(self.output_root, field_name="output_root")
-        earlier = self._resumable(root, ti.max_tries)
+        progress = {"task": _task_of(ti), "max_tries": ti.max_tries}
+        earlier = self._resumable(root, progress)
         batch = _Batch(self, items, invalid, deadline=time.time() + self.timeout)
         store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         for item in items:
             entry = earlier.get(item.key)
             stored = self._stored_request(store, item.key, ti.max_tries)
             batch.resume(item, entry, stored)
-        self._write_progress(root, ti.max_tries)
+        self._write_progress(root, progress)
         self._fingerprint_and_reuse(batch)
         self.log.info(
             "Batch of %d item(s): %d invalid, %d done before, %d reused, %d to wait for, %d to submit",
@@ -235,24 +236,31 @@ class FireRedBatchEditOperator(BaseOperator):
             batch.carry(item, by_key.get(item.key))
         return batch
 
-    def _resumable(self, root: Path | ObjectStoragePath, max_tries: int) -> dict[str, ManifestEntry]:
-        """The manifest an earlier try of this task wrote, unless the task was cleared since."""
+    def _resumable(
+        self, root: Path | ObjectStoragePath, progress: dict[str, Any]
+    ) -> dict[str, ManifestEntry]:
+        """
+        The manifest an earlier try of this task instance wrote, unless the task was cleared since
+        (a clear changes ``max_tries``) or the folder holds another task's or another run's batch.
+        """
         try:
             with (root / PROGRESS_NAME).open("r", encoding="utf-8") as source:
-                progress = json.loads(source.read(4096))
+                found = json.loads(source.read(4096))
         except (OSError, ValueError):
             return {}
-        if not isinstance(progress, dict) or progress.get("max_tries") != max_tries:
-            self.log.info("The batch was cleared (or is new): every item starts afresh")
+        if found != progress:
+            self.log.info(
+                "No earlier try of this batch to resume (new, or cleared): every item starts afresh"
+            )
             return {}
         return {entry.key: entry for entry in read_manifest(root) or []}
 
     @staticmethod
-    def _write_progress(root: Path | ObjectStoragePath, max_tries: int) -> None:
+    def _write_progress(root: Path | ObjectStoragePath, progress: dict[str, Any]) -> None:
         if isinstance(root, Path):
             root.mkdir(parents=True, exist_ok=True)
         with (root / PROGRESS_NAME).open("w", encoding="utf-8") as out:
-            out.write(json.dumps({"max_tries": max_tries}))
+            out.write(json.dumps(progress))
 
     @staticmethod
     def _stored_request(store: Any, key: str, max_tries: int) -> str | None:
@@ -606,6 +614,11 @@ class _Batch:
     def _order(self, key: str) -> int:
         item = self.items.get(key)
         return item.index if item else int(key[1:]) if key.startswith("#") and key[1:].isdigit() else 0
+
+
+def _task_of(ti: Any) -> str:
+    """The task instance a batch folder belongs to: a folder shared by two runs is not resumed."""
+    return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
 
 
 def _copy(source: Path | ObjectStoragePath, target: Path | ObjectStoragePath) -> None:

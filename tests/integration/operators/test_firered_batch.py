@@ -343,3 +343,19 @@ def test_a_saturated_gateway_pauses_the_submits_until_jobs_finish(
     assert refused  # the gateway did refuse, and was not asked again at once
     assert in_log("Submits paused until jobs finish", out)
     assert xcom(ti)["edited"] == 6
+
+
+def test_a_folder_shared_by_two_runs_is_not_resumed(firered_emulator: Emulator, tmp_path: Path) -> None:
+    # The same output_root and the same max_tries, but another task instance: its manifest is not
+    # this batch's progress, so nothing of it is taken for done.
+    root = str(tmp_path / "shared")
+    first = run_batch("batch_shared_1", edits=edits(firered_emulator, 3), output_root=root, poll_interval=1)
+    assert first.state == "success"
+    second = run_batch(
+        "batch_shared_2", edits=edits(firered_emulator, 3, "Make it red"), output_root=root, poll_interval=1
+    )
+    assert second.state == "success"
+    assert posts(firered_emulator) == 6
+    assert {e.prompt for e in read_manifest(tmp_path / "shared") or []} == {
+        f"Make it red #{n}" for n in range(3)
+    }
