@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_provider_firered.batch_items import BatchItem, check_items, fingerprint, source_identities
-from airflow_provider_firered.downloads import download_outputs
+from airflow_provider_firered.batch_state import RESUBMITTED_STATUSES, RESUMED_STATUSES, BatchState
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedBatchFailedError,
@@ -27,8 +26,7 @@ from airflow_provider_firered.exceptions import (
 )
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.manifest import ManifestEntry, previous_entries, read_manifest, write_manifest
-from airflow_provider_firered.media_hosts import new_media_session
-from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs
+from airflow_provider_firered.options import DEFAULT_MODEL
 from airflow_provider_firered.output_paths import as_target, check_inside
 from airflow_provider_firered.triggers.firered import DEFER_SLACK
 from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
@@ -44,10 +42,6 @@ if TYPE_CHECKING:
 PROGRESS_NAME = "_batch.json"
 #: task_state_store key of an item's request id: ``<prefix><key>``.
 STATE_KEY_PREFIX = "firered_batch:"
-#: Failed statuses a retry of the batch picks up again: waited for again (with a request id) ...
-RESUMED_STATUSES = frozenset({"TIMEOUT", "DOWNLOAD", "UNAVAILABLE"})
-#: ... or submitted again (not charged; never sent; or the gateway forgot the request).
-RESUBMITTED_STATUSES = frozenset({"ERROR", "NOT_SUBMITTED", "UNKNOWN_REQUEST"})
 #: Answers that refuse every submit of the batch alike (the key, the subscription).
 BATCH_REFUSALS = frozenset({401, 402, 403})
 MAX_IN_FLIGHT = 10_000
@@ -200,14 +194,14 @@ class FireRedBatchEditOperator(BaseOperator):
             self.log.warning("Item %s is invalid and is not sent: %s", bad.key, bad.error)
         return items, failed
 
-    def _start(self, context: Context) -> _Batch:
+    def _start(self, context: Context) -> BatchState:
         """A new try: resume the manifest this task's earlier try wrote, else start afresh."""
         items, invalid = self._items()
         ti = context["ti"]
         root = as_target(self.output_root, field_name="output_root")
         progress = {"task": _task_of(ti), "max_tries": ti.max_tries}
         earlier = self._resumable(root, progress)
-        batch = _Batch(self, items, invalid, deadline=time.time() + self.timeout)
+        batch = BatchState(self, items, invalid, deadline=time.time() + self.timeout)
         store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         for item in items:
             entry = earlier.get(item.key)
@@ -226,12 +220,12 @@ class FireRedBatchEditOperator(BaseOperator):
         )
         return batch
 
-    def _continue(self) -> _Batch:
+    def _continue(self) -> BatchState:
         """A later wave of the same try: the manifest written before deferring holds the state."""
         items, invalid = self._items()
         entries = read_manifest(self.output_root) or []
         by_key = {entry.key: entry for entry in entries}
-        batch = _Batch(self, items, invalid, deadline=0.0)
+        batch = BatchState(self, items, invalid, deadline=0.0)
         for item in items:
             batch.carry(item, by_key.get(item.key))
         return batch
@@ -271,7 +265,7 @@ class FireRedBatchEditOperator(BaseOperator):
             return str(stored["request_id"])
         return None
 
-    def _fingerprint_and_reuse(self, batch: _Batch) -> None:
+    def _fingerprint_and_reuse(self, batch: BatchState) -> None:
         """Fingerprint the items still to submit; copy those unchanged since ``previous`` instead."""
         todo = [item for item in batch.queue if batch.entries[item.key].fingerprint is None]
         if not todo:
@@ -295,7 +289,7 @@ class FireRedBatchEditOperator(BaseOperator):
 
     def _reuse(
         self,
-        batch: _Batch,
+        batch: BatchState,
         item: BatchItem,
         earlier: tuple[ManifestEntry, Path | ObjectStoragePath] | None,
     ) -> list[str] | None:
@@ -325,7 +319,7 @@ class FireRedBatchEditOperator(BaseOperator):
 
     # -- waves -----------------------------------------------------------------------------------------
 
-    def _advance(self, context: Context, batch: _Batch) -> dict[str, Any]:
+    def _advance(self, context: Context, batch: BatchState) -> dict[str, Any]:
         """Collect what ended, submit while slots are free, then wait (deferred or here) or finish."""
         while True:
             batch.collect()
@@ -353,7 +347,7 @@ class FireRedBatchEditOperator(BaseOperator):
                 )
             batch.take_event(asyncio.run(_first_event(trigger)))
 
-    def _submit_wave(self, context: Context, batch: _Batch) -> None:
+    def _submit_wave(self, context: Context, batch: BatchState) -> None:
         """Submit queued items while fewer than ``max_in_flight`` jobs are unfinished."""
         store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         max_tries = context["ti"].max_tries
@@ -401,7 +395,7 @@ class FireRedBatchEditOperator(BaseOperator):
                 len(batch.queue),
             )
 
-    def _finish(self, batch: _Batch) -> dict[str, Any]:
+    def _finish(self, batch: BatchState) -> dict[str, Any]:
         manifest = write_manifest(self.output_root, batch.manifest())
         counts = {outcome: batch.count(outcome) for outcome in ("edited", "reused", "failed")}
         self.log.info(
@@ -423,199 +417,6 @@ class FireRedBatchEditOperator(BaseOperator):
         return {"total": len(batch.entries), **counts, "manifest": manifest, "output_root": self.output_root}
 
 
-class _Batch:
-    """The state of one batch within a task: an entry per item, the queue, the jobs in flight."""
-
-    def __init__(
-        self,
-        operator: FireRedBatchEditOperator,
-        items: list[BatchItem],
-        invalid: dict[str, ManifestEntry],
-        *,
-        deadline: float,
-    ) -> None:
-        self.operator = operator
-        self.root = as_target(operator.output_root, field_name="output_root")
-        self.items = {item.key: item for item in items}
-        self.entries: dict[str, ManifestEntry] = {}
-        for key, entry in invalid.items():
-            self.entries[key] = entry
-        self.queue: list[BatchItem] = []
-        #: request id -> (key, start deadline)
-        self.in_flight: dict[str, tuple[str, float | None]] = {}
-        #: request id -> how the job ended, waiting to be collected
-        self.ended: dict[str, dict[str, Any]] = {}
-        self.deadline = deadline
-        self.reused_now = 0
-
-    # building
-    def _entry(self, item: BatchItem, **fields: Any) -> ManifestEntry:
-        entry = ManifestEntry(item.key, "pending", images=list(item.images), prompt=item.prompt)
-        for name, value in fields.items():
-            setattr(entry, name, value)
-        self.entries[item.key] = entry
-        return entry
-
-    def _start_deadline(self) -> float | None:
-        timeout = self.operator.start_timeout
-        return None if timeout is None else time.time() + timeout
-
-    def resume(self, item: BatchItem, earlier: ManifestEntry | None, stored: str | None) -> None:
-        """Take an item up at the start of a try, from an earlier try's manifest and stored id."""
-        if earlier is not None and earlier.outcome in ("edited", "reused"):
-            self.entries[item.key] = earlier  # finished: not touched
-            return
-        if (
-            earlier is not None
-            and earlier.outcome == "failed"
-            and earlier.status not in (RESUMED_STATUSES | RESUBMITTED_STATUSES)
-        ):
-            self.entries[item.key] = earlier  # FAILED, INVALID, UNCERTAIN, ...: never paid again
-            return
-        resubmit = earlier is not None and earlier.status in RESUBMITTED_STATUSES
-        request_id = None if resubmit else (earlier.request_id if earlier else None) or stored
-        fingerprint = earlier.fingerprint if earlier else None
-        self._entry(item, request_id=request_id, fingerprint=fingerprint)
-        if request_id:
-            self.in_flight[request_id] = (item.key, self._start_deadline())
-        else:
-            self.queue.append(item)
-
-    def carry(self, item: BatchItem, entry: ManifestEntry | None) -> None:
-        """Take an item up between waves, from the manifest written before deferring."""
-        if entry is None:  # the items changed under the task (a re-rendered XCom): submit it
-            self._entry(item)
-            self.queue.append(item)
-            return
-        self.entries[item.key] = entry
-        if entry.outcome != "pending":
-            return
-        if entry.request_id:
-            self.in_flight[entry.request_id] = (item.key, None)
-        else:
-            self.queue.append(item)
-
-    def take_event(self, event: Any) -> None:
-        """Read the trigger's event: what ended, what is still running and its start deadlines."""
-        if not isinstance(event, dict) or not isinstance(event.get("ended"), dict):
-            raise FireRedError(f"FireRed batch trigger sent an unusable event: {str(event)[:200]!r}")
-        self.deadline = float(event.get("deadline") or 0.0)
-        for rid, ended in event["ended"].items():
-            if rid in self.in_flight and isinstance(ended, dict):
-                self.ended[rid] = ended
-        starts = dict(event.get("starts") or {})
-        for rid, (key, _start) in list(self.in_flight.items()):
-            if rid in starts:
-                self.in_flight[rid] = (key, starts[rid])
-
-    # waves
-    def submitted(self, item: BatchItem, request_id: str) -> None:
-        self.queue.remove(item)
-        self.entries[item.key].request_id = request_id
-        self.in_flight[request_id] = (item.key, self._start_deadline())
-
-    def fail(self, item: BatchItem, status: str, error: str) -> None:
-        if item in self.queue:
-            self.queue.remove(item)
-        entry = self.entries[item.key]
-        entry.outcome, entry.status, entry.error = "failed", status, error
-
-    def fail_queue(self, status: str, error: str) -> None:
-        for item in list(self.queue):
-            self.fail(item, status, error)
-
-    def reused(self, item: BatchItem, outputs: list[str], request_id: str | None) -> None:
-        self.queue.remove(item)
-        entry = self.entries[item.key]
-        entry.outcome, entry.status, entry.outputs, entry.request_id = (
-            "reused",
-            "COMPLETED",
-            outputs,
-            request_id,
-        )
-        self.reused_now += 1
-
-    def timed_out(self) -> bool:
-        return bool(self.in_flight) and time.time() >= self.deadline > 0
-
-    def give_up_waiting(self) -> None:
-        """The try's deadline passed: what is unfinished fails for now (a retry takes it up)."""
-        for rid, (key, _start) in list(self.in_flight.items()):
-            entry = self.entries[key]
-            entry.outcome, entry.status = "failed", "TIMEOUT"
-            entry.error = f"request {rid} did not finish within the batch's {self.operator.timeout:g}s"
-        self.in_flight.clear()
-        for item in list(self.queue):
-            self.fail(item, "NOT_SUBMITTED", f"not submitted within the batch's {self.operator.timeout:g}s")
-
-    def collect(self) -> None:
-        """Download what completed (several at once) and record how every ended job ended."""
-        completed = []
-        for rid, ended in self.ended.items():
-            key, _start = self.in_flight.pop(rid)
-            status = str(ended.get("status"))
-            if status == "COMPLETED":
-                completed.append((self.items[key], rid, ended))
-                continue
-            entry = self.entries[key]
-            if status == "API_ERROR" and ended.get("http_status") == 404:
-                status = "UNKNOWN_REQUEST"  # forgotten by the gateway: a retry submits it afresh
-            entry.outcome, entry.status, entry.error = "failed", status, _text(ended.get("error"))
-        self.ended.clear()
-        if completed:
-            self._download(completed)
-
-    def _download(self, completed: list[tuple[BatchItem, str, dict[str, Any]]]) -> None:
-        operator = self.operator
-        local = threading.local()
-
-        def fetch(job: tuple[BatchItem, str, dict[str, Any]]) -> tuple[BatchItem, list[str] | FireRedError]:
-            item, rid, ended = job
-            if not hasattr(local, "session"):
-                local.session = new_media_session()
-            result = {
-                "request_id": rid,
-                "media_urls": ended.get("media_urls") or [],
-                "media_type": ended.get("media_type"),
-            }
-            try:
-                paths = download_outputs(
-                    operator.hook,
-                    result,
-                    self.root / item.key,
-                    max_outputs=expected_outputs(item.model, item.parameters),
-                    session=local.session,
-                )
-            except FireRedError as err:
-                return item, err
-            return item, paths
-
-        operator.hook.settings  # noqa: B018  resolved once here, not in every thread
-        with ThreadPoolExecutor(max_workers=operator.download_threads) as pool:
-            for item, outcome in pool.map(fetch, completed):
-                entry = self.entries[item.key]
-                if isinstance(outcome, FireRedError):
-                    entry.outcome, entry.status, entry.error = "failed", "DOWNLOAD", str(outcome)
-                else:
-                    entry.outcome, entry.status, entry.outputs, entry.error = (
-                        "edited",
-                        "COMPLETED",
-                        outcome,
-                        None,
-                    )
-
-    # reading
-    def count(self, outcome: str) -> int:
-        return sum(1 for entry in self.entries.values() if entry.outcome == outcome)
-
-    def manifest(self) -> list[ManifestEntry]:
-        return sorted(self.entries.values(), key=lambda entry: self._order(entry.key))
-
-    def _order(self, key: str) -> int:
-        item = self.items.get(key)
-        return item.index if item else int(key[1:]) if key.startswith("#") and key[1:].isdigit() else 0
-
-
 def _task_of(ti: Any) -> str:
     """The task instance a batch folder belongs to: a folder shared by two runs is not resumed."""
     return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
@@ -632,10 +433,6 @@ def _copy(source: Path | ObjectStoragePath, target: Path | ObjectStoragePath) ->
         return
     with source.open("rb") as src, target.open("wb") as dst:
         shutil.copyfileobj(src, dst, 1024 * 1024)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)[:2000]
 
 
 async def _first_event(trigger: FireRedBatchStatusTrigger) -> dict[str, Any]:

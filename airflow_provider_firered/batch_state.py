@@ -1,0 +1,231 @@
+"""
+The state of a batch edit within one task: an entry per item, the items still to submit, the jobs in
+flight, and what a retry takes up again. The operator drives it; the manifest stores it between waves.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_firered.downloads import download_outputs
+from airflow_provider_firered.exceptions import FireRedError
+from airflow_provider_firered.manifest import ManifestEntry
+from airflow_provider_firered.media_hosts import new_media_session
+from airflow_provider_firered.options import expected_outputs
+from airflow_provider_firered.output_paths import as_target
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.batch_items import BatchItem
+    from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
+
+#: Failed statuses a retry of the batch picks up again: waited for again (with a request id) ...
+RESUMED_STATUSES = frozenset({"TIMEOUT", "DOWNLOAD"})
+#: ... or submitted again (not charged; never sent; or the gateway forgot the request).
+RESUBMITTED_STATUSES = frozenset({"ERROR", "NOT_SUBMITTED", "UNKNOWN_REQUEST"})
+
+
+class BatchState:
+    """
+    The state of one batch within a task: an entry per item, the queue, the jobs in flight.
+
+    :param operator: the batch operator (its settings and hook).
+    :param items: the checked items.
+    :param invalid: entries of the items that failed their checks.
+    :param deadline: when this try stops waiting (epoch seconds); 0 until the trigger's event says.
+    """
+
+    def __init__(
+        self,
+        operator: FireRedBatchEditOperator,
+        items: list[BatchItem],
+        invalid: dict[str, ManifestEntry],
+        *,
+        deadline: float,
+    ) -> None:
+        self.operator = operator
+        self.root = as_target(operator.output_root, field_name="output_root")
+        self.items = {item.key: item for item in items}
+        self.entries: dict[str, ManifestEntry] = {}
+        for key, entry in invalid.items():
+            self.entries[key] = entry
+        self.queue: list[BatchItem] = []
+        #: request id -> (key, start deadline)
+        self.in_flight: dict[str, tuple[str, float | None]] = {}
+        #: request id -> how the job ended, waiting to be collected
+        self.ended: dict[str, dict[str, Any]] = {}
+        self.deadline = deadline
+        self.reused_now = 0
+
+    # building
+    def _entry(self, item: BatchItem, **fields: Any) -> ManifestEntry:
+        entry = ManifestEntry(item.key, "pending", images=list(item.images), prompt=item.prompt)
+        for name, value in fields.items():
+            setattr(entry, name, value)
+        self.entries[item.key] = entry
+        return entry
+
+    def _start_deadline(self) -> float | None:
+        timeout = self.operator.start_timeout
+        return None if timeout is None else time.time() + timeout
+
+    def resume(self, item: BatchItem, earlier: ManifestEntry | None, stored: str | None) -> None:
+        """Take an item up at the start of a try, from an earlier try's manifest and stored id."""
+        if earlier is not None and earlier.outcome in ("edited", "reused"):
+            self.entries[item.key] = earlier  # finished: not touched
+            return
+        if (
+            earlier is not None
+            and earlier.outcome == "failed"
+            and earlier.status not in (RESUMED_STATUSES | RESUBMITTED_STATUSES)
+        ):
+            self.entries[item.key] = earlier  # FAILED, INVALID, UNCERTAIN, ...: never paid again
+            return
+        resubmit = earlier is not None and earlier.status in RESUBMITTED_STATUSES
+        request_id = None if resubmit else (earlier.request_id if earlier else None) or stored
+        fingerprint = earlier.fingerprint if earlier else None
+        self._entry(item, request_id=request_id, fingerprint=fingerprint)
+        if request_id:
+            self.in_flight[request_id] = (item.key, self._start_deadline())
+        else:
+            self.queue.append(item)
+
+    def carry(self, item: BatchItem, entry: ManifestEntry | None) -> None:
+        """Take an item up between waves, from the manifest written before deferring."""
+        if entry is None:  # the items changed under the task (a re-rendered XCom): submit it
+            self._entry(item)
+            self.queue.append(item)
+            return
+        self.entries[item.key] = entry
+        if entry.outcome != "pending":
+            return
+        if entry.request_id:
+            self.in_flight[entry.request_id] = (item.key, None)
+        else:
+            self.queue.append(item)
+
+    def take_event(self, event: Any) -> None:
+        """Read the trigger's event: what ended, what is still running and its start deadlines."""
+        if not isinstance(event, dict) or not isinstance(event.get("ended"), dict):
+            raise FireRedError(f"FireRed batch trigger sent an unusable event: {str(event)[:200]!r}")
+        self.deadline = float(event.get("deadline") or 0.0)
+        for rid, ended in event["ended"].items():
+            if rid in self.in_flight and isinstance(ended, dict):
+                self.ended[rid] = ended
+        starts = dict(event.get("starts") or {})
+        for rid, (key, _start) in list(self.in_flight.items()):
+            if rid in starts:
+                self.in_flight[rid] = (key, starts[rid])
+
+    # waves
+    def submitted(self, item: BatchItem, request_id: str) -> None:
+        self.queue.remove(item)
+        self.entries[item.key].request_id = request_id
+        self.in_flight[request_id] = (item.key, self._start_deadline())
+
+    def fail(self, item: BatchItem, status: str, error: str) -> None:
+        if item in self.queue:
+            self.queue.remove(item)
+        entry = self.entries[item.key]
+        entry.outcome, entry.status, entry.error = "failed", status, error
+
+    def fail_queue(self, status: str, error: str) -> None:
+        for item in list(self.queue):
+            self.fail(item, status, error)
+
+    def reused(self, item: BatchItem, outputs: list[str], request_id: str | None) -> None:
+        self.queue.remove(item)
+        entry = self.entries[item.key]
+        entry.outcome, entry.status, entry.outputs, entry.request_id = (
+            "reused",
+            "COMPLETED",
+            outputs,
+            request_id,
+        )
+        self.reused_now += 1
+
+    def timed_out(self) -> bool:
+        return bool(self.in_flight) and time.time() >= self.deadline > 0
+
+    def give_up_waiting(self) -> None:
+        """The try's deadline passed: what is unfinished fails for now (a retry takes it up)."""
+        for rid, (key, _start) in list(self.in_flight.items()):
+            entry = self.entries[key]
+            entry.outcome, entry.status = "failed", "TIMEOUT"
+            entry.error = f"request {rid} did not finish within the batch's {self.operator.timeout:g}s"
+        self.in_flight.clear()
+        for item in list(self.queue):
+            self.fail(item, "NOT_SUBMITTED", f"not submitted within the batch's {self.operator.timeout:g}s")
+
+    def collect(self) -> None:
+        """Download what completed (several at once) and record how every ended job ended."""
+        completed = []
+        for rid, ended in self.ended.items():
+            key, _start = self.in_flight.pop(rid)
+            status = str(ended.get("status"))
+            if status == "COMPLETED":
+                completed.append((self.items[key], rid, ended))
+                continue
+            entry = self.entries[key]
+            if status == "API_ERROR" and ended.get("http_status") == 404:
+                status = "UNKNOWN_REQUEST"  # forgotten by the gateway: a retry submits it afresh
+            entry.outcome, entry.status, entry.error = "failed", status, _text(ended.get("error"))
+        self.ended.clear()
+        if completed:
+            self._download(completed)
+
+    def _download(self, completed: list[tuple[BatchItem, str, dict[str, Any]]]) -> None:
+        operator = self.operator
+        local = threading.local()
+
+        def fetch(job: tuple[BatchItem, str, dict[str, Any]]) -> tuple[BatchItem, list[str] | FireRedError]:
+            item, rid, ended = job
+            if not hasattr(local, "session"):
+                local.session = new_media_session()
+            result = {
+                "request_id": rid,
+                "media_urls": ended.get("media_urls") or [],
+                "media_type": ended.get("media_type"),
+            }
+            try:
+                paths = download_outputs(
+                    operator.hook,
+                    result,
+                    self.root / item.key,
+                    max_outputs=expected_outputs(item.model, item.parameters),
+                    session=local.session,
+                )
+            except FireRedError as err:
+                return item, err
+            return item, paths
+
+        operator.hook.settings  # noqa: B018  resolved once here, not in every thread
+        with ThreadPoolExecutor(max_workers=operator.download_threads) as pool:
+            for item, outcome in pool.map(fetch, completed):
+                entry = self.entries[item.key]
+                if isinstance(outcome, FireRedError):
+                    entry.outcome, entry.status, entry.error = "failed", "DOWNLOAD", str(outcome)
+                else:
+                    entry.outcome, entry.status, entry.outputs, entry.error = (
+                        "edited",
+                        "COMPLETED",
+                        outcome,
+                        None,
+                    )
+
+    # reading
+    def count(self, outcome: str) -> int:
+        return sum(1 for entry in self.entries.values() if entry.outcome == outcome)
+
+    def manifest(self) -> list[ManifestEntry]:
+        return sorted(self.entries.values(), key=lambda entry: self._order(entry.key))
+
+    def _order(self, key: str) -> int:
+        item = self.items.get(key)
+        return item.index if item else int(key[1:]) if key.startswith("#") and key[1:].isdigit() else 0
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:2000]
