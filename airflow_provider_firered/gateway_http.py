@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import requests
 import urllib3
+from multidict import CIMultiDict, CIMultiDictProxy
 from urllib3.exceptions import NewConnectionError
+from yarl import URL
 
 from airflow_provider_firered.connection import url_host
 from airflow_provider_firered.exceptions import (
@@ -111,8 +114,40 @@ def gateway_call(
     )
 
 
+@dataclass(frozen=True)
+class PreparedGet:
+    """
+    A gateway GET as aiohttp takes it, built once and sent at every poll of a wait: the URL parsed
+    and the headers in aiohttp's own mapping, so that a poll parses and copies neither again.
+
+    :param url: the gateway URL of the endpoint.
+    :param headers: the documented request headers, key included (see ``GatewaySettings.headers``).
+    :param text: the URL as text, for messages.
+    """
+
+    url: URL
+    headers: CIMultiDictProxy[str] = field(repr=False)  # it holds the key
+    text: str
+
+    @classmethod
+    def build(cls, settings: GatewaySettings, path: str) -> PreparedGet:
+        """
+        The GET of ``path`` under the gateway root of ``settings``.
+
+        :param settings: the gateway settings (root and headers).
+        :param path: the endpoint path under the gateway root.
+        """
+        url = settings.base_url + path
+        return cls(URL(url), CIMultiDictProxy(CIMultiDict(settings.base_headers)), url)
+
+
 async def agateway_get(
-    session: aiohttp.ClientSession, settings: GatewaySettings, path: str, request_id: str
+    session: aiohttp.ClientSession,
+    settings: GatewaySettings,
+    path: str,
+    request_id: str,
+    *,
+    prepared: PreparedGet | None = None,
 ) -> tuple[int, Any]:
     """
     One GET of the gateway over aiohttp; return its status and JSON data.
@@ -124,11 +159,12 @@ async def agateway_get(
     :param settings: the gateway settings.
     :param path: the endpoint path under the gateway root.
     :param request_id: the job concerned, for messages.
+    :param prepared: the same GET built beforehand from ``settings`` and ``path`` (a wait reuses one).
     """
-    url = settings.base_url + path
+    target = prepared if prepared is not None else PreparedGet.build(settings, path)
     try:
         async with session.get(
-            url, headers=settings.base_headers, allow_redirects=False, timeout=settings.client_timeout
+            target.url, headers=target.headers, allow_redirects=False, timeout=settings.client_timeout
         ) as response:
             content = await _aread_bounded(response, request_id)
             return response.status, parse_gateway_answer(
@@ -140,7 +176,9 @@ async def agateway_get(
                 secret=settings.api_key,
             )
     except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-        raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
+        raise FireRedConnectionError(
+            url_host(target.text), type(err).__name__, request_id=request_id
+        ) from None
 
 
 def never_sent(err: requests.RequestException) -> bool:

@@ -91,6 +91,8 @@ def scrub_data(data: Any, secret: str | None) -> Any:
 
 def clip(text: str, limit: int) -> str:
     """``text`` on one line (control characters become spaces), cut to ``limit`` characters."""
+    if len(text) <= limit and text.isprintable():  # no control character: the common case, no regex
+        return text
     text = _CONTROL.sub(" ", text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -213,6 +215,9 @@ def check_media_type(url: str, content_type: str | None) -> None:
 MAX_URL_LENGTH = 4096
 #: Longest kept text of the other fields (``error``, ``model_id``, ``media_type``, times, status).
 _TEXT_LIMITS = {"error": 2000, "model_id": 128, "media_type": 128, "time": 64, "status": 64}
+_STATUS_LIMIT, _MODEL_LIMIT, _ERROR_LIMIT, _MEDIA_TYPE_LIMIT, _TIME_LIMIT = (
+    _TEXT_LIMITS[name] for name in ("status", "model_id", "error", "media_type", "time")
+)
 
 
 class JobStatus(str, Enum):
@@ -228,6 +233,9 @@ class JobStatus(str, Enum):
     @classmethod
     def parse(cls, value: Any) -> JobStatus:
         """Map a status string to the enum; anything undocumented becomes ``UNKNOWN``."""
+        known = _STATUS_BY_TEXT.get(value) if type(value) is str else None
+        if known is not None:  # the documented spelling, as every poll gets it: one dict lookup
+            return known
         try:
             return cls(str(value).upper())
         except ValueError:
@@ -236,7 +244,10 @@ class JobStatus(str, Enum):
     @property
     def is_terminal(self) -> bool:
         """Whether the job will not change any more."""
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR)
+        return self is JobStatus.COMPLETED or self is JobStatus.FAILED or self is JobStatus.ERROR
+
+
+_STATUS_BY_TEXT: dict[str, JobStatus] = {status.value: status for status in JobStatus}
 
 
 @dataclass(frozen=True)
@@ -324,26 +335,29 @@ class JobStatusResult:
             # Reading again may get a good answer; acting on this one could do harm.
             return FireRedResponseError(status_code, reason, request_id=request_id, retryable=True)
 
-        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
-            raise bad(f"status answer has no status field: {_preview(data)}")
+        raw_status = data.get("status") if type(data) is dict else None
+        if type(raw_status) is not str:
+            if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+                raise bad(f"status answer has no status field: {_preview(data)}")
+            raw_status = data["status"]  # a dict or str subclass: not from json.loads
         named = data.get("request_id")
         if named is not None and named != request_id:
             raise bad(f"status answer names another request_id: {_preview(named)}")
-        status = JobStatus.parse(data["status"])
+        status = JobStatus.parse(raw_status)
         raw_output = data.get("output")
         output: dict[str, Any] = raw_output if isinstance(raw_output, dict) else {}
         media_urls = _media_urls(output.get("media_url"), bad) if status is JobStatus.COMPLETED else []
         return cls(
             request_id=request_id,
             status=status,
-            raw_status=clip(data["status"], _TEXT_LIMITS["status"]),
-            model_id=_opt_str(data.get("model_id"), _TEXT_LIMITS["model_id"]),
-            error=_opt_str(data.get("error"), _TEXT_LIMITS["error"]),
+            raw_status=clip(raw_status, _STATUS_LIMIT),
+            model_id=_opt_str(data.get("model_id"), _MODEL_LIMIT),
+            error=_opt_str(data.get("error"), _ERROR_LIMIT),
             media_urls=media_urls,
-            media_type=_opt_str(output.get("media_type"), _TEXT_LIMITS["media_type"]),
-            created_at=_opt_str(data.get("created_at"), _TEXT_LIMITS["time"]),
-            updated_at=_opt_str(data.get("updated_at"), _TEXT_LIMITS["time"]),
-            completed_at=_opt_str(data.get("completed_at"), _TEXT_LIMITS["time"]),
+            media_type=_opt_str(output.get("media_type"), _MEDIA_TYPE_LIMIT),
+            created_at=_opt_str(data.get("created_at"), _TIME_LIMIT),
+            updated_at=_opt_str(data.get("updated_at"), _TIME_LIMIT),
+            completed_at=_opt_str(data.get("completed_at"), _TIME_LIMIT),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -388,6 +402,8 @@ def _has_control(text: str) -> bool:
 
 
 def _opt_str(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
     return clip(value, limit) if isinstance(value, str) else None
 
 

@@ -19,7 +19,7 @@ from airflow_provider_firered.connection import (
     url_host,
 )
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedSubmitUncertainError
-from airflow_provider_firered.gateway_http import agateway_get, gateway_call, submit_refused
+from airflow_provider_firered.gateway_http import PreparedGet, agateway_get, gateway_call, submit_refused
 from airflow_provider_firered.media_hosts import new_media_session
 from airflow_provider_firered.options import validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult, status_path
@@ -82,6 +82,8 @@ class FireRedHook(HttpHook):
         self._retry_override = retry_policy
         self._settings: GatewaySettings | None = None
         self._async_session: aiohttp.ClientSession | None = None
+        #: The status GET last sent: its request id, the settings it was built from, its path, the GET.
+        self._status_get: tuple[str, GatewaySettings, str, PreparedGet] | None = None
         self._shares_session = False
 
     def __repr__(self) -> str:
@@ -183,6 +185,7 @@ class FireRedHook(HttpHook):
         *,
         webhook_url: str | None = None,
         webhook_mode: str | None = None,
+        retry: bool = True,
     ) -> SubmitResult:
         """
         Validate and submit an edit; return the gateway's ``202`` answer.
@@ -200,6 +203,8 @@ class FireRedHook(HttpHook):
         :param parameters: the model's documented options, by their API names.
         :param webhook_url: optional https URL the gateway calls back (``X-Webhook-URL``).
         :param webhook_mode: ``terminal`` (default at the gateway) or ``sync`` (``X-Webhook-Mode``).
+        :param retry: False raises a ``429`` (or a connection that never opened) at once instead of
+            waiting to send again: for a caller with other work to do meanwhile (a batch's next wave).
         """
         request = validate_edit(
             model, prompt, images, parameters, webhook_url=webhook_url, webhook_mode=webhook_mode
@@ -211,9 +216,11 @@ class FireRedHook(HttpHook):
             len(request.body[request.model.image_field]),
             settings.base_url,
         )
-        result = settings.retry.call(
-            self._submit_once, settings, request.model.submit_path, request.body, request.headers
-        )
+        submit = (request.model.submit_path, request.body, request.headers)
+        if retry:
+            result = settings.retry.call(self._submit_once, settings, *submit)
+        else:
+            result = self._submit_once(settings, *submit)
         self._check_polling_url(result)
         self.log.info("Submitted: request_id=%s status=%s", result.request_id, result.status.value)
         return result
@@ -345,11 +352,21 @@ class FireRedHook(HttpHook):
 
         :param request_id: the job id.
         """
-        path = status_path(request_id)
-        settings = await self.aget_settings()
+        settings = self._settings
+        if settings is None:
+            settings = await self.aget_settings()
+        prepared = self._status_get
+        if prepared is None or prepared[0] != request_id or prepared[1] is not settings:
+            # Built once per wait (and again after a lookup afresh): a trigger reads one job's status.
+            path = status_path(request_id)
+            prepared = (request_id, settings, path, PreparedGet.build(settings, path))
+            self._status_get = prepared
+        path, target = prepared[2], prepared[3]
 
         async def read() -> JobStatusResult:
-            status, data = await agateway_get(self._get_async_session(), settings, path, request_id)
+            status, data = await agateway_get(
+                self._get_async_session(), settings, path, request_id, prepared=target
+            )
             return self._parse_status(data, request_id, status)
 
         return await settings.retry.acall(read)

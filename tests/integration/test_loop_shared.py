@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from airflow_provider_firered import loop_shared
+from airflow_provider_firered.connection import GatewaySettings
+from airflow_provider_firered.gateway_http import PreparedGet
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from tests.conftest import TEST_KEY, conn_uri_json
@@ -249,3 +251,57 @@ async def test_the_shared_pool_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
         server.stop()
     assert len(results) == 12
     assert in_flight[1] == 4  # twelve waits, four sockets: the others queued for one
+
+
+async def test_a_hook_reads_each_request_it_is_asked_for(
+    firered_emulator: Emulator, firered_conn: str
+) -> None:
+    """A wait builds its status GET once; a hook asked for another request builds that one's."""
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0)
+    hook = FireRedHook(firered_conn)
+    done = hook.submit_edit(V11, "p", firered_emulator.sample_images[:1]).request_id
+    firered_emulator.set_next_outcome("FAILED", "NSFW content")
+    failed = hook.submit_edit(V11, "p", firered_emulator.sample_images[:1]).request_id
+    await asyncio.sleep(0.3)  # both jobs end
+    async with FireRedHook(firered_conn) as reader:
+        results = [await reader.aget_status(rid) for rid in (done, failed, done, failed)]
+    assert [(r.request_id, r.status.value) for r in results] == [
+        (done, "COMPLETED"),
+        (failed, "FAILED"),
+        (done, "COMPLETED"),
+        (failed, "FAILED"),
+    ]
+    paths = [r.path for r in firered_emulator.requests if "/status/" in r.path]
+    assert [p.rsplit("/", 1)[1] for p in paths] == [done, failed, done, failed]
+
+
+async def test_a_wait_reads_the_moved_gateway_after_a_fresh_lookup(
+    firered_emulator: Emulator, firered_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prepared status GET follows the settings: a lookup afresh sends the next read to the new host."""
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=30)
+    request_id = (
+        FireRedHook(firered_conn).submit_edit(V11, "p", firered_emulator.sample_images[:1]).request_id
+    )
+    moved = HostileServer().start()
+    try:
+        moved.route("/", Answer(200, {"Content-Type": "application/json"}, b'{"status": "PROCESSING"}'))
+        async with FireRedHook(firered_conn) as hook:
+            assert (await hook.aget_status(request_id)).status.value == "PROCESSING"
+            monkeypatch.setenv("AIRFLOW_CONN_FIRERED_DEFAULT", conn_uri_json(moved.url, "moved-key"))
+            await hook.arefresh_settings()
+            assert (await hook.aget_status(request_id)).status.value == "PROCESSING"
+    finally:
+        moved.stop()
+    assert [(s.path, s.headers.get("Ocp-Apim-Subscription-Key")) for s in moved.seen] == [
+        (f"/v2/requests/status/{request_id}", "moved-key")
+    ]
+    assert len([r for r in firered_emulator.requests if "/status/" in r.path]) == 1
+
+
+def test_a_prepared_status_get_does_not_show_the_key() -> None:
+    settings = GatewaySettings(base_url="http://127.0.0.1:1", api_key="very-secret-key")
+    prepared = PreparedGet.build(settings, "/v2/requests/status/firered-image-edit-v1-1_x")
+    assert prepared.headers["Ocp-Apim-Subscription-Key"] == "very-secret-key"
+    assert str(prepared.url) == "http://127.0.0.1:1/v2/requests/status/firered-image-edit-v1-1_x"
+    assert "very-secret-key" not in repr(prepared)

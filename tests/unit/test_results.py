@@ -15,6 +15,7 @@ from airflow_provider_firered.results import (
     JobStatusResult,
     SubmitResult,
     check_answer_length,
+    clip,
     parse_gateway_answer,
     scrub,
     status_path,
@@ -290,3 +291,57 @@ def test_a_submit_answer_with_an_unsafe_request_id_is_not_retryable(rid: Any) ->
     with pytest.raises(FireRedResponseError, match="request_id") as info:
         SubmitResult.from_json({"request_id": rid, "status": "QUEUED"})
     assert not info.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("PROCESSING", 64, "PROCESSING"),  # printable and short: returned as it is
+        ("QUEUED\r\nX-Injected: 1", 64, "QUEUED  X-Injected: 1"),
+        ("a\tb\x00c\x7fd\x1be", 64, "a b c d e"),
+        ("é—ü 漢字", 64, "é—ü 漢字"),
+        ("a\u2028b", 64, "a\u2028b"),  # not printable, yet no control character: kept
+        ("x" * 70, 64, "x" * 61 + "..."),
+        ("\n" * 70, 64, " " * 61 + "..."),
+    ],
+)
+def test_clip_puts_text_on_one_line_within_its_limit(text: str, limit: int, expected: str) -> None:
+    assert clip(text, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ("COMPLETED", JobStatus.COMPLETED),
+        ("completed", JobStatus.COMPLETED),
+        ("Queued", JobStatus.QUEUED),
+        ("UNKNOWN", JobStatus.UNKNOWN),
+        ("", JobStatus.UNKNOWN),
+        (3, JobStatus.UNKNOWN),
+        (None, JobStatus.UNKNOWN),
+    ],
+)
+def test_job_status_parse_takes_any_spelling(raw: Any, status: JobStatus) -> None:
+    assert JobStatus.parse(raw) is status
+
+
+def test_only_completed_failed_and_error_are_terminal() -> None:
+    terminal = {s for s in JobStatus if s.is_terminal}
+    assert terminal == {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.ERROR}
+
+
+def test_a_status_with_control_characters_is_kept_on_one_line() -> None:
+    result = JobStatusResult.from_json({"status": "PROCESSING\n", "created_at": "2026\r\n"}, RID)
+    assert result.status is JobStatus.UNKNOWN  # not a documented status: still running
+    assert (result.raw_status, result.created_at) == ("PROCESSING ", "2026  ")
+
+
+def test_a_status_answer_of_subclassed_types_is_parsed_like_plain_json() -> None:
+    class Text(str):
+        pass
+
+    class Mapping(dict[str, Any]):
+        pass
+
+    result = JobStatusResult.from_json(Mapping(status=Text("FAILED"), error=Text("boom")), RID)
+    assert (result.status, result.raw_status, result.error) == (JobStatus.FAILED, "FAILED", "boom")
