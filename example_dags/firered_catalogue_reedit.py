@@ -1,23 +1,32 @@
 """
-### Nightly catalogue re-edit with FireRed
+### Nightly catalogue re-edit with FireRed, in batches
 
 Every night at 02:00 UTC this DAG reads a **catalogue manifest** (one row per product: `sku`,
-`image_url`, `prompt`), submits one FireRed edit per SKU and stores the edited images under
-`<output_root>/<run date>/<sku>/`. A final task writes `summary.json` beside them and lists which SKUs
-succeeded and which failed.
+`image_url`, `prompt`), splits it into batches of `batch_size` SKUs and maps one
+`FireRedBatchEditOperator` task over each batch. A final task reads the batches' result manifests
+and writes `summary.json` and `index.html` (a contact sheet: each SKU's input and output side by
+side, each failure with its error) in the run folder. Open `index.html` in a browser.
 
-* **One mapped task per SKU** (`edit`, dynamic task mapping): a failed SKU fails alone, the others
-  still run, and the summary reports every one of them.
-* **Deferrable**: while the gateway works, the edits wait in the triggerer and hold no worker slot.
-  A retried task resumes the request it already submitted instead of paying for a new one, and a
-  SKU whose job ends `FAILED` (charged: a problem with its input) is not retried at all.
-* **Pool `firered_gateway`** caps how many jobs are in flight at the gateway at once. Create it so
-  that deferred tasks count, otherwise waiting jobs would not be capped:
+* **Batches, not one task per SKU**: 10,000 SKUs at the default `batch_size` of 500 are 20 mapped
+  tasks, so any catalogue up to `[core] max_map_length` (1,024) times `batch_size` fits. Each batch
+  keeps at most `max_in_flight` jobs at the gateway and waits deferred, holding no worker slot.
+  (`firered_catalogue_per_sku` keeps the one-task-per-SKU pattern for small catalogues.)
+* **Where things go**: the run folder is `<output_root>/<run date>/` for scheduled runs and
+  `<output_root>/<date>T<time>Z/` for any other run (two manual runs never share a folder). Batch
+  `N` writes to `<run folder>/batch-NNNN/`: its `_manifest.jsonl` and one folder per SKU.
+* **Nothing is paid twice for the same edit**: each run passes the latest earlier run folder under
+  `output_root` as `previous`; a SKU whose prompt, image and options did not change since it was
+  edited there is copied from it instead of being submitted again.
+* **A failed SKU fails alone**: the batches collect every SKU they can; the summary lists each
+  failure with its error, then fails the run so that it shows as failed.
+* **Pool `firered_gateway`**: a batch task takes one slot while it runs or waits, so at most
+  *slots x max_in_flight* jobs are at the gateway at once, whatever the number of batches (and
+  across every DAG using the pool). Create it so that deferred tasks count:
 
-      airflow pools set firered_gateway 4 "FireRed gateway jobs in flight" --include-deferred
+      airflow pools set firered_gateway 2 "FireRed batches in flight" --include-deferred
 
-  Without the pool the scheduler does not start the edits (it logs "Tasks using non-existent pool");
-  `airflow dags test` ignores pools, so local tests work without it.
+  Without the pool the scheduler does not start the batches (it logs "Tasks using non-existent
+  pool"); `airflow dags test` ignores pools, so local tests work without it.
 
 **Settings** (a run's *params*, else an Airflow Variable, else the default):
 
@@ -26,10 +35,15 @@ succeeded and which failed.
 | `manifest` | `firered_manifest` | the sample `firered_catalogue_manifest.csv` beside this file |
 | `image_base_url` | `firered_image_base_url` | none: relative `image_url`s are resolved against it |
 | `output_root` | `firered_output_root` | `$AIRFLOW_HOME/firered-catalogue` (path or URL: `s3://b/x`) |
+| `batch_size` | `firered_batch_size` | 500 SKUs per batch task |
+| `max_in_flight` | `firered_max_in_flight` | 500 jobs at the gateway per batch task |
 | `firered_conn_id` | | `firered_default` |
 | `model`, `parameters`, `poll_interval` | | `firered-image-edit-v1-1`, `{"output_format": "png"}`, 10 s |
 
-The manifest is CSV (with a header row) or JSON (a list of objects with the same keys).
+The manifest is CSV (with a header row) or JSON (a list of objects with the same keys). Every row
+is checked before anything is sent: a missing field, a SKU that is not a plain folder name
+(letters, digits, `.`, `_`, `-`) or is repeated, or an image that is not an http(s) URL fails the
+run with the row and field named.
 """
 
 from __future__ import annotations
@@ -38,21 +52,35 @@ import csv
 import io
 import json
 import os
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.configuration import conf
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import DAG, ObjectStoragePath, Param, Variable, get_current_context, task
 
-from airflow_provider_firered.operators.firered import FireRedEditOperator
+from airflow_provider_firered import catalogue_report
+from airflow_provider_firered.batch_items import KEY_PATTERN
+from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
 
 DAG_ID = "firered_catalogue_reedit"
 POOL = "firered_gateway"
-EDIT_TASK_ID = "edit"
+LOAD_TASK_ID = "load_manifest"
+EDIT_TASK_ID = "edit_batch"
 SAMPLE_MANIFEST = Path(__file__).with_name("firered_catalogue_manifest.csv")
 MANIFEST_FIELDS = ("sku", "image_url", "prompt")
+DEFAULT_BATCH_SIZE = 500
+MAX_BATCH_SIZE = 10_000
+DEFAULT_MAX_IN_FLIGHT = 500
+#: Run folders: a scheduled run's date, or any other run's date and time; both sort by time.
+RUN_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{6}Z)?")
+#: How many earlier run folders are looked into for one with results to reuse.
+PREVIOUS_CANDIDATES = 5
+#: Row errors listed in one failure message (the count says how many more there are).
+ROW_ERRORS_SHOWN = 20
 
 
 def _setting(params: dict[str, Any], name: str, variable: str | None, default: str) -> str:
@@ -65,41 +93,21 @@ def _setting(params: dict[str, Any], name: str, variable: str | None, default: s
     return default
 
 
-def _read_text(location: str) -> str:
-    if "://" in location and urlsplit(location).scheme != "file":
-        return ObjectStoragePath(location).read_text()
-    return Path(location.removeprefix("file://")).expanduser().read_text(encoding="utf-8")
+def _number(params: dict[str, Any], name: str, variable: str, default: int, maximum: int) -> int:
+    text = _setting(params, name, variable, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise AirflowFailException(f"{name}: must be a whole number from 1 to {maximum}, got {text!r}")
+    return value
 
 
-def parse_manifest(text: str, name: str) -> list[dict[str, str]]:
-    """
-    Parse a catalogue manifest (CSV with a header, or a JSON list of objects).
-
-    Problems with the file itself (missing columns, duplicate or unsafe SKUs) fail the run at once;
-    a bad prompt or image URL on one row is left to that SKU's edit, so it fails alone.
-    """
-    if name.lower().endswith(".json"):
-        rows = json.loads(text)
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise AirflowFailException(f"manifest {name}: expected a JSON list of objects")
-    else:
-        rows = list(csv.DictReader(io.StringIO(text)))
-    items: list[dict[str, str]] = []
-    seen: set[str] = set()
-    for number, row in enumerate(rows, start=1):
-        missing = [f for f in MANIFEST_FIELDS if not str(row.get(f) or "").strip()]
-        if missing:
-            raise AirflowFailException(f"manifest {name}, row {number}: missing {', '.join(missing)}")
-        item = {f: str(row[f]).strip() for f in MANIFEST_FIELDS}
-        sku = item["sku"]
-        # The SKU names an output folder: keep it to one plain path segment.
-        if sku in (".", "..") or any(c in sku for c in "/\\\0"):
-            raise AirflowFailException(f"manifest {name}, row {number}: SKU {sku!r} is not a folder name")
-        if sku in seen:
-            raise AirflowFailException(f"manifest {name}, row {number}: duplicate SKU {sku!r}")
-        seen.add(sku)
-        items.append(item)
-    return items
+def _location(text: str) -> ObjectStoragePath | Path:
+    if "://" in text and urlsplit(text).scheme != "file":
+        return ObjectStoragePath(text)
+    return Path(text.removeprefix("file://")).expanduser()
 
 
 def resolve_image_url(image_url: str, base_url: str) -> str:
@@ -114,9 +122,97 @@ def resolve_image_url(image_url: str, base_url: str) -> str:
     return urljoin(base_url.rstrip("/") + "/", image_url)
 
 
+def _row_errors(row: dict[str, Any], base_url: str, seen: set[str]) -> tuple[dict[str, str], list[str]]:
+    """One row's item (``image_url`` resolved) and what is wrong with it, by field."""
+    item = {f: str(row.get(f) if row.get(f) is not None else "").strip() for f in MANIFEST_FIELDS}
+    errors = [f"field {f}: missing" for f in MANIFEST_FIELDS if not item[f]]
+    sku = item["sku"]
+    if sku and not KEY_PATTERN.fullmatch(sku):
+        errors.append(
+            f"field sku: {sku!r} is not allowed: it names a folder, so letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, at most 128 characters"
+        )
+    elif sku in seen:
+        errors.append(f"field sku: {sku!r} is a duplicate")
+    seen.add(sku)
+    if item["image_url"]:
+        try:
+            item["image_url"] = resolve_image_url(item["image_url"], base_url)
+        except AirflowFailException as err:
+            errors.append(f"field image_url: {err}")
+        else:
+            if not catalogue_report.is_web_url(item["image_url"]):
+                errors.append(f"field image_url: {item['image_url']!r} is not an http(s) URL")
+    return item, errors
+
+
+def parse_manifest(text: str, name: str, base_url: str = "") -> list[dict[str, str]]:
+    """
+    Parse and check a catalogue manifest (CSV with a header, or a JSON list of objects).
+
+    Every row is checked before anything is sent; all problems are reported at once, each with its
+    row number and field.
+
+    :param text: the manifest's content.
+    :param name: its path or URL (``.json`` means JSON), for the messages.
+    :param base_url: what relative ``image_url`` values are resolved against.
+    :return: the rows, ``image_url`` made absolute.
+    """
+    if name.lower().endswith(".json"):
+        try:
+            rows = json.loads(text)
+        except ValueError as err:
+            raise AirflowFailException(f"manifest {name}: not JSON ({err})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise AirflowFailException(f"manifest {name}: expected a JSON list of objects")
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    items: list[dict[str, str]] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=1):
+        item, problems = _row_errors(row, base_url, seen)
+        errors.extend(f"row {number}, {problem}" for problem in problems)
+        items.append(item)
+    if errors:
+        more = f"\n... and {len(errors) - ROW_ERRORS_SHOWN} more" if len(errors) > ROW_ERRORS_SHOWN else ""
+        raise AirflowFailException(
+            f"manifest {name}: {len(errors)} problem(s), nothing was sent:\n"
+            + "\n".join(errors[:ROW_ERRORS_SHOWN])
+            + more
+        )
+    if not items:
+        raise AirflowFailException(f"manifest {name}: no rows")
+    return items
+
+
+def run_folder_name(run_type: str, logical_date: datetime | None, run_after: datetime) -> str:
+    """``YYYY-MM-DD`` for a scheduled run, ``YYYY-MM-DDTHHMMSSZ`` for any other (manual, backfill ...)."""
+    when = (logical_date or run_after).astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%d" if run_type == "scheduled" else "%Y-%m-%dT%H%M%SZ")
+
+
+def find_previous(output_root: str, current: str) -> str | None:
+    """
+    The latest run folder under ``output_root`` that sorts before ``current`` and holds a batch
+    manifest, or None: the results this run may reuse.
+    """
+    root = _location(output_root)
+    if not root.is_dir():
+        return None
+    names = sorted(
+        (c.name for c in root.iterdir() if RUN_FOLDER.fullmatch(c.name) and c.name < current), reverse=True
+    )
+    for name in names[:PREVIOUS_CANDIDATES]:
+        folder = f"{output_root.rstrip('/')}/{name}"
+        if catalogue_report.find_batch_folders(folder):
+            return folder
+    return None
+
+
 with DAG(
     dag_id=DAG_ID,
-    description="Re-edit the product catalogue with FireRed every night",
+    description="Re-edit the product catalogue with FireRed every night, in batches",
     schedule="0 2 * * *",
     start_date=datetime(2025, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -126,6 +222,12 @@ with DAG(
         "manifest": Param("", type="string", description="Manifest path or URL (CSV or JSON)."),
         "image_base_url": Param("", type="string", description="Base URL for relative image_url values."),
         "output_root": Param("", type="string", description="Where edited images go (path or URL)."),
+        "batch_size": Param(
+            None, type=["null", "integer"], minimum=1, maximum=MAX_BATCH_SIZE, description="SKUs per batch."
+        ),
+        "max_in_flight": Param(
+            None, type=["null", "integer"], minimum=1, description="Jobs at the gateway per batch task."
+        ),
         "firered_conn_id": Param("firered_default", type="string", minLength=1),
         "model": Param("firered-image-edit-v1-1", enum=["firered-image-edit-v1-1", "firered-image-edit"]),
         "parameters": Param({"output_format": "png"}, type="object", description="The model's options."),
@@ -135,9 +237,9 @@ with DAG(
     tags=["firered", "example"],
 ) as dag:
 
-    @task
+    @task(task_id=LOAD_TASK_ID)
     def load_manifest() -> list[dict[str, Any]]:
-        """Read the manifest and turn each row into the arguments of one edit."""
+        """Read and check the manifest; return the arguments of each batch task."""
         context = get_current_context()
         params = dict(context["params"])
         manifest = _setting(params, "manifest", "firered_manifest", str(SAMPLE_MANIFEST))
@@ -146,88 +248,88 @@ with DAG(
         output_root = _setting(params, "output_root", "firered_output_root", default_root)
         if "://" not in output_root:
             output_root = str(Path(output_root).expanduser().resolve())
-        # A manual run may have no logical date: then the day it was triggered names the folder.
-        dag_run = context["dag_run"]
-        run_date = (dag_run.logical_date or dag_run.run_after).strftime("%Y-%m-%d")
-        run_folder = f"{output_root.rstrip('/')}/{run_date}"
+        output_root = output_root.rstrip("/")
+        batch_size = _number(params, "batch_size", "firered_batch_size", DEFAULT_BATCH_SIZE, MAX_BATCH_SIZE)
+        max_in_flight = _number(
+            params, "max_in_flight", "firered_max_in_flight", DEFAULT_MAX_IN_FLIGHT, 10**6
+        )
 
-        items = parse_manifest(_read_text(manifest), manifest)
-        print(f"Manifest {manifest}: {len(items)} SKU(s); outputs under {run_folder}")
-        edits = [
+        items = parse_manifest(_location(manifest).read_text(), manifest, base_url)
+        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        limit = conf.getint("core", "max_map_length")
+        if len(batches) > limit:
+            raise AirflowFailException(
+                f"batch_size: {len(items)} SKUs in batches of {batch_size} are {len(batches)} tasks, more "
+                f"than Airflow maps ([core] max_map_length = {limit}); raise batch_size"
+            )
+        dag_run = context["dag_run"]
+        run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
+        name = run_folder_name(run_type, dag_run.logical_date, dag_run.run_after)
+        run_folder = f"{output_root}/{name}"
+        previous = find_previous(output_root, name)
+        print(
+            f"Manifest {manifest}: {len(items)} SKU(s) in {len(batches)} batch(es) of up to {batch_size}; "
+            f"outputs under {run_folder}; reusing results from {previous or 'no earlier run'}"
+        )
+        context["ti"].xcom_push(key="run_folder", value=run_folder)
+        return [
             {
-                "prompt": item["prompt"],
-                "images": [resolve_image_url(item["image_url"], base_url)],
-                "output_dir": f"{run_folder}/{item['sku']}",
+                "edits": [
+                    {"key": item["sku"], "prompt": item["prompt"], "images": [item["image_url"]]}
+                    for item in batch
+                ],
+                "output_root": f"{run_folder}/batch-{number:04d}",
+                "previous": previous,
                 "model": params["model"],
                 "parameters": params["parameters"],
                 "firered_conn_id": params["firered_conn_id"],
                 "poll_interval": params["poll_interval"],
+                "max_in_flight": max_in_flight,
             }
-            for item in items
+            for number, batch in enumerate(batches)
         ]
-        # Mapping needs the edits as the return value; the summary reads these two beside them.
-        context["ti"].xcom_push(key="skus", value=[item["sku"] for item in items])
-        context["ti"].xcom_push(key="run_folder", value=run_folder)
-        return edits
 
-    manifest = load_manifest()
+    batches = load_manifest()
 
-    edit = FireRedEditOperator.partial(
+    edit = FireRedBatchEditOperator.partial(
         task_id=EDIT_TASK_ID,
         pool=POOL,
         deferrable=True,
-        timeout=3600,  # seconds each try may wait for the gateway; a retry resumes the same request
-        # The UI shows each mapped edit by its SKU, the last folder of its output_dir.
-        map_index_template="{{ task.output_dir.rstrip('/').rsplit('/', 1)[-1] }}",
-    ).expand_kwargs(manifest)
+        # A failed SKU does not fail its batch (which a retry would submit again): the summary
+        # reports it and fails the run. A batch task fails only when the batch itself could not run.
+        max_failed=MAX_BATCH_SIZE,
+        # The UI shows each mapped task by its batch folder's name.
+        map_index_template="{{ task.output_root.rstrip('/').rsplit('/', 1)[-1] }}",
+    ).expand_kwargs(batches)
 
-    @task(trigger_rule="all_done")  # run whatever happened to the edits
-    def summarise(skus: list[str], run_folder: str) -> dict[str, Any]:
-        """Report every SKU, whatever happened to the others; fail the run if any SKU failed."""
-        context = get_current_context()
-        ti = context["ti"]
-        states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[EDIT_TASK_ID], run_ids=[ti.run_id])
-        run_states = states.get(ti.run_id, {})
-        rows = []
-        for index, sku in enumerate(skus):
-            result = ti.xcom_pull(task_ids=EDIT_TASK_ID, map_indexes=index) or {}
-            request_id = result.get("request_id") or ti.xcom_pull(
-                task_ids=EDIT_TASK_ID, map_indexes=index, key="request_id"
+    @task(trigger_rule="all_done")  # report whatever happened to the batches
+    def summarise() -> dict[str, Any]:
+        """Read every batch's manifest, write summary.json and index.html; fail if any SKU failed."""
+        ti = get_current_context()["ti"]
+        # Pulled here, not passed in: when the manifest was refused there is nothing to report.
+        batches = ti.xcom_pull(task_ids=LOAD_TASK_ID)
+        run_folder = ti.xcom_pull(task_ids=LOAD_TASK_ID, key="run_folder")
+        if not batches or not run_folder:
+            raise AirflowSkipException(f"{LOAD_TASK_ID} planned no batches: nothing to report")
+        report = catalogue_report.read_run(run_folder, catalogue_report.batch_items(batches))
+        summary = catalogue_report.write_summary(report, dag_id=ti.dag_id, run_id=ti.run_id)
+        sheet = catalogue_report.write_contact_sheet(report, title=f"{ti.dag_id}: {ti.run_id}")
+        counts = report.counts()
+        for item in report.items:
+            outputs = ", ".join(item.outputs) or "-"
+            print(f"{item.key:<16} {item.outcome:<8} {item.error if item.outcome == 'failed' else outputs}")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        print(
+            f"{counts['total']} SKU(s): {counts['edited']} edited, {counts['reused']} reused, "
+            f"{counts['failed']} failed; summary {summary}; contact sheet {sheet}"
+        )
+        if counts["failed"] or report.problems:
+            failed = [item.key for item in report.items if item.outcome == "failed"]
+            raise AirflowFailException(
+                f"{len(failed)} of {counts['total']} SKU(s) failed ({', '.join(failed[:20]) or 'none'}), "
+                f"{len(report.problems)} problem(s) in the result manifests; see {sheet}"
             )
-            state = run_states.get(f"{EDIT_TASK_ID}_{index}")
-            rows.append(
-                {
-                    "sku": sku,
-                    "state": str(getattr(state, "value", state) or "unknown"),
-                    "request_id": request_id,
-                    "job_status": result.get("status"),
-                    "output_paths": result.get("output_paths") or [],
-                }
-            )
-        failed = [row["sku"] for row in rows if row["state"] != "success"]
-        report = {
-            "dag_id": ti.dag_id,
-            "run_id": ti.run_id,
-            "run_folder": run_folder,
-            "succeeded": len(rows) - len(failed),
-            "failed": failed,
-            "skus": rows,
-        }
-        text = json.dumps(report, indent=2)
-        target = f"{run_folder}/summary.json"
-        if "://" in target:
-            ObjectStoragePath(target).write_text(text)
-        else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            Path(target).write_text(text, encoding="utf-8")
-        for row in rows:
-            print(f"{row['sku']:<16} {row['state']:<16} {', '.join(row['output_paths']) or '-'}")
-        print(f"{report['succeeded']} of {len(rows)} SKU(s) edited; summary in {target}")
-        if failed:
-            ti.xcom_push(key="summary", value=report)
-            raise AirflowFailException(f"{len(failed)} of {len(rows)} SKU(s) failed: {', '.join(failed)}")
-        return report
+        return {**counts, "summary": summary, "contact_sheet": sheet}
 
-    # Airflow types a task's output as XComArg, which it indexes (an XCom by key) only at run time.
-    summary = summarise(manifest["skus"], manifest["run_folder"])  # type: ignore[index]
-    edit >> summary
+    edit >> summarise()

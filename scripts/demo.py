@@ -4,9 +4,11 @@ The one-command demo (``make demo``): the nightly catalogue example, end to end,
 1. Starts the offline FireRed emulator (or, with ``FIRERED_API_KEY`` set, uses the real gateway).
 2. Prepares an isolated Airflow home in ``.airflow-demo/`` (SQLite) and passes the ``firered_default``
    connection and the example's Variables through the environment: nothing is written elsewhere.
-3. Runs ``firered_catalogue_reedit`` with ``airflow dags test``: every edit is submitted, waits
-   deferred in the trigger, and downloads its images.
-4. Prints one line per SKU and the folder holding the edited images (``demo-output/<date>/``).
+3. Runs ``firered_catalogue_reedit`` with ``airflow dags test``: the catalogue is split into batches,
+   each batch task submits its SKUs, waits deferred in the trigger and downloads the images; SKUs
+   unchanged since an earlier demo run are copied from it instead of being edited again.
+4. Prints one line per SKU from the run's ``summary.json``, the run folder
+   (``demo-output/<date>T<time>Z/``) and the contact sheet to open in a browser (``index.html``).
 
 Exits non-zero if anything fails, and stops every process it started.
 
@@ -18,6 +20,8 @@ Environment (all optional):
   public image URLs; with a key and no manifest, one SKU of the reference's sample image is edited.
 * ``FIRERED_DEMO_HOME``, ``FIRERED_DEMO_OUTPUT``: the Airflow home and the output folder
   (``.airflow-demo/`` and ``demo-output/`` in the repository by default).
+* ``FIRERED_BATCH_SIZE``: SKUs per batch task (2 with the emulator, so its five SKUs make three
+  batches; the DAG's default, 500, with a key).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -50,6 +55,7 @@ SAMPLE_MANIFEST = DAGS_FOLDER / "firered_catalogue_manifest.csv"
 HOME = Path(os.environ.get("FIRERED_DEMO_HOME") or REPO / ".airflow-demo").resolve()
 OUTPUT_ROOT = Path(os.environ.get("FIRERED_DEMO_OUTPUT") or REPO / "demo-output").resolve()
 DAG_ID = "firered_catalogue_reedit"
+EDIT_TASK_ID = "edit_batch"
 #: The sample input of the FireRed reference documentation: the default image with a real key.
 REFERENCE_IMAGE = "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/f1.png"
 
@@ -140,13 +146,24 @@ def emulator(log_path: Path) -> Iterator[dict[str, Any]]:
     # Imported here: with a real key the demo runs without the emulator extra (Pillow).
     from airflow_provider_firered.emulator.process import EmulatorStartError, start_emulator_process
 
+    timings = ("--queued-seconds", "1", "--processing-seconds", "3")
+    # The sample images' URLs are part of what an edit depends on: serving them on the port of the
+    # last demo lets a second demo reuse the first one's edits instead of editing them again.
+    port_file = OUTPUT_ROOT / ".demo-cdn-port"
+    saved = port_file.read_text().strip() if port_file.is_file() else ""
     try:
-        process = start_emulator_process(
-            "--queued-seconds", "1", "--processing-seconds", "3", log_path=log_path
-        )
+        try:
+            if not saved.isdigit():
+                raise EmulatorStartError("no saved port")
+            process = start_emulator_process(*timings, "--cdn-port", saved, log_path=log_path)
+        except EmulatorStartError:  # the port is taken: any free port will do
+            process = start_emulator_process(*timings, log_path=log_path)
     except EmulatorStartError as err:
         raise DemoError(str(err)) from None
     with process:
+        port = urlsplit(str(process.info.get("cdn_url"))).port
+        if port:
+            port_file.write_text(str(port))
         yield process.info
 
 
@@ -232,12 +249,12 @@ def task_state(task_id: str, map_index: int) -> str:
 
 
 def run_dag(
-    env: dict[str, str], logical_date: str, conf: dict[str, Any], skus: list[str], timeout: float
+    env: dict[str, str], logical_date: str, conf: dict[str, Any], timeout: float
 ) -> tuple[int, set[int]]:
     """
     Run the DAG with ``airflow dags test``, printing a line per task.
 
-    :return: the command's exit code and the map indexes of the edits that waited deferred.
+    :return: the command's exit code and the map indexes of the batch tasks that waited deferred.
     """
     log_path = HOME / "dags-test.log"
     argv = [
@@ -269,23 +286,22 @@ def run_dag(
             if match := _STARTING.search(line):
                 current = (match[1], int(match[2]))
             elif _DEFERRED.search(line) and current:
-                if current[0] == "edit":
+                if current[0] == EDIT_TASK_ID:
                     deferred.add(current[1])
-                say(f"{label(current, skus):<28} submitted; waiting deferred in the trigger")
+                say(f"{label(current):<28} submitted; waiting deferred in the trigger")
                 last_output = time.monotonic()
             elif match := _ENDED.search(line):
                 ended = (match[1], int(match[2]))
-                say(f"{label(ended, skus):<28} {task_state(*ended)}")
+                say(f"{label(ended):<28} {task_state(*ended)}")
                 last_output = time.monotonic()
         code = proc.wait(timeout=30)
     return code, deferred
 
 
-def label(task: tuple[str, int], skus: list[str]) -> str:
+def label(task: tuple[str, int]) -> str:
+    """A task as the demo names it: ``edit_batch [batch-0001]`` for a batch."""
     task_id, index = task
-    if index < 0:
-        return task_id
-    return f"{task_id} [{skus[index] if index < len(skus) else index}]"
+    return task_id if index < 0 else f"{task_id} [batch-{index:04d}]"
 
 
 def check_image(path: Path) -> str:
@@ -306,25 +322,33 @@ def check_image(path: Path) -> str:
 
 def report(summary: dict[str, Any], run_folder: Path) -> bool:
     """Print the SKU table (files relative to ``run_folder``); return whether every SKU has valid images."""
-    ok = not summary.get("failed")
-    rows = summary.get("skus") or []
-    say(f"{'SKU':<16} {'status':<10} output file (in {run_folder.name}/)")
-    say(f"{'-' * 16} {'-' * 10} {'-' * 60}")
-    for row in rows:
-        paths = row.get("output_paths") or []
-        if row.get("state") == "success" and not paths:
-            ok = False
-        for i, output in enumerate(paths or ["-"]):
-            shown = output
+    ok = not summary.get("failed") and not summary.get("problems")
+    say(f"{'SKU':<16} {'outcome':<8} output file (in {run_folder.name}/) or error")
+    say(f"{'-' * 16} {'-' * 8} {'-' * 60}")
+    for item in summary.get("items") or []:
+        outcome = str(item.get("outcome"))
+        if outcome == "failed":
+            say(f"{item['key']:<16} {outcome:<8} {item.get('status') or ''}: {item.get('error') or ''}")
+            continue
+        outputs = [str(output) for output in item.get("outputs") or []]
+        ok = ok and bool(outputs)
+        for i, output in enumerate(outputs or ["-"]):
+            shown_output = output
             if output != "-":
                 kind = check_image(Path(output))
                 ok = ok and kind not in ("missing", "empty") and not kind.startswith("not an image")
                 with contextlib.suppress(ValueError):
-                    shown = str(Path(output).relative_to(run_folder))
-                shown = f"{shown}  ({kind})"
-            status = str(row.get("state")) if i == 0 else ""
-            say(f"{row['sku'] if i == 0 else '':<16} {status:<10} {shown}")
+                    shown_output = str(Path(output).relative_to(run_folder))
+                shown_output = f"{shown_output}  ({kind})"
+            say(f"{item['key'] if i == 0 else '':<16} {outcome if i == 0 else '':<8} {shown_output}")
+    for problem in summary.get("problems") or []:
+        say(f"problem: {problem}")
     return ok
+
+
+def run_folder_of(logical: datetime) -> Path:
+    """The run folder the DAG uses for a manual run (``airflow dags test``) of this logical date."""
+    return OUTPUT_ROOT / logical.strftime("%Y-%m-%dT%H%M%SZ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                 conn["host"] = os.environ["FIRERED_GATEWAY_URL"]
             extra = {"AIRFLOW_VAR_FIRERED_MANIFEST": str(manifest.resolve())}
             conf: dict[str, Any] = {"poll_interval": 10}
+            batch_size = os.environ.get("FIRERED_BATCH_SIZE", "")
             timeout = args.timeout or 3600
         else:
             step(1, total, "Starting the offline FireRed emulator")
@@ -371,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
             conn = {"conn_type": "firered", "host": info["gateway_url"], "password": "demo-key"}
             extra = {"AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": base}
             conf = {"poll_interval": 1}
+            batch_size = os.environ.get("FIRERED_BATCH_SIZE", "2")
             timeout = args.timeout or 600
+        if batch_size:
+            extra["AIRFLOW_VAR_FIRERED_BATCH_SIZE"] = batch_size
         skus = [row["sku"] for row in rows]
         env = airflow_env({"AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(conn), **extra})
 
@@ -380,12 +408,12 @@ def main(argv: list[str] | None = None) -> int:
         run_quiet([airflow, "db", "migrate"], env, HOME / "db-migrate.log", timeout=300)
         say("metadata database ready")
 
-        step(3, total, f"Running {DAG_ID} with `airflow dags test` (deferrable edits)")
+        step(3, total, f"Running {DAG_ID} with `airflow dags test` (deferrable batches)")
         now = datetime.now(timezone.utc).replace(microsecond=0)
-        code, deferred = run_dag(env, now.isoformat(), conf, skus, timeout)
+        code, deferred = run_dag(env, now.isoformat(), conf, timeout)
 
         step(4, total, "Results")
-        run_folder = OUTPUT_ROOT / now.strftime("%Y-%m-%d")
+        run_folder = run_folder_of(now)
         summary_path = run_folder / "summary.json"
         if not summary_path.is_file():
             raise DemoError(
@@ -393,17 +421,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         ok = report(summary, run_folder)
+        batches = summary.get("batches") or []
         say("")
-        say(f"{summary.get('succeeded', 0)} of {len(skus)} SKU(s) edited; {len(deferred)} waited deferred.")
-        say(f"Edited images: {run_folder}")
+        say(
+            f"{summary.get('edited', 0)} of {len(skus)} SKU(s) edited, {summary.get('reused', 0)} reused "
+            f"from an earlier run, {summary.get('failed', 0)} failed; {len(batches)} batch task(s), "
+            f"{len(deferred)} waited deferred."
+        )
+        say(f"Run folder:    {run_folder}")
         say(f"Summary:       {summary_path}")
+        say(f"Contact sheet: {run_folder / 'index.html'}  (open it in a browser)")
         say(f"Took {time.monotonic() - started:.0f} s.")
         if code != 0 or not ok:
-            failed = ", ".join(summary.get("failed") or []) or "none"
+            failed = ", ".join(f["key"] for f in summary.get("failures") or []) or "none"
             raise DemoError(f"the run failed (failed SKUs: {failed}); log: {HOME / 'dags-test.log'}")
-        if not real and len(deferred) != len(skus):
-            # The emulator's jobs outlast the first status read: every edit must have deferred.
-            raise DemoError(f"only {len(deferred)} of {len(skus)} edits waited deferred (log: {HOME})")
+        submitting = {int(b["batch"].rsplit("-", 1)[-1]) for b in batches if b.get("edited")}
+        if not real and not submitting <= deferred:
+            # The emulator's jobs outlast the first status read: every batch that edited must have deferred.
+            raise DemoError(f"batches {sorted(submitting - deferred)} never waited deferred (log: {HOME})")
         return 0
 
 

@@ -1,73 +1,68 @@
 """
-The nightly catalogue example on a real Airflow deployment: api-server, scheduler (LocalExecutor),
-dag-processor and triggerer as separate processes, SQLite, the FireRed emulator on loopback.
+The nightly catalogue example, in batches, on a real Airflow deployment: api-server, scheduler
+(LocalExecutor), dag-processor and triggerer as separate processes, SQLite, the FireRed emulator on
+loopback.
 
 The run is watched from outside, the way an operator would: task states from the metadata DB (read
-only), requests from the emulator's record. Half-way through the waits the triggerer is killed
-(SIGKILL, a crash) and a new one is started: every edit must still finish, and each SKU must have been
-submitted exactly once.
+only), requests from the emulator's record. The sample catalogue's five SKUs are three batches, one
+more than the ``firered_gateway`` pool's slots: the pool must hold the third back. Every batch waits
+deferred in the triggerer; each SKU is submitted exactly once; the summary, the contact sheet and the
+images are where the DAG says. A second run with nothing changed submits nothing and reuses every SKU.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image
 
-from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator, trigger_logs
+from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from tests.e2e.conftest import EXAMPLE_DAGS
 
 if TYPE_CHECKING:
     from airflow_provider_firered.emulator.process import EmulatorProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 DAG_ID = "firered_catalogue_reedit"
-EDIT = "edit"
-RUN_ID = "e2e_catalogue"
-POOL_SLOTS = 4
-TRIGGER_CLASSPATH = "airflow_provider_firered.triggers.firered.FireRedStatusTrigger"
+EDIT = "edit_batch"
+RUNS = ("e2e_catalogue", "e2e_catalogue_again")
+BATCH_SIZE = 2
+POOL_SLOTS = 2
+TRIGGER_CLASSPATH = "airflow_provider_firered.triggers.firered_batch.FireRedBatchStatusTrigger"
 QUEUED_SECONDS = 1.0
+#: Long enough that a batch task has left its worker before its trigger fires (a loaded machine is slow).
 PROCESSING_SECONDS = 6.0
 #: The whole scenario must finish within this (the pytest timeout above is the hard stop).
-BUDGET_SECONDS = 360
-#: How long the triggerer stays dead: long enough for the waiting jobs to complete meanwhile.
-TRIGGERER_DOWN_SECONDS = 8.0
+BUDGET_SECONDS = 150
 OUTPUT_FORMAT = "webp"
 #: A recognisable key: after the run, logs, metadata tables and CDN requests are scanned for it.
 API_KEY = "sk-firered-E2E-7f3a9c0d5e1b44c2"
 
 
-def _sample_skus() -> list[str]:
+def _sample_prompts() -> dict[str, str]:
     with (EXAMPLE_DAGS / "firered_catalogue_manifest.csv").open(encoding="utf-8") as handle:
-        return [row["sku"] for row in csv.DictReader(handle)]
+        return {row["sku"]: row["prompt"] for row in csv.DictReader(handle)}
 
 
 @dataclass
 class Observation:
-    """What was seen of the run while it went."""
+    """What was seen of a run's batch tasks while it went."""
 
     states: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))
     classpaths: set[str] = field(default_factory=set)
     #: The stored kwargs of every trigger seen (a trigger's row is deleted once it fires).
     trigger_kwargs: set[str] = field(default_factory=set)
-    #: (seconds since epoch, map indexes of edit TIs in ``running``) at every sample.
-    running: list[tuple[float, set[int]]] = field(default_factory=list)
-    max_deferred: int = 0
     max_in_pool: int = 0
-    killed_at: float | None = None
-    #: The triggerer job killed, and the edits whose triggers it was running then.
-    killed_job: int | None = None
-    running_at_kill: set[int] = field(default_factory=set)
-    restarted_at: float | None = None
-    run_state: str | None = None
 
     def record(self, index: int, state: str) -> None:
         seen = self.states[index]
@@ -75,64 +70,85 @@ class Observation:
             seen.append(state)
 
 
-def sample(deployment: AirflowDeployment, seen: Observation) -> list[tuple[Any, ...]]:
-    """One look at the edit TIs (and their triggers) of the run; returns the rows."""
+def watch(deployment: AirflowDeployment, run_id: str, deadline: float) -> Observation:
+    """Sample the run's batch tasks (and their triggers) until the run ends."""
+    seen = Observation()
+    while True:
+        assert time.monotonic() < deadline, (
+            f"{run_id} not finished: {dict(seen.states)}\n{deployment.tail_logs()}"
+        )
+        deployment.check_running()
+        rows = deployment.query(
+            "SELECT ti.map_index, ti.state, t.classpath, t.kwargs"
+            " FROM task_instance ti LEFT JOIN trigger t ON t.id = ti.trigger_id"
+            " WHERE ti.dag_id = ? AND ti.run_id = ? AND ti.task_id = ? AND ti.map_index >= 0",
+            (DAG_ID, run_id, EDIT),
+        )
+        for index, state, classpath, kwargs in rows:
+            seen.record(index, str(state))
+            if classpath:
+                seen.classpaths.add(str(classpath))
+                seen.trigger_kwargs.add(str(kwargs))
+        held = sum(str(r[1]) in ("queued", "running", "deferred") for r in rows)
+        seen.max_in_pool = max(seen.max_in_pool, held)
+        if deployment.run_state(run_id) in ("success", "failed"):
+            return seen
+        time.sleep(0.3)
+
+
+def task_states(deployment: AirflowDeployment, run_id: str) -> dict[tuple[str, int], str]:
     rows = deployment.query(
-        "SELECT ti.map_index, ti.state, ti.try_number, t.classpath, t.triggerer_id, t.kwargs"
-        " FROM task_instance ti LEFT JOIN trigger t ON t.id = ti.trigger_id"
-        " WHERE ti.dag_id = ? AND ti.run_id = ? AND ti.task_id = ? AND ti.map_index >= 0",
-        (DAG_ID, RUN_ID, EDIT),
+        "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+        (DAG_ID, run_id),
     )
-    now = time.time()
-    for index, state, _try, classpath, _triggerer, kwargs in rows:
-        seen.record(index, str(state))
-        if classpath:
-            seen.classpaths.add(str(classpath))
-            seen.trigger_kwargs.add(str(kwargs))
-    states = [str(r[1]) for r in rows]
-    seen.running.append((now, {r[0] for r in rows if r[1] == "running"}))
-    seen.max_deferred = max(seen.max_deferred, states.count("deferred"))
-    seen.max_in_pool = max(seen.max_in_pool, sum(s in ("queued", "running", "deferred") for s in states))
-    return rows
+    return {(str(task), int(index)): str(state) for task, index, state in rows}
 
 
-def processing_windows(emulator: EmulatorProcess) -> dict[str, tuple[float, float]]:
-    """Each submitted job's PROCESSING window (epoch seconds), keyed by its prompt."""
-    windows = {}
-    for record in emulator.control("GET", "submissions"):
-        created = float(record["time"])
-        prompt = str(_body(record)["prompt"])
-        windows[prompt] = (created + QUEUED_SECONDS, created + QUEUED_SECONDS + PROCESSING_SECONDS)
-    return windows
+def posts(emulator: EmulatorProcess) -> list[dict[str, Any]]:
+    """Every submit POST the gateway saw, whatever its answer."""
+    return [
+        r
+        for r in emulator.control("GET", "requests")
+        if r["origin"] == "gateway" and r["method"] == "POST" and not r["path"].startswith("/_emulator")
+    ]
 
 
-def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path: Path) -> None:
+def summary_of(output_root: Path, run_id: str, deployment: AirflowDeployment) -> tuple[Path, dict[str, Any]]:
+    """The run folder (named by the run's date and time) and its summary.json."""
+    found = [
+        (path.parent, json.loads(path.read_text()))
+        for path in output_root.glob("*/summary.json")
+        if json.loads(path.read_text()).get("run_id") == run_id
+    ]
+    assert len(found) == 1, (found, deployment.tail_logs())
+    return found[0]
+
+
+def test_catalogue_in_batches_on_a_real_deployment(deployment: AirflowDeployment, tmp_path: Path) -> None:
     started = time.monotonic()
     deadline = started + BUDGET_SECONDS
-    skus = _sample_skus()
-    assert len(skus) > POOL_SLOTS > deployment.parallelism, "the sample must outnumber pool and workers"
+    prompts = _sample_prompts()
+    batches = -(-len(prompts) // BATCH_SIZE)
+    assert batches > POOL_SLOTS, "the sample must make more batches than the pool has slots"
 
     emulator = start_emulator(
-        deployment,
-        "--queued-seconds",
-        str(QUEUED_SECONDS),
-        "--processing-seconds",
-        str(PROCESSING_SECONDS),
+        deployment, "--queued-seconds", str(QUEUED_SECONDS), "--processing-seconds", str(PROCESSING_SECONDS)
     )
-    base_url = emulator.sample_images[0].rsplit("/", 1)[0] + "/"
     output_root = tmp_path / "catalogue"
     deployment.env.update(
         {
             "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
                 {"conn_type": "firered", "host": emulator.gateway_url, "password": API_KEY}
             ),
-            "AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": base_url,
+            "AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": emulator.sample_images[0].rsplit("/", 1)[0] + "/",
             "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(output_root),
+            "AIRFLOW_VAR_FIRERED_BATCH_SIZE": str(BATCH_SIZE),
         }
     )
-
     deployment.cli("db", "migrate")
-    deployment.cli("pools", "set", "firered_gateway", str(POOL_SLOTS), "FireRed jobs", "--include-deferred")
+    deployment.cli(
+        "pools", "set", "firered_gateway", str(POOL_SLOTS), "FireRed batches", "--include-deferred"
+    )
     deployment.start_all()
     deployment.wait_healthy(timeout=deadline - time.monotonic())
     deployment.wait_parsed(DAG_ID, deadline)
@@ -140,132 +156,62 @@ def test_catalogue_on_a_real_deployment(deployment: AirflowDeployment, tmp_path:
     assert not errors, errors
 
     conf = {"poll_interval": 1, "parameters": {"output_format": OUTPUT_FORMAT}}
-    deployment.trigger(DAG_ID, RUN_ID, conf)
+    ready = time.monotonic()
+    deployment.trigger(DAG_ID, RUNS[0], conf)
+    seen = watch(deployment, RUNS[0], deadline)
 
-    seen = Observation()
-    while True:
-        assert time.monotonic() < deadline, (
-            f"run not finished in {BUDGET_SECONDS}s: {dict(seen.states)}\n{deployment.tail_logs()}"
-        )
-        deployment.check_running()
-        rows = sample(deployment, seen)
-        # Kill the triggerer once it is running the triggers of two waiting edits: a crash mid-wait.
-        if seen.killed_at is None:
-            jobs = {r[4] for r in rows if r[1] == "deferred" and r[4] is not None}
-            started_by_job = trigger_logs(deployment, DAG_ID, RUN_ID, EDIT)
-            for job in jobs:
-                waiting = {
-                    r[0]
-                    for r in rows
-                    if r[1] == "deferred" and r[4] == job and job in started_by_job.get(r[0], ())
-                }
-                if len(waiting) >= 2:
-                    triggerer = deployment.current_triggerer()
-                    assert triggerer is not None
-                    deployment.kill(triggerer)
-                    seen.killed_at, seen.killed_job, seen.running_at_kill = time.time(), job, waiting
-                    break
-        if seen.killed_at and not seen.restarted_at and time.time() - seen.killed_at > TRIGGERER_DOWN_SECONDS:
-            deployment.start_triggerer()
-            seen.restarted_at = time.time()
-        state = deployment.run_state(RUN_ID)
-        if state in ("success", "failed"):
-            seen.run_state = state
-            break
-        time.sleep(0.5)
-
-    final = {
-        r[0]: (r[1], r[2])
-        for r in deployment.query(
-            "SELECT map_index, state, try_number FROM task_instance"
-            " WHERE dag_id = ? AND run_id = ? AND task_id = ? AND map_index >= 0",
-            (DAG_ID, RUN_ID, EDIT),
-        )
-    }
-    others = deployment.query(
-        "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id != ?",
-        (DAG_ID, RUN_ID, EDIT),
-    )
-    context = f"states seen: {dict(seen.states)}\nfinal: {final} {others}\n{deployment.tail_logs()}"
-
-    # Every SKU was edited, and every edit ended in success.
-    assert seen.run_state == "success", context
-    assert sorted(final) == list(range(len(skus))), context
-    assert all(state == "success" for state, _ in final.values()), context
-    assert dict(others) == {"load_manifest": "success", "summarise": "success"}, context
-
-    # Every mapped edit waited deferred, in FireRedStatusTrigger, run by the triggerer.
-    assert all("deferred" in seen.states[i] for i in final), context
+    states = task_states(deployment, RUNS[0])
+    context = f"states seen: {dict(seen.states)}\nfinal: {states}\n{deployment.tail_logs()}"
+    assert deployment.run_state(RUNS[0]) == "success", context
+    assert states == {
+        ("load_manifest", -1): "success",
+        **{(EDIT, index): "success" for index in range(batches)},
+        ("summarise", -1): "success",
+    }, context
+    # Every batch waited deferred, in the batch trigger, and the pool held the batches back.
+    assert all("deferred" in seen.states[index] for index in range(batches)), context
     assert seen.classpaths == {TRIGGER_CLASSPATH}, seen.classpaths
-    started_by = trigger_logs(deployment, DAG_ID, RUN_ID, EDIT)
-    assert sorted(started_by) == sorted(final), f"triggers started per edit: {started_by}"
-
-    # Waiting held no worker slot: more edits waited at once than there are workers...
-    assert seen.max_deferred > deployment.parallelism, seen.max_deferred
-    # ... the pool (deferred tasks included) capped the jobs in flight ...
     assert seen.max_in_pool <= POOL_SLOTS, seen.max_in_pool
-    # ... and no edit was `running` while its job was processing at the gateway.
-    windows = processing_windows(emulator)
-    prompts = _sample_prompts()
-    for index, sku in enumerate(skus):
-        begin, end = windows[prompts[sku]]
-        busy = [t for t, running in seen.running if index in running and begin + 0.5 < t < end - 0.5]
-        assert not busy, f"{sku}: edit[{index}] was running while its job was processing, at {busy}"
+    # One POST per SKU.
+    sent = posts(emulator)
+    assert len(sent) == len(prompts), [(r["path"], r["status"]) for r in sent]
+    per_prompt = Counter(_body(record)["prompt"] for record in sent)
+    assert per_prompt == Counter(prompts.values()), per_prompt
 
-    # The crash: the triggerer died running waits, a new one finished them, nothing was re-posted.
-    assert seen.killed_at, "the triggerer was never killed mid-wait"
-    assert seen.restarted_at, "no new triggerer was started"
-    for index in seen.running_at_kill:
-        took_over = started_by[index] - {seen.killed_job}
-        assert took_over, f"edit[{index}]: no triggerer took over after job {seen.killed_job} was killed"
-    assert all(try_number == 1 for _, try_number in final.values()), final
-    posts = [
-        r
-        for r in emulator.control("GET", "requests")
-        if r["origin"] == "gateway" and r["method"] == "POST" and not r["path"].startswith("/_emulator")
+    # The outputs, the summary and the contact sheet, in the run folder.
+    run_folder, summary = summary_of(output_root, RUNS[0], deployment)
+    assert (summary["total"], summary["edited"], summary["failed"]) == (len(prompts), len(prompts), 0), (
+        summary
+    )
+    assert [b["batch"] for b in summary["batches"]] == [f"batch-{i:04d}" for i in range(batches)]
+    for number, item in enumerate(summary["items"]):
+        (output,) = item["outputs"]
+        assert Path(output).parent == run_folder / f"batch-{number // BATCH_SIZE:04d}" / item["key"], output
+        with Image.open(output) as image:
+            assert image.format == OUTPUT_FORMAT.upper(), (output, image.format)
+    sheet = (run_folder / "index.html").read_text(encoding="utf-8")
+    links = [
+        unquote(link) for link in re.findall(r'<img src="([^"]+)"', sheet) if not link.startswith("http")
     ]
-    assert len(posts) == len(skus), [(r["path"], r["status"]) for r in posts]
-    per_prompt = Counter(_body(record)["prompt"] for record in emulator.control("GET", "submissions"))
-    assert per_prompt == Counter(_sample_prompts().values()), per_prompt
+    assert len(links) == len(prompts)
+    assert all((run_folder / link).is_file() for link in links), links
 
-    # The outputs: one folder per SKU under the run date, each file an image of the asked format.
-    summary_files = list(output_root.glob("*/summary.json"))
-    assert len(summary_files) == 1, summary_files
-    summary = json.loads(summary_files[0].read_text())
-    assert summary["failed"] == [], summary
-    assert summary["succeeded"] == len(skus), summary
-    for row in summary["skus"]:
-        assert row["output_paths"], row
-        for output in row["output_paths"]:
-            path = Path(output)
-            assert path.parent == summary_files[0].parent / row["sku"], path
-            with Image.open(path) as image:
-                assert image.format == OUTPUT_FORMAT.upper(), (path, image.format)
-
-    # A user clears the edits: that is a request for new edits, so each SKU is submitted again.
-    # Airflow 3.3 matches --task-regex as a substring, 3.0 as a regex: a plain name works on both.
-    deployment.cli("tasks", "clear", DAG_ID, "--task-regex", EDIT, "--yes")
-    while True:
-        assert time.monotonic() < deadline, f"cleared edits not done:\n{deployment.tail_logs()}"
-        deployment.check_running()
-        cleared = deployment.query(
-            "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
-            (DAG_ID, RUN_ID, EDIT),
-        )
-        if cleared and all(state == "success" for (state,) in cleared):
-            break
-        time.sleep(0.5)
-    again = Counter(_body(record)["prompt"] for record in emulator.control("GET", "submissions"))
-    assert again == Counter({prompt: 2 for prompt in _sample_prompts().values()}), again
+    # A second run, nothing changed: nothing is submitted, every SKU is copied from the first run.
+    first_done = time.monotonic()
+    deployment.trigger(DAG_ID, RUNS[1], conf)
+    watch(deployment, RUNS[1], deadline)
+    assert deployment.run_state(RUNS[1]) == "success", deployment.tail_logs()
+    assert len(posts(emulator)) == len(prompts)
+    again_folder, again = summary_of(output_root, RUNS[1], deployment)
+    assert again_folder != run_folder
+    assert (again["edited"], again["reused"], again["failed"]) == (0, len(prompts), 0), again
 
     assert_key_nowhere(deployment, emulator)
-    # Stored in clear (no Fernet key here), so the scan reads what a trigger really carries.
     assert any("firered_conn_id" in kwargs for kwargs in seen.trigger_kwargs), seen.trigger_kwargs
     assert not [kwargs for kwargs in seen.trigger_kwargs if API_KEY in kwargs], "key in trigger kwargs"
-
     print(
-        f"e2e finished in {time.monotonic() - started:.0f}s; triggerer job {seen.killed_job} killed while "
-        f"running edits {sorted(seen.running_at_kill)}; at most {seen.max_deferred} edits deferred at once; "
+        f"e2e finished in {time.monotonic() - started:.0f}s (deployment ready {ready - started:.0f}s, "
+        f"first run {first_done - ready:.0f}s, second run and checks {time.monotonic() - first_done:.0f}s); "
         f"states seen: {dict(seen.states)}"
     )
 
@@ -274,7 +220,7 @@ def assert_key_nowhere(deployment: AirflowDeployment, emulator: EmulatorProcess)
     """The key is in no Airflow log, no metadata row a user can read, and no request off the gateway."""
     logs = [*deployment.home.joinpath("logs").rglob("*.log"), *deployment.logs.glob("*.log")]
     logs = [path for path in logs if path.name != "emulator.log"]  # the gateway's own side
-    assert len(logs) > 10, logs
+    assert len(logs) > 5, logs
     leaked = [str(path) for path in logs if API_KEY in path.read_text(errors="replace")]
     assert not leaked, f"key found in {leaked}"
     for table, column in (
@@ -289,11 +235,6 @@ def assert_key_nowhere(deployment: AirflowDeployment, emulator: EmulatorProcess)
     # The admin API shows secret header values as ***: look for the key's header itself.
     key_header = "ocp-apim-subscription-key"
     assert not [r for r in off_gateway if key_header in {h.lower() for h in r["headers"]}], "key sent to CDN"
-
-
-def _sample_prompts() -> dict[str, str]:
-    with (EXAMPLE_DAGS / "firered_catalogue_manifest.csv").open(encoding="utf-8") as handle:
-        return {row["sku"]: row["prompt"] for row in csv.DictReader(handle)}
 
 
 def _body(record: dict[str, Any]) -> dict[str, Any]:

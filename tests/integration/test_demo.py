@@ -35,6 +35,10 @@ def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def run_folders(tmp_path: Path) -> list[Path]:
+    return [path for path in (tmp_path / "out").iterdir() if path.is_dir()]
+
+
 def processes_of(tmp_path: Path) -> list[int]:
     """Live processes started by a demo run here (they inherit its FIRERED_DEMO_HOME)."""
     needle = f"FIRERED_DEMO_HOME={tmp_path / 'home'}".encode()
@@ -48,18 +52,33 @@ def processes_of(tmp_path: Path) -> list[int]:
     return found
 
 
-@pytest.mark.timeout(300)
-def test_demo_edits_the_sample_catalogue_with_the_emulator(tmp_path: Path) -> None:
+@pytest.mark.timeout(400)
+def test_demo_edits_the_sample_catalogue_in_batches_then_reuses_it(tmp_path: Path) -> None:
     result = run_demo(tmp_path)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 of 5 SKU(s) edited; 5 waited deferred." in result.stdout
-    (run_folder,) = (tmp_path / "out").iterdir()
-    for sku in SAMPLE_SKUS:
-        assert f"    {sku:<16} success" in result.stdout
-        (image_path,) = (run_folder / sku).iterdir()
+    assert (
+        "5 of 5 SKU(s) edited, 0 reused from an earlier run, 0 failed; 3 batch task(s), 3 waited deferred."
+        in result.stdout
+    )
+    (run_folder,) = run_folders(tmp_path)
+    assert f"Contact sheet: {run_folder / 'index.html'}" in result.stdout
+    assert (run_folder / "index.html").is_file()
+    for number, sku in enumerate(SAMPLE_SKUS):
+        assert f"    {sku:<16} edited   batch-{number // 2:04d}/{sku}/" in result.stdout
+        (image_path,) = (run_folder / f"batch-{number // 2:04d}" / sku).iterdir()
         with Image.open(image_path) as image:
             assert image.format == "PNG"
+    assert processes_of(tmp_path) == []
+
+    # Run again: nothing changed, so every SKU is copied from the first run and nothing waits.
+    again = run_demo(tmp_path)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "0 of 5 SKU(s) edited, 5 reused from an earlier run, 0 failed" in again.stdout
+    assert len(run_folders(tmp_path)) == 2
+    for sku in SAMPLE_SKUS:
+        assert f"    {sku:<16} reused   batch-" in again.stdout
     assert processes_of(tmp_path) == []
 
 
@@ -67,11 +86,11 @@ def test_demo_edits_the_sample_catalogue_with_the_emulator(tmp_path: Path) -> No
 def test_demo_with_a_key_uses_that_gateway_and_reports_a_failed_sku(
     firered_emulator: Emulator, tmp_path: Path
 ) -> None:
-    """With FIRERED_API_KEY the demo talks to the configured gateway; a bad SKU fails the demo."""
+    """With FIRERED_API_KEY the demo talks to the configured gateway; a failed SKU fails the demo."""
     manifest = tmp_path / "manifest.json"
     rows = [
         {"sku": "GOOD", "image_url": f"{firered_emulator.cdn_url}/samples/mug.png", "prompt": "Make it red"},
-        {"sku": "BAD", "image_url": "file:///etc/hostname", "prompt": "Make it blue"},
+        {"sku": "BAD", "image_url": f"{firered_emulator.cdn_url}/samples/gone.png", "prompt": "Make it blue"},
     ]
     manifest.write_text(json.dumps(rows))
 
@@ -84,11 +103,15 @@ def test_demo_with_a_key_uses_that_gateway_and_reports_a_failed_sku(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert "demo failed: the run failed (failed SKUs: BAD)" in result.stderr
-    assert "    GOOD             success" in result.stdout
-    assert "    BAD              failed" in result.stdout
-    (submitted,) = firered_emulator.submissions()
-    assert submitted.body["prompt"] == "Make it red"
-    assert submitted.headers["Ocp-Apim-Subscription-Key"] == TEST_KEY
+    assert "    GOOD             edited   batch-0000/GOOD/" in result.stdout
+    assert "    BAD              failed   FAILED: " in result.stdout
+    assert "1 of 2 SKU(s) edited, 0 reused from an earlier run, 1 failed; 1 batch task(s)" in result.stdout
+    # One POST per SKU, the failing one included (it is paid once).
+    assert sorted(r.body["prompt"] for r in firered_emulator.submit_attempts()) == [
+        "Make it blue",
+        "Make it red",
+    ]
+    assert {r.headers["Ocp-Apim-Subscription-Key"] for r in firered_emulator.submit_attempts()} == {TEST_KEY}
     assert TEST_KEY not in result.stdout + result.stderr
     assert processes_of(tmp_path) == []
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
+import re
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image
@@ -20,6 +24,10 @@ if TYPE_CHECKING:
 
 EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 CATALOGUE = "firered_catalogue_reedit"
+PER_SKU = "firered_catalogue_per_sku"
+EDIT_BATCH = "edit_batch"
+#: Distinct logical dates: each run of these tests gets its own run folder.
+FIRST_RUN = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
 
 
 def load_module(path: Path) -> ModuleType:
@@ -29,6 +37,13 @@ def load_module(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def install(dag_id: str) -> ModuleType:
+    """Copy an example (and the sample manifest) into the tests' DAG folder and load it from there."""
+    for name in (f"{dag_id}.py", "firered_catalogue_manifest.csv"):
+        shutil.copy(EXAMPLE_DAGS / name, Path(DAGS_FOLDER) / name)
+    return load_module(Path(DAGS_FOLDER) / f"{dag_id}.py")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +59,7 @@ def test_every_example_imports_without_errors() -> None:
 
     bag = DagBag(dag_folder=str(EXAMPLE_DAGS))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {CATALOGUE, "firered_edit_single", "firered_submit_then_sense"}
+    assert set(bag.dag_ids) == {CATALOGUE, PER_SKU, "firered_edit_single", "firered_submit_then_sense"}
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md, f"{dag_id} has no docs"
 
@@ -52,51 +67,325 @@ def test_every_example_imports_without_errors() -> None:
 def test_catalogue_shape(catalogue: ModuleType) -> None:
     dag = catalogue.dag
     assert dag.schedule == "0 2 * * *"
-    edit = dag.get_task("edit")
+    assert [t.task_id for t in dag.topological_sort()] == ["load_manifest", EDIT_BATCH, "summarise"]
+    edit = dag.get_task(EDIT_BATCH)
+    assert edit.operator_name == "FireRedBatchEditOperator"
     assert edit.pool == "firered_gateway"
     assert edit.partial_kwargs["deferrable"] is True
     assert dag.get_task("summarise").trigger_rule == "all_done"
+    assert dag.params["batch_size"] is None  # then the Variable, then 500
+
+
+def test_per_sku_shape() -> None:
+    dag = load_module(EXAMPLE_DAGS / f"{PER_SKU}.py").dag
+    assert dag.schedule is None
+    assert "max_map_length" in dag.doc_md
+    edit = dag.get_task("edit")
+    assert edit.operator_name == "FireRedEditOperator"
+    assert edit.pool == "firered_gateway"
 
 
 @pytest.mark.parametrize(
     ("text", "name", "message"),
     [
-        ("sku,image_url\nA,a.png\n", "m.csv", "row 1: missing prompt"),
-        ("sku,image_url,prompt\nA,a.png,x\nA,b.png,y\n", "m.csv", "row 2: duplicate SKU 'A'"),
-        ("sku,image_url,prompt\n../etc,a.png,x\n", "m.csv", "SKU '../etc' is not a folder name"),
-        ("sku,image_url,prompt\n..,a.png,x\n", "m.csv", "SKU '..' is not a folder name"),
+        ("sku,image_url\nA,a.png\n", "m.csv", "row 1, field prompt: missing"),
+        ("sku,image_url,prompt\nA,a.png,x\nA,b.png,y\n", "m.csv", "row 2, field sku: 'A' is a duplicate"),
+        ("sku,image_url,prompt\n../etc,a.png,x\n", "m.csv", "row 1, field sku: '../etc' is not allowed"),
+        ("sku,image_url,prompt\n..,a.png,x\n", "m.csv", "row 1, field sku: '..' is not allowed"),
+        ("sku,image_url,prompt\nA,file:///etc/passwd,x\n", "m.csv", "row 1, field image_url: 'file:"),
+        ("sku,image_url,prompt\nA,javascript:alert(1),x\n", "m.csv", "is not an http\\(s\\) URL"),
+        ("sku,image_url,prompt\nSHOE 1,a.png,x\n", "m.csv", "row 1, field sku: 'SHOE 1' is not allowed"),
+        ("sku,image_url,prompt\n", "m.csv", "no rows"),
         ('{"sku": "A"}', "m.json", "expected a JSON list of objects"),
-        ('[{"sku": "A", "image_url": "a.png", "prompt": " "}]', "m.json", "row 1: missing prompt"),
+        ("[{", "m.json", "not JSON"),
+        ('[{"sku": "A", "image_url": "a.png", "prompt": " "}]', "m.json", "row 1, field prompt: missing"),
     ],
 )
-def test_manifest_errors_name_the_row(catalogue: ModuleType, text: str, name: str, message: str) -> None:
+def test_manifest_errors_name_the_row_and_field(
+    catalogue: ModuleType, text: str, name: str, message: str
+) -> None:
     from airflow.providers.common.compat.sdk import AirflowFailException
 
-    with pytest.raises(AirflowFailException, match=f"manifest {name}.*{message}"):
-        catalogue.parse_manifest(text, name)
+    with pytest.raises(AirflowFailException, match=f"(?s)manifest {name}.*{message}"):
+        catalogue.parse_manifest(text, name, "http://127.0.0.1:1/samples/")
+
+
+def test_every_bad_row_is_reported_at_once(catalogue: ModuleType) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    rows = [{"sku": f"A{i}", "image_url": "a.png", "prompt": "p"} for i in range(30)]
+    rows[3]["prompt"] = ""
+    rows[7]["sku"] = "A0"
+    with pytest.raises(AirflowFailException) as caught:
+        catalogue.parse_manifest(json.dumps(rows), "m.json", "")
+    text = str(caught.value)
+    assert "32 problem(s), nothing was sent" in text  # 30 relative URLs without a base, 2 more
+    assert "row 4, field prompt: missing" in text
+    assert "row 8, field sku: 'A0' is a duplicate" in text
+    assert "row 1, field image_url: image_url 'a.png' is relative: set the run's image_base_url" in text
+    assert "... and 12 more" in text
 
 
 def test_manifest_json_and_relative_urls(catalogue: ModuleType) -> None:
     from airflow.providers.common.compat.sdk import AirflowFailException
 
-    rows = catalogue.parse_manifest('[{"sku": " A ", "image_url": "a.png", "prompt": "p"}]', "m.json")
-    assert rows == [{"sku": "A", "image_url": "a.png", "prompt": "p"}]
-    assert catalogue.resolve_image_url("a.png", "http://127.0.0.1:1/samples") == (
-        "http://127.0.0.1:1/samples/a.png"
+    rows = catalogue.parse_manifest(
+        '[{"sku": " A ", "image_url": "a.png", "prompt": "p"}]', "m.json", "http://127.0.0.1:1/samples"
     )
+    assert rows == [{"sku": "A", "image_url": "http://127.0.0.1:1/samples/a.png", "prompt": "p"}]
     assert catalogue.resolve_image_url("https://x.test/a.png", "") == "https://x.test/a.png"
     with pytest.raises(AirflowFailException, match="image_base_url"):
         catalogue.resolve_image_url("a.png", "")
 
 
+def test_run_folders_sort_by_time_and_previous_is_the_latest_earlier_one(
+    catalogue: ModuleType, tmp_path: Path
+) -> None:
+    night = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
+    assert catalogue.run_folder_name("scheduled", night, night) == "2026-03-01"
+    assert catalogue.run_folder_name("manual", None, night) == "2026-03-01T020000Z"
+    for name in ("2026-02-27", "2026-02-28T101010Z", "2026-03-01", "2026-03-02", "notes"):
+        (tmp_path / name / "batch-0000").mkdir(parents=True)
+    (tmp_path / "2026-02-26" / "batch-0000").mkdir(parents=True)
+    (tmp_path / "2026-02-28").mkdir()  # no batch in it: nothing to reuse there
+
+    assert catalogue.find_previous(str(tmp_path), "2026-03-01T020000Z") == f"{tmp_path}/2026-03-01"
+    assert catalogue.find_previous(str(tmp_path), "2026-03-01") == f"{tmp_path}/2026-02-28T101010Z"
+    assert catalogue.find_previous(str(tmp_path), "2026-02-26") is None
+    assert catalogue.find_previous(str(tmp_path / "missing"), "2026-03-01") is None
+
+
+def _catalogue_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL", f"{emulator.cdn_url}/samples/")
+    emulator.set_timings(queued_seconds=0.2, processing_seconds=0.5)
+
+
+def _run(module: ModuleType, when: datetime, **conf: Any) -> Any:
+    return module.dag.test(logical_date=when, run_conf={"poll_interval": 1, **conf})
+
+
+def _states(run: Any) -> dict[tuple[str, int], str]:
+    return {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+
+
+def _posted_prompts(emulator: Emulator) -> list[str]:
+    """The prompt of every submit POST, whatever its answer (each one may be paid)."""
+    return sorted(str(record.body["prompt"]) for record in emulator.submit_attempts())
+
+
+def _sheet_links(sheet: Path) -> tuple[list[str], str]:
+    text = sheet.read_text(encoding="utf-8")
+    return re.findall(r'<img src="([^"]+)"', text), text
+
+
 @pytest.mark.usefixtures("airflow_db", "firered_conn")
-def test_catalogue_run_keeps_the_good_skus_when_one_fails(
+def test_catalogue_batches_edit_every_sku_and_report_a_failed_one(
     firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A bad SKU fails alone (before any request); the others are edited and the summary lists both."""
-    for name in (f"{CATALOGUE}.py", "firered_catalogue_manifest.csv"):
-        shutil.copy(EXAMPLE_DAGS / name, Path(DAGS_FOLDER) / name)
-    module = load_module(Path(DAGS_FOLDER) / f"{CATALOGUE}.py")
+    """Five SKUs in batches of two: one POST per SKU, a failing SKU paid once and shown with its error."""
+    module = install(CATALOGUE)
+    _catalogue_env(firered_emulator, monkeypatch)
+    manifest = tmp_path / "manifest.json"
+    rows = [
+        {"sku": "SHOE-1", "image_url": "shoe.png", "prompt": "Make the shoe red"},
+        {"sku": "MUG-1", "image_url": "mug.png", "prompt": "Make the mug blue"},
+        {"sku": "GONE-1", "image_url": "missing.png", "prompt": "Make it green"},  # the CDN answers 404
+        {"sku": "TEE-1", "image_url": "tshirt.png", "prompt": "Make the shirt grey"},
+        {"sku": "SHOE-2", "image_url": "shoe.png", "prompt": "Make the shoe gold"},
+    ]
+    manifest.write_text(json.dumps(rows))
+    output_root = tmp_path / "out"
+
+    run = _run(
+        module,
+        FIRST_RUN,
+        manifest=str(manifest),
+        output_root=str(output_root),
+        batch_size=2,
+        parameters={"output_format": "jpeg"},
+    )
+
+    states = _states(run)
+    assert states == {
+        ("load_manifest", -1): "success",
+        (EDIT_BATCH, 0): "success",  # a failed SKU does not fail its batch ...
+        (EDIT_BATCH, 1): "success",
+        (EDIT_BATCH, 2): "success",
+        ("summarise", -1): "failed",  # ... the summary reports it and fails the run
+    }
+    # One POST per SKU, the failing one included, and no second one for it.
+    assert _posted_prompts(firered_emulator) == sorted(row["prompt"] for row in rows)
+    run_folder = output_root / "2026-03-01T020000Z"
+    assert sorted(p.name for p in run_folder.iterdir()) == [
+        "batch-0000",
+        "batch-0001",
+        "batch-0002",
+        "index.html",
+        "summary.json",
+    ]
+    summary = json.loads((run_folder / "summary.json").read_text())
+    assert (summary["total"], summary["edited"], summary["reused"], summary["failed"]) == (5, 4, 0, 1)
+    assert [(b["batch"], b["total"], b["failed"]) for b in summary["batches"]] == [
+        ("batch-0000", 2, 0),
+        ("batch-0001", 2, 1),
+        ("batch-0002", 1, 0),
+    ]
+    (failure,) = summary["failures"]
+    assert failure["key"] == "GONE-1"
+    assert failure["batch"] == "batch-0001"
+    assert "missing.png" in failure["error"]
+    assert summary["problems"] == []
+    for number, row in enumerate(rows):
+        if row["sku"] == "GONE-1":
+            continue
+        item = next(i for i in summary["items"] if i["key"] == row["sku"])
+        (output,) = item["outputs"]
+        assert Path(output).parent == run_folder / f"batch-{number // 2:04d}" / row["sku"]
+        with Image.open(output) as image:
+            assert image.format == "JPEG"
+    # The contact sheet: each input beside its output (relative links that resolve), the failure's error.
+    links, text = _sheet_links(run_folder / "index.html")
+    outputs = [link for link in links if not link.startswith("http")]
+    assert len(outputs) == 4
+    for link in outputs:
+        assert (run_folder / unquote(link)).is_file(), link
+    assert f"{firered_emulator.cdn_url}/samples/shoe.png" in links
+    assert html.escape(failure["error"]) in text
+
+
+def images_in_browser(page_path: Path) -> dict[str, int]:
+    """Open the page in a headless Chromium from its folder; each image's ``src`` and decoded width."""
+    from tests.e2e.browser import CHROMIUM_ARGS, find_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium here to open the contact sheet with")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
+        chrome = playwright.chromium.launch(
+            executable_path=chromium, args=list(CHROMIUM_ARGS), timeout=60_000
+        )
+        try:
+            page = chrome.new_page()
+            page.goto(page_path.as_uri(), wait_until="load", timeout=60_000)
+            for img in page.locator("img").all():
+                img.scroll_into_view_if_needed(timeout=10_000)  # lazy images load once in view
+            page.wait_for_function("[...document.images].every((i) => i.complete)", timeout=30_000)
+            found: list[list[Any]] = page.evaluate(
+                "[...document.images].map((i) => [i.getAttribute('src'), i.naturalWidth])"
+            )
+        finally:
+            chrome.close()
+    return {str(src): int(width) for src, width in found}
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+def test_contact_sheet_shows_inputs_and_outputs_in_a_browser(
+    firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened from its folder, every image of the page loads: inputs from their URLs, outputs beside it."""
+    module = install(CATALOGUE)
+    _catalogue_env(firered_emulator, monkeypatch)
+    manifest = tmp_path / "manifest.json"
+    rows = [
+        {"sku": "SHOE-1", "image_url": "shoe.png", "prompt": "Make the <shoe> red & shiny"},
+        {"sku": "MUG_1.a", "image_url": "mug.png", "prompt": "Make the mug blue"},
+    ]
+    manifest.write_text(json.dumps(rows))
+    output_root = tmp_path / "out"
+
+    run = _run(module, FIRST_RUN + timedelta(days=20), manifest=str(manifest), output_root=str(output_root))
+
+    assert set(_states(run).values()) == {"success"}, _states(run)
+    (sheet,) = output_root.glob("*/index.html")
+    # Moved elsewhere, the folder's page still shows its outputs: every output link is relative.
+    moved = shutil.copytree(sheet.parent, tmp_path / "copied")
+    widths = images_in_browser(moved / "index.html")
+    assert len(widths) == 4, widths
+    assert all(width > 0 for width in widths.values()), widths
+    assert sum(src.startswith("batch-0000/") for src in widths) == 2, widths
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+def test_catalogue_rerun_reuses_unchanged_skus_and_reedits_a_changed_one(
+    firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run with nothing changed submits nothing; one changed prompt re-edits that SKU only."""
+    module = install(CATALOGUE)
+    _catalogue_env(firered_emulator, monkeypatch)
+    manifest = tmp_path / "manifest.csv"
+    output_root = tmp_path / "out"
+    rows = {"SHOE-1": "Make the shoe red", "MUG-1": "Make the mug blue", "TEE-1": "Make the shirt grey"}
+    images = {"SHOE-1": "shoe.png", "MUG-1": "mug.png", "TEE-1": "tshirt.png"}
+
+    def write_manifest(prompts: dict[str, str]) -> None:
+        lines = ["sku,image_url,prompt", *(f"{sku},{images[sku]},{p}" for sku, p in prompts.items())]
+        manifest.write_text("\n".join(lines) + "\n")
+
+    def run_and_read(when: datetime) -> dict[str, Any]:
+        run = _run(module, when, manifest=str(manifest), output_root=str(output_root), batch_size=2)
+        assert set(_states(run).values()) == {"success"}, _states(run)
+        folder = output_root / when.strftime("%Y-%m-%dT%H%M%SZ")
+        return dict(json.loads((folder / "summary.json").read_text()))
+
+    write_manifest(rows)
+    first = run_and_read(FIRST_RUN + timedelta(days=1))
+    assert (first["edited"], first["reused"]) == (3, 0)
+    assert len(firered_emulator.submit_attempts()) == 3
+
+    # Nothing changed: nothing is submitted, every SKU is copied from the first run.
+    second = run_and_read(FIRST_RUN + timedelta(days=2))
+    assert len(firered_emulator.submit_attempts()) == 3
+    assert (second["edited"], second["reused"], second["failed"]) == (0, 3, 0)
+    second_folder = output_root / (FIRST_RUN + timedelta(days=2)).strftime("%Y-%m-%dT%H%M%SZ")
+    for item in second["items"]:
+        (output,) = item["outputs"]
+        assert Path(output).is_relative_to(second_folder)
+        assert Path(output).is_file()
+    links, _ = _sheet_links(second_folder / "index.html")
+    assert all((second_folder / unquote(link)).is_file() for link in links if not link.startswith("http"))
+
+    # One prompt changed (and the catalogue reordered): only that SKU is edited again.
+    write_manifest({"TEE-1": rows["TEE-1"], "MUG-1": "Make the mug yellow", "SHOE-1": rows["SHOE-1"]})
+    third = run_and_read(FIRST_RUN + timedelta(days=3))
+    assert (third["edited"], third["reused"], third["failed"]) == (1, 2, 0)
+    assert [i["key"] for i in third["items"] if i["outcome"] == "edited"] == ["MUG-1"]
+    assert _posted_prompts(firered_emulator) == sorted([*rows.values(), "Make the mug yellow"])
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+def test_catalogue_with_a_bad_row_sends_nothing(
+    firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = install(CATALOGUE)
+    _catalogue_env(firered_emulator, monkeypatch)
+    manifest = tmp_path / "manifest.json"
+    rows = [
+        {"sku": "GOOD-1", "image_url": "shoe.png", "prompt": "Make the shoe red"},
+        {"sku": "BAD-1", "image_url": "file:///etc/passwd", "prompt": "Anything"},
+    ]
+    manifest.write_text(json.dumps(rows))
+
+    run = _run(module, FIRST_RUN + timedelta(days=10), manifest=str(manifest), output_root=str(tmp_path))
+
+    assert _states(run) == {
+        ("load_manifest", -1): "failed",
+        (EDIT_BATCH, -1): "upstream_failed",
+        ("summarise", -1): "skipped",  # nothing to report: no batch was planned
+    }
+    assert firered_emulator.submit_attempts() == []
+    assert not list(tmp_path.glob("*/summary.json"))
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+def test_per_sku_run_keeps_the_good_skus_when_one_fails(
+    firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-SKU pattern: a bad SKU fails alone (before any request); the summary lists both."""
+    module = install(PER_SKU)
     manifest = tmp_path / "manifest.json"
     good = {"GOOD-1": "Make the shoe red", "GOOD-2": "Make the mug blue"}
     rows: list[dict[str, Any]] = [
@@ -106,8 +395,7 @@ def test_catalogue_run_keeps_the_good_skus_when_one_fails(
     ]
     manifest.write_text(json.dumps(rows))
     output_root = tmp_path / "out"
-    monkeypatch.setenv("AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL", f"{firered_emulator.cdn_url}/samples/")
-    firered_emulator.set_timings(queued_seconds=0.2, processing_seconds=0.5)
+    _catalogue_env(firered_emulator, monkeypatch)
 
     run = module.dag.test(
         run_conf={
@@ -140,17 +428,14 @@ def test_catalogue_run_keeps_the_good_skus_when_one_fails(
 
 
 @pytest.mark.usefixtures("airflow_db", "firered_conn")
-def test_catalogue_pays_once_for_a_sku_whose_job_fails(
+def test_per_sku_pays_once_for_a_sku_whose_job_fails(
     firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The catalogue's ``retries: 2`` do not submit a FAILED (charged) SKU again."""
-    for name in (f"{CATALOGUE}.py", "firered_catalogue_manifest.csv"):
-        shutil.copy(EXAMPLE_DAGS / name, Path(DAGS_FOLDER) / name)
-    module = load_module(Path(DAGS_FOLDER) / f"{CATALOGUE}.py")
+    """The per-SKU DAG's ``retries: 2`` do not submit a FAILED (charged) SKU again."""
+    module = install(PER_SKU)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps([{"sku": "NSFW-1", "image_url": "shoe.png", "prompt": "Make it red"}]))
-    monkeypatch.setenv("AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL", f"{firered_emulator.cdn_url}/samples/")
-    firered_emulator.set_timings(queued_seconds=0.2, processing_seconds=0.5)
+    _catalogue_env(firered_emulator, monkeypatch)
     firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
 
     run = module.dag.test(
