@@ -266,7 +266,10 @@ class FireRedBatchEditOperator(BaseOperator):
         return None
 
     def _fingerprint_and_reuse(self, batch: BatchState) -> None:
-        """Fingerprint the items still to submit; copy those unchanged since ``previous`` instead."""
+        """
+        Fingerprint the items still to submit; copy those unchanged since ``previous`` instead, and
+        do not pay again for one that ended ``FAILED`` there.
+        """
         todo = [item for item in batch.queue if batch.entries[item.key].fingerprint is None]
         if not todo:
             return
@@ -279,6 +282,25 @@ class FireRedBatchEditOperator(BaseOperator):
         if self.force or not roots:
             return
         earlier = previous_entries(roots)
+        for item in list(todo):
+            entry = earlier.get(item.key, (None, None))[0]
+            mine = batch.entries[item.key].fingerprint
+            if (
+                entry is not None
+                and mine is not None
+                and entry.fingerprint == mine
+                and entry.status == "FAILED"
+            ):
+                # FAILED is the gateway's verdict on this very input, and it was charged: the same
+                # input is not paid for again (force=True, or any change to the item, edits it).
+                batch.fail(
+                    item,
+                    "FAILED",
+                    f"unchanged since an earlier run where it ended FAILED (request {entry.request_id}): "
+                    f"{entry.error}; not submitted again",
+                )
+                batch.entries[item.key].request_id = entry.request_id
+                todo.remove(item)
         with ThreadPoolExecutor(max_workers=self.download_threads) as pool:
             copied = list(
                 pool.map(lambda item: (item, self._reuse(batch, item, earlier.get(item.key))), todo)

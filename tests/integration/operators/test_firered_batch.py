@@ -359,3 +359,28 @@ def test_a_folder_shared_by_two_runs_is_not_resumed(firered_emulator: Emulator, 
     assert {e.prompt for e in read_manifest(tmp_path / "shared") or []} == {
         f"Make it red #{n}" for n in range(3)
     }
+
+
+def test_an_unchanged_item_that_ended_failed_is_not_paid_for_again(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    items = edits(firered_emulator, 3)
+    firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
+    first = run_batch(
+        "batch_failed_night_1", edits=items, output_root=str(tmp_path / "n1"), poll_interval=1, max_failed=1
+    )
+    assert (first.state, posts(firered_emulator)) == ("success", 3)
+    second = run_batch(
+        "batch_failed_night_2",
+        edits=items,
+        output_root=str(tmp_path / "n2"),
+        previous=str(tmp_path / "n1"),
+        poll_interval=1,
+        max_failed=1,
+    )
+    assert second.state == "success"
+    assert posts(firered_emulator) == 3  # the FAILED item is not paid for again, the others are reused
+    entries = {e.key: e for e in read_manifest(tmp_path / "n2") or []}
+    assert entries["SKU-0000"].status == "FAILED"
+    assert "unchanged since an earlier run where it ended FAILED" in str(entries["SKU-0000"].error)
+    assert (xcom(second)["reused"], xcom(second)["failed"]) == (2, 1)
