@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -27,9 +28,9 @@ def run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.timeout(200)
-def test_trigger_cost_compares_three_waiters(tmp_path: Path) -> None:
-    out = tmp_path / "a.json"
+@pytest.mark.timeout(280)
+def test_trigger_cost_compares_every_waiter_with_the_grid_floor(tmp_path: Path) -> None:
+    out, profiles = tmp_path / "a.json", tmp_path / "profiles"
     done = run(
         "trigger_cost.py",
         "--sizes",
@@ -42,30 +43,41 @@ def test_trigger_cost_compares_three_waiters(tmp_path: Path) -> None:
         "2",
         "--json",
         str(out),
-        timeout=190,
+        "--profile",
+        str(profiles),
+        timeout=270,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads(out.read_text())
-    assert [r["contender"] for r in results] == ["floor", "firered", "generic"]
+    assert [r["contender"] for r in results] == ["grid-floor", "firered", "generic", "floor"]
     for r in results:
         assert r["succeeded"] == r["n"] == 20
         assert r["rounds"] == 2  # the median of two runs
-        # Jobs run 3 poll intervals: each waiter reads each job's status about 3-4 times.
+        # Jobs run 2.5 to 3.5 poll intervals: each waiter reads each job's status about 3-4 times,
+        # as often as a waiter reading exactly every interval would, give or take one read.
         assert 2 <= r["polls_per_job"] <= 5, r
+        assert abs(r["polls_per_job"] - r["exact_polls_per_job"]) < 1, r
         assert r["cpu_per_poll_us"] > 0
+        assert len(r["x_floor_rounds"]) == 2  # each round against the grid floor of that round
         assert 0 <= r["latency_p50"] <= r["latency_p95"] < 3, r
-    assert "FireRedStatusTrigger" in done.stdout
-    assert "| 20 | generic |" in done.stdout
+        assert 0 <= r["emulator_cpu_share"] < 1, r
+        assert "-- own time by area" in (profiles / f"{r['contender']}-20.txt").read_text()
+    assert results[0]["x_floor_rounds"] == [1.0, 1.0]
+    assert "| 20 | 1 | generic |" in done.stdout  # N=20 at 40 reads/s: the 1 s shortest interval
+    assert "against the grid floor's" in done.stdout
 
 
-def test_trigger_cost_refuses_a_profile_without_pyinstrument(tmp_path: Path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("pyinstrument") is not None:
-        pytest.skip("pyinstrument is installed here")
-    done = run("trigger_cost.py", "--profile", str(tmp_path), timeout=60)
-    assert done.returncode == 2
-    assert "--profile needs pyinstrument" in done.stderr
+def test_trigger_cost_gives_every_contender_the_same_jobs() -> None:
+    spec = importlib.util.spec_from_file_location("trigger_cost", BENCHMARKS / "trigger_cost.py")
+    assert spec is not None
+    assert spec.loader is not None
+    trigger_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trigger_cost)
+    durations = trigger_cost.job_durations(1000, 2.0, 4)
+    assert durations == trigger_cost.job_durations(1000, 2.0, 4)  # seeded: the same for every contender
+    assert all(7.0 <= d <= 9.0 for d in durations)  # 4 intervals of 2 s, give or take half of one
+    assert len(set(durations)) == trigger_cost.DURATION_DRAWS
+    assert not any((d / 2.0).is_integer() for d in durations)  # none ends on a whole interval
 
 
 @pytest.mark.timeout(120)
