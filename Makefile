@@ -9,6 +9,8 @@ OLDEST_VENV ?= .venv-oldest
 OLDEST_PINS ?= "fastapi==0.116.1" "pydantic<2.12"
 PYTEST_ARGS ?=
 
+COMMA := ,
+
 .PHONY: test test-newest test-oldest lint venv demo bench clean
 
 test: lint test-newest test-oldest
@@ -37,10 +39,12 @@ demo: $(VENV)/.installed
 # at 1 s polls against the grid floor), under 5 minutes; `make bench WORKER_COST=1` adds the worker cost
 # in a real Airflow (B, about 10 minutes more). BENCH_ARGS go to the trigger cost, e.g. the larger runs
 # its docstring lists: make bench BENCH_ARGS="--sizes 100,1000,10000 --poll 10 --polls-per-job 2"
+# `make bench CATALOGUE_COST=1` adds the catalogue on PostgreSQL (D, over an hour).
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/emulator_throughput.py
 	$(VENV)/bin/python benchmarks/trigger_cost.py $(BENCH_ARGS)
 	$(if $(WORKER_COST),$(VENV)/bin/python benchmarks/worker_cost.py)
+	$(if $(CATALOGUE_COST),$(VENV)/bin/python benchmarks/catalogue_cost.py --skus 1000 --variants batch$(COMMA)per-sku --nights 3)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -202,9 +202,11 @@ class FireRedBatchEditOperator(BaseOperator):
         progress = {"task": _task_of(ti), "max_tries": ti.max_tries}
         earlier = self._resumable(root, progress)
         batch = BatchState(self, items, invalid, deadline=time.time() + self.timeout)
-        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
+        # Only an earlier try of this very batch (its progress file found) can have stored request
+        # ids: a first try, or a night after another, reads none (each read is a call to Airflow).
+        store = context.get("task_state_store") if earlier is not None else None  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         for item in items:
-            entry = earlier.get(item.key)
+            entry = earlier.get(item.key) if earlier else None
             stored = self._stored_request(store, item.key, ti.max_tries)
             batch.resume(item, entry, stored)
         self._write_progress(root, progress)
@@ -232,21 +234,22 @@ class FireRedBatchEditOperator(BaseOperator):
 
     def _resumable(
         self, root: Path | ObjectStoragePath, progress: dict[str, Any]
-    ) -> dict[str, ManifestEntry]:
+    ) -> dict[str, ManifestEntry] | None:
         """
-        The manifest an earlier try of this task instance wrote, unless the task was cleared since
-        (a clear changes ``max_tries``) or the folder holds another task's or another run's batch.
+        The manifest an earlier try of this task instance wrote (empty if it wrote none before it
+        stopped); None when there was no such try: a new batch, a task cleared since (a clear changes
+        ``max_tries``), or a folder that holds another task's or another run's batch.
         """
         try:
             with (root / PROGRESS_NAME).open("r", encoding="utf-8") as source:
                 found = json.loads(source.read(4096))
         except (OSError, ValueError):
-            return {}
+            found = None
         if found != progress:
             self.log.info(
                 "No earlier try of this batch to resume (new, or cleared): every item starts afresh"
             )
-            return {}
+            return None
         return {entry.key: entry for entry in read_manifest(root) or []}
 
     @staticmethod

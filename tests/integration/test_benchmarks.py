@@ -128,3 +128,66 @@ def test_worker_cost_starts_from_any_directory(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--edits" in done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_catalogue_cost_measures_three_nights(tmp_path: Path) -> None:
+    """A tiny catalogue on a real deployment: the unchanged night submits nothing, 1% changed one item."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag  # Airflow 3.1+
+    except ImportError:
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+    bag = DagBag(dag_folder=str(BENCHMARKS / "catalogue_dags"))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"bench_catalogue_batch", "bench_catalogue_per_sku"}
+
+    out = tmp_path / "d.json"
+    done = run(
+        "catalogue_cost.py",
+        "--skus",
+        "20",
+        "--variants",
+        "batch",
+        "--nights",
+        "3",
+        "--batch-size",
+        "10",
+        "--job-seconds",
+        "3",
+        "--poll-interval",
+        "1",
+        "--database",
+        "sqlite",
+        "--triggerers",
+        "1",
+        "--limit",
+        "150",
+        "--work",
+        str(tmp_path / "work"),
+        "--json",
+        str(out),
+        timeout=580,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads(out.read_text())
+    assert [(r["night"], r["state"]) for r in results] == [
+        ("first", "success"),
+        ("unchanged", "success"),
+        ("1% changed", "success"),
+    ]
+    first, unchanged, changed = results
+    assert (first["edited"], first["reused"], first["submits"]) == (20, 0, 20)
+    assert first["status_reads"] >= 20
+    assert first["trigger_kwargs_max_bytes"] > 0
+    # The plan task and two batches, each deferring at least once and resuming.
+    assert first["task_starts"] >= 5, first
+    assert (unchanged["edited"], unchanged["reused"], unchanged["submits"]) == (0, 20, 0)
+    assert unchanged["status_reads"] == 0
+    assert (changed["edited"], changed["reused"], changed["submits"]) == (1, 19, 1)
+    for r in results:
+        assert r["airflow_cpu_seconds"] > 0, r
+        assert r["worker_slot_seconds"] > 0, r
+        assert set(r["cpu_seconds_by_part"]) >= {"scheduler", "workers", "triggerers"}, r
+    assert "| 20 | batch | unchanged | success | 0 / 20 / 0 |" in done.stdout
+    assert "CPU seconds by process" in done.stdout

@@ -1,0 +1,545 @@
+"""
+D. What the nightly catalogue costs a real Airflow at store size: batches of FireRedBatchEditOperator
+against one deferrable FireRedEditOperator per SKU (benchmarks/catalogue_dags/firered_bench_catalogue.py).
+
+For each catalogue size, one deployment (api-server, scheduler with LocalExecutor, dag-processor and
+two triggerers, on PostgreSQL: ``airflow_provider_firered.testing``) runs against the emulator
+(``--no-render``, jobs of ``--job-seconds``, ``--max-concurrent-jobs`` unfinished jobs at most). The
+batch variant runs up to three nights: the first edits everything, the second has nothing changed
+(``previous`` = the first night's folder), the third has 1% of the prompts changed. The per-SKU
+variant runs the first night only (it has no notion of an earlier night).
+
+For each run: wall time from trigger to the run's end; worker-slot-seconds (busy LocalExecutor
+workers, sampled); CPU seconds of each Airflow process (its own and its reaped children's, from
+/proc) split into scheduler, workers, triggerers, api-server, dag-processor, with PostgreSQL's and
+the emulator's beside them; task starts (task tries plus deferral resumptions, from the metadata DB,
+cross-checked against the task logs); POSTs and status reads from the emulator's
+record; and the length of the ``trigger`` rows' kwargs, sampled while the tasks wait.
+
+    python benchmarks/catalogue_cost.py --skus 1000 --variants batch,per-sku --nights 3
+    python benchmarks/catalogue_cost.py --skus 10000 --variants batch --nights 3 --json d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from worker_cost import SlotSampler
+
+from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
+from airflow_provider_firered.testing.postgres import PostgresCluster
+from airflow_provider_firered.testing.processes import descendants
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.emulator.process import EmulatorProcess
+
+#: This repository (the benchmark's DAGs are in ``benchmarks/catalogue_dags``).
+ROOT = Path(__file__).resolve().parents[1]
+DAG_FOLDER = ROOT / "benchmarks" / "catalogue_dags"
+VARIANTS = {"batch": "bench_catalogue_batch", "per-sku": "bench_catalogue_per_sku"}
+NIGHTS = ("first", "unchanged", "1% changed")
+POOL = "firered_catalogue"
+KEY = "benchmark-key"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: The emulator keeps this many records; a run that reaches it undercounts its requests.
+EMULATOR_RECORD_CAP = 100_000
+#: Airflow's processes, by the deployment's names (``triggerer-1``, ... count as ``triggerers``).
+AIRFLOW_PARTS = ("scheduler", "workers", "triggerers", "api-server", "dag-processor")
+
+
+# -- CPU by process ---------------------------------------------------------------------------------
+
+
+def _times(pid: int) -> tuple[float, float]:
+    """(own user + system CPU, reaped children's user + system CPU) of ``pid``, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0, 0.0  # gone since it was listed: its time is in its parent's reaped-children time
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, (
+        int(fields[13]) + int(fields[14])
+    ) / CLOCK_TICKS
+
+
+def _tree(pid: int) -> float:
+    """CPU of ``pid`` and of all its descendants, live or reaped."""
+    return sum(sum(_times(p)) for p in (pid, *descendants(pid)))
+
+
+def cpu_by_part(deployment: AirflowDeployment, postgres_pid: int | None) -> dict[str, float]:
+    """
+    CPU seconds so far of each part. The LocalExecutor workers (and the task processes they start)
+    are the scheduler's children: the scheduler's own time is ``scheduler``, its children's ``workers``.
+    """
+    parts: dict[str, float] = {}
+    for proc in deployment.processes:
+        if not proc.running():
+            continue
+        if proc.name == "scheduler":
+            own, reaped = _times(proc.pid)
+            parts["scheduler"] = own
+            parts["workers"] = reaped + sum(sum(_times(p)) for p in descendants(proc.pid))
+        else:
+            name = "triggerers" if proc.name.startswith("triggerer") else proc.name
+            parts[name] = parts.get(name, 0.0) + _tree(proc.pid)
+    if postgres_pid is not None:
+        parts["postgres"] = _tree(postgres_pid)
+    return parts
+
+
+def postmaster_pid(cluster: PostgresCluster | None) -> int | None:
+    if cluster is None:
+        return None
+    try:
+        return int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+# -- sampling while a run goes -------------------------------------------------------------------------
+
+
+class TriggerSampler(threading.Thread):
+    """Samples the ``trigger`` table's rows (count, kwargs lengths) while the tasks wait."""
+
+    def __init__(self, deployment: AirflowDeployment, period: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.deployment, self.period = deployment, period
+        self.stopped = threading.Event()
+        self.peak_rows = 0
+        self.max_bytes = 0
+        self.row_samples = 0
+        self.byte_samples = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.period):
+            try:
+                ((rows, longest, total),) = self.deployment.query(
+                    "SELECT COUNT(*), COALESCE(MAX(LENGTH(kwargs)), 0), COALESCE(SUM(LENGTH(kwargs)), 0) "
+                    "FROM trigger"
+                )
+            except Exception:  # a sample lost to a busy database is only a sample
+                continue
+            self.peak_rows = max(self.peak_rows, int(rows))
+            self.max_bytes = max(self.max_bytes, int(longest))
+            self.row_samples += int(rows)
+            self.byte_samples += int(total)
+
+    @property
+    def mean_bytes(self) -> float:
+        return self.byte_samples / self.row_samples if self.row_samples else 0.0
+
+
+# -- the catalogue ------------------------------------------------------------------------------------
+
+
+def write_catalogue(path: Path, skus: int, images: list[str], changed: int) -> None:
+    """``skus`` rows ``{"sku", "prompt", "image"}``; ``changed`` of them with another prompt."""
+    step = skus // changed if changed else 0
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(skus):
+            prompt = f"Catalogue photo of item {i}: white background, soft shadow"
+            if step and i % step == 0:
+                prompt += ", brighter"
+            row = {"sku": f"sku-{i:06d}", "prompt": prompt, "image": images[i % len(images)]}
+            out.write(json.dumps(row) + "\n")
+
+
+def changed_count(skus: int) -> int:
+    """1% of the catalogue, at least one SKU."""
+    return max(1, math.ceil(skus / 100))
+
+
+# -- one run ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One DAG run to measure."""
+
+    size: int
+    variant: str
+    night: int
+    catalogue: Path
+    run_folder: Path
+    previous: Path | None
+    changed: int
+    run_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run_id = f"bench_{self.variant.replace('-', '_')}_{self.size}_night{self.night + 1}"
+
+    @property
+    def dag_id(self) -> str:
+        return VARIANTS[self.variant]
+
+
+def wait_end(deployment: AirflowDeployment, run_id: str, deadline: float) -> str:
+    """The run's final state, or ``timeout`` once ``deadline`` (monotonic) passes first."""
+    while (state := deployment.run_state(run_id)) not in ("success", "failed"):
+        if time.monotonic() > deadline:
+            return "timeout"
+        deployment.check_running()
+        time.sleep(1)
+    return str(state)
+
+
+def task_starts(deployment: AirflowDeployment, run: Run, triggers_created: int, state: str) -> dict[str, int]:
+    """
+    Task starts of the run, two ways. From the metadata DB: every try of every task instance plus
+    every resumption after a deferral (one per trigger created; PostgreSQL only). From the task logs:
+    every start of a task process logs "DAG bundles loaded" once. The DB count is used on PostgreSQL
+    for a finished run; the logs' otherwise (a cut-short run's tries include tasks only scheduled).
+    """
+    ((tries, instances),) = deployment.query(
+        "SELECT COALESCE(SUM(try_number), 0), COUNT(*) FROM task_instance "
+        "WHERE dag_id = ? AND run_id = ? AND try_number > 0",
+        (run.dag_id, run.run_id),
+    )
+    logs = deployment.home / "logs" / f"dag_id={run.dag_id}" / f"run_id={run.run_id}"
+    from_logs = sum(
+        path.read_text(errors="replace").count("DAG bundles loaded")
+        for path in logs.rglob("attempt=*.log")
+        if ".trigger." not in path.name
+    )
+    from_db = int(tries) + triggers_created
+    return {
+        "task_instances": int(instances),
+        "task_tries": int(tries),
+        "deferrals": triggers_created if deployment.on_postgres else max(0, from_logs - int(tries)),
+        "task_starts": from_db if deployment.on_postgres and state != "timeout" else from_logs,
+        "task_starts_in_logs": from_logs,
+    }
+
+
+def trigger_sequence(deployment: AirflowDeployment) -> int:
+    """How many triggers were ever created (PostgreSQL's sequence; 0 on SQLite, which has none)."""
+    if not deployment.on_postgres:
+        return 0
+    ((value, called),) = deployment.query("SELECT last_value, is_called FROM trigger_id_seq")
+    return int(value) if called else 0
+
+
+def gateway_counts(emulator: EmulatorProcess) -> dict[str, Any]:
+    """POSTs, 429s and status reads the emulator recorded since its last reset."""
+    records = emulator.control("GET", "requests", timeout=120)
+    gateway = [r for r in records if r["origin"] == "gateway"]
+    return {
+        "submits": sum(r["method"] == "POST" and r["status"] == 202 for r in gateway),
+        "submits_refused_429": sum(r["method"] == "POST" and r["status"] == 429 for r in gateway),
+        "status_reads": sum(
+            r["method"] == "GET" and r["path"].startswith("/v2/requests/status/") for r in gateway
+        ),
+        "cdn_requests": sum(r["origin"] == "cdn" for r in records),
+        "emulator_record_truncated": len(records) >= EMULATOR_RECORD_CAP,
+    }
+
+
+def outcomes(run: Run) -> dict[str, int]:
+    """How the items ended: from the batches' manifests, or (per SKU) the output folders filled."""
+    counts: Counter[str] = Counter()
+    if run.variant == "batch":
+        for manifest in run.run_folder.glob("batch-*/_manifest.jsonl"):
+            for line in manifest.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    counts[str(json.loads(line)["outcome"])] += 1
+    else:
+        folders = [p for p in run.run_folder.iterdir() if p.is_dir()] if run.run_folder.exists() else []
+        counts["edited"] = sum(any(f.is_file() for f in folder.iterdir()) for folder in folders)
+    return {name: counts.get(name, 0) for name in ("edited", "reused", "failed", "pending")}
+
+
+def measure(
+    deployment: AirflowDeployment,
+    emulator: EmulatorProcess,
+    cluster: PostgresCluster | None,
+    run: Run,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Trigger ``run`` and measure it until it ends or ``args.limit`` seconds pass."""
+    emulator.control("POST", "reset")
+    deadline = time.monotonic() + args.limit
+    deployment.wait_parsed(run.dag_id, deadline)
+    conf = {
+        "catalogue": str(run.catalogue),
+        "run_folder": str(run.run_folder),
+        "previous": str(run.previous or ""),
+        "batch_size": args.batch_size,
+    }
+    postgres = postmaster_pid(cluster)
+    slots, triggers = SlotSampler(deployment, period=0.5), TriggerSampler(deployment)
+    triggers_before = trigger_sequence(deployment)
+    load_before = os.getloadavg()
+    cpu_before = cpu_by_part(deployment, postgres)
+    started = time.monotonic()
+    slots.start()
+    triggers.start()
+    deployment.trigger(run.dag_id, run.run_id, conf)
+    state = wait_end(deployment, run.run_id, deadline)
+    wall = time.monotonic() - started
+    cpu_after = cpu_by_part(deployment, postgres)
+    load_after = os.getloadavg()
+    for sampler in (slots, triggers):
+        sampler.stopped.set()
+        sampler.join(10)
+    cpu = {part: round(cpu_after.get(part, 0.0) - cpu_before.get(part, 0.0), 1) for part in cpu_after}
+    airflow_cpu = sum(cpu.get(part, 0.0) for part in AIRFLOW_PARTS)
+    gateway = gateway_counts(emulator)
+    floor = gateway["submits"] * args.job_seconds / args.max_concurrent_jobs
+    starts = task_starts(deployment, run, trigger_sequence(deployment) - triggers_before, state)
+    ended = outcomes(run)
+    # A run cut short by the limit is judged per SKU it finished.
+    done = run.size if state != "timeout" else max(1, ended["edited"] + ended["reused"] + ended["failed"])
+    return {
+        "skus": run.size,
+        "variant": run.variant,
+        "night": NIGHTS[run.night],
+        "run_id": run.run_id,
+        "state": state,
+        "changed_skus": run.changed,
+        **ended,
+        "wall_seconds": round(wall, 1),
+        "gateway_floor_seconds": round(floor, 1),
+        "wall_over_floor": round(wall / floor, 2) if floor else None,
+        "worker_slot_seconds": round(slots.slot_seconds, 1),
+        "peak_busy_slots": slots.peak,
+        "airflow_cpu_seconds": round(airflow_cpu, 1),
+        "cpu_seconds_by_part": cpu,
+        **starts,
+        **gateway,
+        "trigger_rows_peak": triggers.peak_rows,
+        "trigger_kwargs_max_bytes": triggers.max_bytes,
+        "trigger_kwargs_mean_bytes": round(triggers.mean_bytes),
+        "per_sku": {
+            "worker_slot_seconds": round(slots.slot_seconds / done, 4),
+            "airflow_cpu_seconds": round(airflow_cpu / done, 4),
+            "status_reads": round(gateway["status_reads"] / done, 2),
+        },
+        "loadavg_before": [round(v, 2) for v in load_before],
+        "loadavg_after": [round(v, 2) for v in load_after],
+    }
+
+
+# -- one size ----------------------------------------------------------------------------------------------
+
+
+def plan_runs(size: int, variants: list[str], nights: int, work: Path, images: list[str]) -> list[Run]:
+    """The runs for one catalogue size: the batch nights first, then the per-SKU first night."""
+    base = work / f"catalogue-{size}.jsonl"
+    write_catalogue(base, size, images, 0)
+    revised = work / f"catalogue-{size}-revised.jsonl"
+    write_catalogue(revised, size, images, changed_count(size))
+    runs: list[Run] = []
+    for variant in variants:
+        previous: Path | None = None
+        for night in range(nights if variant == "batch" else 1):
+            folder = work / f"{variant}-{size}" / f"night-{night + 1}"
+            catalogue, changed = (revised, changed_count(size)) if night == 2 else (base, 0)
+            runs.append(Run(size, variant, night, catalogue, folder, previous, changed if night else size))
+            previous = folder
+    return runs
+
+
+def configure(
+    deployment: AirflowDeployment, emulator: EmulatorProcess, args: argparse.Namespace, size: int
+) -> int:
+    """Connection, DAG settings and Airflow's concurrency settings for one size; returns batches at once."""
+    batches = math.ceil(size / args.batch_size)
+    concurrent = max(1, min(args.concurrent_batches, batches))
+    deployment.env.update(
+        {
+            "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
+                {"conn_type": "firered", "host": emulator.gateway_url, "password": KEY}
+            ),
+            "FIRERED_BENCH_POLL": str(args.poll_interval),
+            # The batches together keep at most the gateway's limit unfinished.
+            "FIRERED_BENCH_MAX_IN_FLIGHT": str(max(1, args.max_concurrent_jobs // concurrent)),
+            "FIRERED_BENCH_POOL": POOL,
+            "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(args.parallelism),
+            "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, size)),
+        }
+    )
+    return int(concurrent)
+
+
+def run_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Start a deployment for one catalogue size, measure its runs, stop it."""
+    home = work / f"airflow-{size}"
+    deployment = AirflowDeployment(home=home, dags_folder=DAG_FOLDER, parallelism=args.parallelism)
+    cluster: PostgresCluster | None = None
+    results: list[dict[str, Any]] = []
+    try:
+        if args.database == "postgres":
+            cluster = PostgresCluster().start()
+            deployment.use_database(cluster.url)
+        emulator = start_emulator(
+            deployment,
+            "--queued-seconds",
+            "0",
+            "--processing-seconds",
+            str(args.job_seconds),
+            "--max-concurrent-jobs",
+            str(args.max_concurrent_jobs),
+            "--no-render",
+        )
+        concurrent = configure(deployment, emulator, args, size)
+        deployment.cli("db", "migrate", timeout=600)
+        # Counts deferred batches too: slots x max_in_flight is what the DAG keeps at the gateway.
+        deployment.cli("pools", "set", POOL, str(concurrent), "catalogue batches", "--include-deferred")
+        deployment.start_all(triggerers=args.triggerers)
+        deployment.wait_healthy(timeout=300)
+        print(
+            f"{size} SKUs: deployment up ({args.database}, {args.triggerers} triggerer(s), parallelism "
+            f"{args.parallelism}, {concurrent} batch(es) at once); load {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+        for run in plan_runs(size, args.variants, args.nights, work, list(emulator.sample_images)):
+            result = measure(deployment, emulator, cluster, run, args)
+            result["concurrent_batches"] = concurrent if run.variant == "batch" else None
+            results.append(result)
+            print(summary_line(result), flush=True)
+            if result["state"] != "success":
+                print(f"{run.run_id} ended {result['state']}: the later runs of this size are skipped")
+                break
+    finally:
+        left = deployment.stop_all()
+        if left:
+            print(f"processes left running: {left}", file=sys.stderr)
+        if cluster is not None:
+            cluster.stop()
+    return results
+
+
+# -- reporting -----------------------------------------------------------------------------------------------
+
+
+def summary_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['skus']:>6} {r['variant']:<8} {r['night']:<11} {r['state']:<8} wall {r['wall_seconds']:6.0f}s "
+        f"(floor {r['gateway_floor_seconds']:.0f}s) slot-s/SKU {r['per_sku']['worker_slot_seconds']:.3f} "
+        f"CPU-s/SKU {r['per_sku']['airflow_cpu_seconds']:.3f} starts {r['task_starts']} "
+        f"POSTs {r['submits']} reads/SKU {r['per_sku']['status_reads']:.1f} "
+        f"load {r['loadavg_before'][0]:.2f}->{r['loadavg_after'][0]:.2f}"
+    )
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    rows = [
+        "| SKUs | variant | night | state | edited / reused / failed | wall s | gateway floor s "
+        "| wall / floor | worker-slot-s per SKU | Airflow CPU-s per SKU | task starts | POSTs "
+        "| status reads per SKU "
+        "| trigger kwargs max / mean bytes | load 1 min before / after |",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in results:
+        ratio = "-" if r["wall_over_floor"] is None else f"{r['wall_over_floor']:.2f}"
+        rows.append(
+            f"| {r['skus']} | {r['variant']} | {r['night']} | {r['state']} "
+            f"| {r['edited']} / {r['reused']} / {r['failed']} | {r['wall_seconds']:.0f} "
+            f"| {r['gateway_floor_seconds']:.0f} | {ratio} | {r['per_sku']['worker_slot_seconds']:.3f} "
+            f"| {r['per_sku']['airflow_cpu_seconds']:.3f} | {r['task_starts']} | {r['submits']} "
+            f"| {r['per_sku']['status_reads']:.2f} | {r['trigger_kwargs_max_bytes']} / "
+            f"{r['trigger_kwargs_mean_bytes']} | {r['loadavg_before'][0]:.2f} / {r['loadavg_after'][0]:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def cpu_table(results: list[dict[str, Any]]) -> str:
+    parts = (*AIRFLOW_PARTS, "postgres", "emulator")
+    rows = [
+        "| SKUs | variant | night | " + " | ".join(parts) + " |",
+        "|---:|---|---|" + "---:|" * len(parts),
+    ]
+    for r in results:
+        split = r["cpu_seconds_by_part"]
+        cells = " | ".join(f"{split.get(part, 0.0):.1f}" for part in parts)
+        rows.append(f"| {r['skus']} | {r['variant']} | {r['night']} | {cells} |")
+    return "\n".join(rows)
+
+
+def _csv_ints(value: str) -> list[int]:
+    sizes = [int(v) for v in value.split(",") if v]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"must be positive whole numbers, comma-separated, got {value!r}")
+    return sizes
+
+
+def _variants(value: str) -> list[str]:
+    chosen = [v for v in value.split(",") if v]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if not chosen or unknown:
+        raise argparse.ArgumentTypeError(f"must be some of {', '.join(VARIANTS)}, got {value!r}")
+    return chosen
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().splitlines()[0])
+    parser.add_argument("--skus", type=_csv_ints, default=[1000], help="catalogue sizes, e.g. 1000,10000")
+    parser.add_argument("--variants", type=_variants, default=list(VARIANTS), help="batch,per-sku")
+    parser.add_argument(
+        "--nights", type=int, choices=(1, 2, 3), default=3, help="batch nights: first, unchanged, 1%% changed"
+    )
+    parser.add_argument(
+        "--per-sku-max", type=int, default=1000, help="largest size the per-SKU variant runs at"
+    )
+    parser.add_argument("--batch-size", type=int, default=500, help="items per batch task")
+    parser.add_argument(
+        "--concurrent-batches", type=int, default=4, help="batch tasks at the gateway at once"
+    )
+    parser.add_argument("--job-seconds", type=float, default=20.0, help="how long each emulated job runs")
+    parser.add_argument(
+        "--max-concurrent-jobs", type=int, default=500, help="the gateway's unfinished-job limit"
+    )
+    parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between status reads")
+    parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker slots")
+    parser.add_argument("--triggerers", type=int, default=2)
+    parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
+    parser.add_argument("--limit", type=float, default=1500.0, help="seconds allowed per run")
+    parser.add_argument("--work", type=Path, help="where catalogues, outputs and AIRFLOW_HOMEs go")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.concurrent_batches < 1 or args.max_concurrent_jobs < 1:
+        parser.error("--batch-size, --concurrent-batches and --max-concurrent-jobs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="firered-bench-catalogue-"))
+    work.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    try:
+        for size in args.skus:
+            variants = [v for v in args.variants if v == "batch" or size <= args.per_sku_max]
+            size_args = argparse.Namespace(**{**vars(args), "variants": variants})
+            results.extend(run_size(size, size_args, work))
+            if args.json:  # written after every size: a later size that overruns loses nothing
+                args.json.write_text(json.dumps(results, indent=2))
+    finally:
+        print()
+        print(
+            f"jobs of {args.job_seconds:g} s, gateway limit {args.max_concurrent_jobs} unfinished jobs, "
+            f"poll every {args.poll_interval:g} s, batches of {args.batch_size}, {args.parallelism} worker "
+            f"slots, {args.triggerers} triggerer(s) on {args.database}"
+        )
+        print(table(results))
+        print()
+        print("CPU seconds by process")
+        print(cpu_table(results))
+    return 0 if results and all(r["state"] == "success" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
