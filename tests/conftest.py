@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +58,15 @@ def without_masker_registration(text: str) -> str:
     debug level; those lines are Airflow telling its masker about the key, not a leak by the provider.
     """
     return "\n".join(line for line in text.splitlines() if "MaskSecret(" not in line)
+
+
+def run_dag_source(dag_id: str, source: str) -> Any:
+    """Write ``source`` as a DAG file into the dags folder, import it and run ``dag.test()``: the run."""
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag.test()

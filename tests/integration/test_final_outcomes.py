@@ -8,17 +8,18 @@ on every try. ``ERROR`` (not charged) and transient download failures keep Airfl
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from airflow_provider_firered.emulator import Emulator, Fault
-from tests.conftest import DAGS_FOLDER
+from tests.conftest import run_dag_source
 from tests.integration.operators.test_firered import in_log, run_dag, xcom
 from tests.integration.sensors.test_firered import run_sense_dag
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
@@ -234,22 +235,16 @@ def test_the_failure_callback_sees_the_providers_own_error(
         firered_emulator.set_timings(processing_seconds=30)
     record = tmp_path / "callback.json"
     dag_id = f"final_callback_{outcome}_{deferrable}".lower()
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(
+    (ti,) = run_dag_source(
+        dag_id,
         CALLBACK_TEMPLATE.format(
             dag_id=dag_id,
             record=str(record),
             images=firered_emulator.sample_images[:1],
             deferrable=deferrable,
             timeout=0.5 if outcome == "timeout" else 60,
-        )
-    )
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    (ti,) = module.dag.test().get_task_instances()
+        ),
+    ).get_task_instances()
     assert ti.state == "failed"
     seen = json.loads(record.read_text())
     assert seen == {

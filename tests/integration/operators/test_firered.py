@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -18,7 +17,7 @@ from PIL import Image
 
 from airflow_provider_firered.emulator import Emulator
 from airflow_provider_firered.operators.firered import FireRedOutputLink
-from tests.conftest import DAGS_FOLDER, TEST_KEY, conn_uri_json, without_masker_registration
+from tests.conftest import DAGS_FOLDER, TEST_KEY, conn_uri_json, run_dag_source, without_masker_registration
 from tests.hostile import Answer, HostileServer
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -46,14 +45,7 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 
 def run_dag(dag_id: str, **operator_kwargs: Any) -> Any:
     """Write a one-task DAG file into the dags folder, run it with dag.test(); return (run, ti)."""
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(DAG_TEMPLATE.format(kwargs=json.dumps(operator_kwargs), dag_id=dag_id))
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    run = module.dag.test()
+    run = run_dag_source(dag_id, DAG_TEMPLATE.format(kwargs=json.dumps(operator_kwargs), dag_id=dag_id))
     (ti,) = [t for t in run.get_task_instances() if t.task_id == "edit"]
     return run, ti
 
@@ -473,14 +465,9 @@ def test_failed_xcom_push_after_submit_still_resumes(
     # paid submit leaves a request the retry finds and resumes, with no second POST.
     firered_emulator.set_timings(queued_seconds=0, processing_seconds=1.5)
     dag_id = "edit_xcom_push_fails"
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(FLAKY_XCOM_TEMPLATE.format(dag_id=dag_id, images=firered_emulator.sample_images[:1]))
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    run = module.dag.test()
+    run = run_dag_source(
+        dag_id, FLAKY_XCOM_TEMPLATE.format(dag_id=dag_id, images=firered_emulator.sample_images[:1])
+    )
     (ti,) = run.get_task_instances()
     out = capfd.readouterr().out
     assert "XCom backend unavailable" in out  # the first try did fail on the push
@@ -545,14 +532,7 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 def test_output_link_shown_by_airflow_is_http_or_https_only(url: str, link: str) -> None:
     # Airflow stores what get_link returns as the link the UI shows, when the task ends.
     dag_id = f"edit_stored_link_{url.split(':', 1)[0]}"
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(STORED_LINK_TEMPLATE.format(dag_id=dag_id, url=url))
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    (ti,) = module.dag.test().get_task_instances()
+    (ti,) = run_dag_source(dag_id, STORED_LINK_TEMPLATE.format(dag_id=dag_id, url=url)).get_task_instances()
     assert ti.state == "success"
     assert xcom(ti, FireRedOutputLink().xcom_key) == link
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from airflow_provider_firered.manifest import read_manifest
-from tests.conftest import DAGS_FOLDER
+from tests.conftest import run_dag_source
 from tests.integration.operators.test_firered import in_log, xcom
 
 if TYPE_CHECKING:
@@ -42,14 +41,9 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 
 def run_batch(dag_id: str, **kwargs: Any) -> Any:
     """Write a one-task batch DAG, run it with dag.test(); return its task instance."""
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(BATCH_TEMPLATE.format(kwargs=json.dumps(kwargs), dag_id=dag_id))
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    (ti,) = module.dag.test().get_task_instances()
+    (ti,) = run_dag_source(
+        dag_id, BATCH_TEMPLATE.format(kwargs=json.dumps(kwargs), dag_id=dag_id)
+    ).get_task_instances()
     return ti
 
 
@@ -302,16 +296,10 @@ def test_requests_accepted_before_a_crash_are_resumed_not_paid_again(
     firered_emulator: Emulator, tmp_path: Path
 ) -> None:
     dag_id = "batch_crash_resumed"
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(
-        CRASH_TEMPLATE.format(edits=edits(firered_emulator, 5), dag_id=dag_id, root=str(tmp_path / "run"))
-    )
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    (ti,) = module.dag.test().get_task_instances()
+    (ti,) = run_dag_source(
+        dag_id,
+        CRASH_TEMPLATE.format(edits=edits(firered_emulator, 5), dag_id=dag_id, root=str(tmp_path / "run")),
+    ).get_task_instances()
     assert ti.state == "success"
     assert ti.try_number == 2
     # Two accepted before the crash, kept in task_state_store and resumed; three submitted by the retry.

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from PIL import Image
 
-from tests.conftest import DAGS_FOLDER
+from tests.conftest import run_dag_source
 from tests.integration.operators.test_firered import in_log, xcom
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from airflow_provider_firered.emulator import Emulator
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -43,16 +43,9 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
 
 
 def run_sense_dag(dag_id: str, images: list[str], **sensor: Any) -> dict[str, Any]:
-    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
-    path.write_text(
-        SENSE_TEMPLATE.format(args=json.dumps({"images": images, "sensor": sensor}), dag_id=dag_id)
+    run = run_dag_source(
+        dag_id, SENSE_TEMPLATE.format(args=json.dumps({"images": images, "sensor": sensor}), dag_id=dag_id)
     )
-    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    run = module.dag.test()
     return {t.task_id: t for t in run.get_task_instances()}
 
 
