@@ -351,7 +351,13 @@ class FireRedBatchEditOperator(BaseOperator):
             if batch.timed_out():
                 batch.give_up_waiting()
             else:
-                self._submit_wave(context, batch)
+                try:
+                    self._submit_wave(context, batch)
+                except FireRedError:
+                    # What this wave learnt survives the failure: an uncertain submit must stay
+                    # recorded, or the retry would send it again.
+                    write_manifest(self.output_root, batch.manifest())
+                    raise
             if not batch.in_flight:
                 return self._finish(batch)
             write_manifest(self.output_root, batch.manifest())

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from PIL import Image
 
+from airflow_provider_firered.emulator import Fault
 from airflow_provider_firered.manifest import read_manifest
 from tests.conftest import run_dag_source
 from tests.integration.operators.test_firered import in_log, xcom
@@ -372,3 +373,25 @@ def test_an_unchanged_item_that_ended_failed_is_not_paid_for_again(
     assert entries["SKU-0000"].status == "FAILED"
     assert "unchanged since an earlier run where it ended FAILED" in str(entries["SKU-0000"].error)
     assert (xcom(second)["reused"], xcom(second)["failed"]) == (2, 1)
+
+
+def test_an_uncertain_submit_stays_recorded_when_the_wave_fails(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    # The first submit's answer is lost (500: it may have been accepted), then the gateway refuses
+    # everything with 429 and nothing is in flight: the try fails, and the manifest keeps the
+    # uncertain item so that no retry sends it again.
+    firered_emulator.inject(Fault(target="submit", status_code=500, count=1))
+    firered_emulator.inject(Fault(target="submit", status_code=429, count=None, headers={"Retry-After": "0"}))
+    ti = run_batch(
+        "batch_uncertain_then_429",
+        edits=edits(firered_emulator, 2),
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+    )
+    assert ti.state == "failed"
+    entries = {e.key: e for e in read_manifest(tmp_path / "run") or []}
+    assert entries["SKU-0000"].status == "UNCERTAIN"
+    assert entries["SKU-0000"].outcome == "failed"
+    assert entries["SKU-0001"].outcome == "pending"
+    assert len([r for r in firered_emulator.submit_attempts() if r.body["prompt"] == "Make it blue #0"]) == 1
