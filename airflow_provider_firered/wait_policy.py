@@ -34,6 +34,16 @@ def validate_poll_interval(name: str, value: Any) -> None:
         )
 
 
+def validate_timeout(value: Any) -> None:
+    """
+    Check a wait's ``timeout``, naming the field: a positive number of seconds.
+
+    :param value: its value.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {value!r}")
+
+
 def validate_seconds(name: str, value: Any, *, at_least: float = 0.0) -> None:
     """
     Check an optional duration, naming the field: None, or a finite number of seconds above

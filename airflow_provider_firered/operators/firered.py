@@ -29,7 +29,7 @@ from airflow_provider_firered.triggers.firered import (
     FireRedStatusTrigger,
     StatusEvent,
 )
-from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
+from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time, validate_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,8 +49,7 @@ MAX_RESUBMITS = 10
 
 def validate_wait(timeout: Any, resubmit_on_error: Any) -> None:
     """Check the waiting arguments the wait policy does not cover, naming the field."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+    validate_timeout(timeout)
     if (
         isinstance(resubmit_on_error, bool)
         or not isinstance(resubmit_on_error, int)

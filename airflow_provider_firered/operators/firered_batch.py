@@ -30,7 +30,7 @@ from airflow_provider_firered.options import DEFAULT_MODEL
 from airflow_provider_firered.output_paths import as_target, check_inside
 from airflow_provider_firered.triggers.firered import DEFER_SLACK
 from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
-from airflow_provider_firered.wait_policy import WaitPolicy
+from airflow_provider_firered.wait_policy import WaitPolicy, validate_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -146,14 +146,7 @@ class FireRedBatchEditOperator(BaseOperator):
             ):
                 allowed = f"from {low} to {high}" if high else f"at least {low}"
                 raise FireRedValidationError(name, f"must be a whole number {allowed}, got {value!r}")
-        if (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, (int, float))
-            or not self.timeout > 0
-        ):
-            raise FireRedValidationError(
-                "timeout", f"must be a positive number of seconds, got {self.timeout!r}"
-            )
+        validate_timeout(self.timeout)
         if not self.output_root or not isinstance(self.output_root, str):
             raise FireRedValidationError(
                 "output_root", f"must be a folder path or URL, got {self.output_root!r}"

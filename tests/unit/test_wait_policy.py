@@ -64,3 +64,30 @@ def test_the_sensor_refuses_max_poll_interval_outside_the_triggerer() -> None:
         sensor._check_arguments()
     sensor.deferrable = True
     sensor._check_arguments()  # accepted where the trigger waits
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"timeout": 0}, "timeout: must be a positive number of seconds, got 0"),
+        ({"timeout": "60"}, "timeout: must be a positive number of seconds, got '60'"),
+        ({"max_in_flight": 0}, "max_in_flight: must be a whole number from 1 to 10000, got 0"),
+        ({"max_in_flight": True}, "max_in_flight: must be a whole number from 1 to 10000, got True"),
+        ({"max_failed": -1}, "max_failed: must be a whole number at least 0, got -1"),
+        ({"download_threads": 65}, "download_threads: must be a whole number from 1 to 64, got 65"),
+        ({"output_root": ""}, "output_root: must be a folder path or URL"),
+        ({"output_root": "file://elsewhere/x"}, "output_root: a file:// URL must name no host or localhost"),
+        ({"previous": ["ok", ""]}, "previous: must be a path or URL, or a list of them"),
+        ({"poll_interval": 0.5}, "poll_interval: must be at least 1 second"),
+        ({"start_timeout": 0}, "start_timeout: must be a positive number of seconds"),
+    ],
+)
+def test_the_batch_operators_arguments_are_checked_naming_the_field(
+    arguments: dict[str, Any], message: str
+) -> None:
+    from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
+
+    settings = {"task_id": "batch", "edits": [], "output_root": "/tmp/out", **arguments}
+    with pytest.raises(FireRedValidationError) as info:
+        FireRedBatchEditOperator(**settings)._check_arguments()
+    assert str(info.value).startswith(message)
