@@ -159,8 +159,12 @@ class BatchState:
         for item in list(self.queue):
             self.fail(item, "NOT_SUBMITTED", f"not submitted within the batch's {self.operator.timeout:g}s")
 
-    def collect(self) -> None:
-        """Download what completed (several at once) and record how every ended job ended."""
+    def settle(self) -> list[tuple[BatchItem, str, dict[str, Any]]]:
+        """
+        Record how every ended job ended and free its slot; return the completed ones, whose outputs
+        are still to download (their entries stay pending with their request id until then, so a
+        crash before the download waits for them again instead of paying again).
+        """
         completed = []
         for rid, ended in self.ended.items():
             key, _start = self.in_flight.pop(rid)
@@ -173,6 +177,10 @@ class BatchState:
                 status = "UNKNOWN_REQUEST"  # forgotten by the gateway: a retry submits it afresh
             entry.outcome, entry.status, entry.error = "failed", status, _text(ended.get("error"))
         self.ended.clear()
+        return completed
+
+    def download(self, completed: list[tuple[BatchItem, str, dict[str, Any]]]) -> None:
+        """Download the completed jobs' outputs, several at once."""
         if completed:
             self._download(completed)
 

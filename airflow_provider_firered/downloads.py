@@ -61,6 +61,7 @@ def download(
     *,
     max_bytes: int | None = None,
     suffix_from_content: bool = False,
+    log_level: int = logging.INFO,
 ) -> str:
     """
     Download a media URL to a local path or an ``ObjectStoragePath``, atomically.
@@ -81,6 +82,7 @@ def download(
     :param max_bytes: the largest accepted body; defaults to the connection's ``max_download_bytes``.
     :param suffix_from_content: replace the destination's extension by the one of the image found in
         the body (``.png``, ``.jpg``, ``.webp`` or ``.gif``).
+    :param log_level: the level of the "Downloaded" line.
     :return: the destination written, as a string.
     """
     if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
@@ -98,7 +100,7 @@ def download(
         written = _download_local(fetch, target, suffix_from_content)
     else:
         written = _download_remote(fetch, target, suffix_from_content)
-    log.info("Downloaded %s to %s", url, written)
+    log.log(log_level, "Downloaded %s to %s", url, written)
     return written
 
 
@@ -287,5 +289,14 @@ def download_outputs(
         if session is None:
             paths.append(hook.download(url, target, suffix_from_content=True))
         else:
-            paths.append(download(session, hook.settings, url, target, suffix_from_content=True))
+            paths.append(
+                download(
+                    session,
+                    hook.settings,
+                    url,
+                    target,
+                    suffix_from_content=True,
+                    log_level=hook.request_log_level,
+                )
+            )
     return paths

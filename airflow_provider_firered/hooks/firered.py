@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 
@@ -65,6 +66,8 @@ class FireRedHook(HttpHook):
 
     :param firered_conn_id: the id of a ``firered`` connection.
     :param retry_policy: overrides the retry policy read from the connection.
+    :param request_log_level: the level of the lines logged for each submit and download (INFO);
+        the batch operator logs them at DEBUG and writes one line per wave.
     """
 
     conn_name_attr = "firered_conn_id"
@@ -74,11 +77,18 @@ class FireRedHook(HttpHook):
     default_host = DEFAULT_GATEWAY
 
     def __init__(
-        self, firered_conn_id: str = default_conn_name, *, retry_policy: RetryPolicy | None = None
+        self,
+        firered_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        request_log_level: int = logging.INFO,
     ) -> None:
         # No keep-alive adapter per hook: _session builds one for the worker path only.
         super().__init__(method="GET", http_conn_id=firered_conn_id, tcp_keep_alive=False)
         self.firered_conn_id = firered_conn_id
+        #: The level of the lines logged per submit and per download; a batch of thousands logs them
+        #: at DEBUG and writes one line per wave instead.
+        self.request_log_level = request_log_level
         self._retry_override = retry_policy
         self._settings: GatewaySettings | None = None
         self._async_session: aiohttp.ClientSession | None = None
@@ -210,7 +220,8 @@ class FireRedHook(HttpHook):
             model, prompt, images, parameters, webhook_url=webhook_url, webhook_mode=webhook_mode
         )
         settings = self.settings
-        self.log.info(
+        self.log.log(
+            self.request_log_level,
             "Submitting a %s edit with %d image(s) to %s",
             model,
             len(request.body[request.model.image_field]),
@@ -222,7 +233,12 @@ class FireRedHook(HttpHook):
         else:
             result = self._submit_once(settings, *submit)
         self._check_polling_url(result)
-        self.log.info("Submitted: request_id=%s status=%s", result.request_id, result.status.value)
+        self.log.log(
+            self.request_log_level,
+            "Submitted: request_id=%s status=%s",
+            result.request_id,
+            result.status.value,
+        )
         return result
 
     def _submit_once(
@@ -337,6 +353,7 @@ class FireRedHook(HttpHook):
             destination,
             max_bytes=max_bytes,
             suffix_from_content=suffix_from_content,
+            log_level=self.request_log_level,
         )
 
     @cached_property

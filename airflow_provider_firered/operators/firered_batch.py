@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +31,7 @@ from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.manifest import ManifestEntry, previous_entries, read_manifest, write_manifest
 from airflow_provider_firered.options import DEFAULT_MODEL
 from airflow_provider_firered.output_paths import as_target, check_inside
+from airflow_provider_firered.results import SubmitResult
 from airflow_provider_firered.triggers.firered import DEFER_SLACK
 from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
 from airflow_provider_firered.wait_policy import WaitPolicy, validate_timeout
@@ -82,7 +86,7 @@ class FireRedBatchEditOperator(BaseOperator):
         a root holds a manifest itself or in its direct subfolders. (templated)
     :param force: edit every item, reusing nothing.
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
-    :param download_threads: how many downloads (and HEAD requests) run at once.
+    :param download_threads: how many submits, downloads and HEAD requests run at once.
     """
 
     template_fields: Sequence[str] = ("edits", "output_root", "parameters", "previous")
@@ -127,7 +131,7 @@ class FireRedBatchEditOperator(BaseOperator):
     @cached_property
     def hook(self) -> FireRedHook:
         """The FireRed hook (created on first use, never in ``__init__``)."""
-        return FireRedHook(self.firered_conn_id)
+        return FireRedHook(self.firered_conn_id, request_log_level=logging.DEBUG)
 
     # -- arguments ----------------------------------------------------------------------------------
 
@@ -338,19 +342,37 @@ class FireRedBatchEditOperator(BaseOperator):
     # -- waves -----------------------------------------------------------------------------------------
 
     def _advance(self, context: Context, batch: BatchState) -> dict[str, Any]:
-        """Collect what ended, submit while slots are free, then wait (deferred or here) or finish."""
+        """
+        Free the slots of what ended, submit the next wave into them, then download what completed
+        and wait (deferred or here) or finish. Submitting before downloading keeps the gateway busy
+        while the outputs come in.
+        """
         while True:
-            batch.collect()
+            completed = batch.settle()
+            submitted = 0
             if batch.timed_out():
                 batch.give_up_waiting()
             else:
                 try:
-                    self._submit_wave(context, batch)
+                    submitted = self._submit_wave(context, batch)
                 except FireRedError:
                     # What this wave learnt survives the failure: an uncertain submit must stay
                     # recorded, or the retry would send it again.
+                    batch.download(completed)
                     write_manifest(self.output_root, batch.manifest())
                     raise
+            batch.download(completed)
+            self.log.info(
+                "Wave: %d output(s) collected, %d submitted; %d edited, %d reused, %d failed so far; "
+                "%d unfinished at the gateway, %d still to submit",
+                len(completed),
+                submitted,
+                batch.count("edited"),
+                batch.count("reused"),
+                batch.count("failed"),
+                len(batch.in_flight),
+                len(batch.queue),
+            )
             if not batch.in_flight:
                 return self._finish(batch)
             write_manifest(self.output_root, batch.manifest())
@@ -359,9 +381,7 @@ class FireRedBatchEditOperator(BaseOperator):
                 firered_conn_id=self.firered_conn_id,
                 poll_interval=self.poll_interval,
                 deadline=batch.deadline,
-                # Fire once the rest of the batch, or a whole new wave, can be submitted: a batch of N
-                # costs about N / max_in_flight + 1 task starts.
-                min_ended=min(len(batch.queue), len(batch.in_flight)) or len(batch.in_flight),
+                min_ended=wake_after(len(batch.in_flight), len(batch.queue)),
             )
             if self.deferrable:
                 self.defer(
@@ -371,53 +391,77 @@ class FireRedBatchEditOperator(BaseOperator):
                 )
             batch.take_event(asyncio.run(_first_event(trigger)))
 
-    def _submit_wave(self, context: Context, batch: BatchState) -> None:
-        """Submit queued items while fewer than ``max_in_flight`` jobs are unfinished."""
+    def _submit_wave(self, context: Context, batch: BatchState) -> int:
+        """
+        Submit queued items, ``download_threads`` at a time, into the free slots (fewer than
+        ``max_in_flight`` jobs unfinished); return how many the gateway accepted.
+
+        Each accepted request id is stored (``task_state_store``) and recorded as its answer comes
+        in. A saturated or unreachable gateway pauses the wave (the rest stay queued for the next
+        one); a refused key or subscription fails every queued item; an uncertain submit fails its
+        item for good. A failure that ends the try is raised only after every answer is recorded.
+        """
+        wave = batch.queue[: max(0, self.max_in_flight - len(batch.in_flight))]
+        if not wave:
+            return 0
         store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         max_tries = context["ti"].max_tries
-        submitted = 0
-        while batch.queue and len(batch.in_flight) < self.max_in_flight:
-            item = batch.queue[0]
+        answers = _WaveAnswers()
+        self.hook.settings  # noqa: B018  resolved once here, not in every thread
+
+        def send(item: BatchItem, retry: bool) -> SubmitResult | Exception | None:
+            if answers.stop.is_set():
+                return None  # stays queued for the next wave
             try:
-                # With jobs in flight a 429 pauses the submits at once: waiting out the gateway's
-                # Retry-After here would hold the worker slot for nothing.
-                answer = self.hook.submit_edit(
-                    item.model, item.prompt, list(item.images), item.parameters, retry=not batch.in_flight
+                return self.hook.submit_edit(
+                    item.model, item.prompt, list(item.images), item.parameters, retry=retry
                 )
-            except FireRedSubmitUncertainError as err:
-                batch.fail(item, "UNCERTAIN", str(err))  # may have been accepted: never sent again
-                continue
-            except FireRedApiError as err:
-                if err.retryable:
-                    # The gateway is saturated (429 past its retries) or away: the next wave tries again.
-                    if not batch.in_flight:
-                        raise
-                    self.log.warning("Submits paused until jobs finish: %s", err)
-                    break
-                if err.status_code in BATCH_REFUSALS:
-                    batch.fail_queue("REFUSED", str(err))  # the same answer awaits every item
-                    break
-                batch.fail(item, "REFUSED", str(err))
-                continue
-            except FireRedError as err:
-                if not err.retryable or not batch.in_flight:
-                    raise
-                self.log.warning("Submits paused until jobs finish: %s", err)
-                break
-            if store is not None:
-                # Stored first: a crash from here on resumes this request instead of paying again.
-                store.set(
-                    STATE_KEY_PREFIX + item.key, {"request_id": answer.request_id, "max_tries": max_tries}
-                )
-            batch.submitted(item, answer.request_id)
-            submitted += 1
-        if submitted:
-            self.log.info(
-                "Submitted %d edit(s); %d unfinished at the gateway, %d still to submit",
-                submitted,
-                len(batch.in_flight),
-                len(batch.queue),
-            )
+            except Exception as err:  # recorded by the caller, after every other answer
+                if _stops_wave(err):
+                    answers.stop.set()
+                return err
+
+        def record(item: BatchItem, answer: SubmitResult | Exception | None) -> None:
+            if isinstance(answer, SubmitResult):
+                if store is not None:
+                    # Stored first: a crash from here on resumes this request instead of paying again.
+                    store.set(
+                        STATE_KEY_PREFIX + item.key, {"request_id": answer.request_id, "max_tries": max_tries}
+                    )
+                batch.submitted(item, answer.request_id)
+                answers.submitted += 1
+            elif isinstance(answer, FireRedSubmitUncertainError):
+                batch.fail(item, "UNCERTAIN", str(answer))  # may have been accepted: never sent again
+            elif isinstance(answer, FireRedApiError) and not answer.retryable:
+                if answer.status_code in BATCH_REFUSALS:
+                    answers.refused = answers.refused or answer
+                else:
+                    batch.fail(item, "REFUSED", str(answer))
+            elif isinstance(answer, FireRedError) and answer.retryable:
+                answers.paused = answers.paused or answer  # saturated or unreachable: the next wave tries
+            elif isinstance(answer, Exception):
+                answers.fatal = answers.fatal or answer
+
+        if not batch.in_flight:
+            # Nothing to wait for: the first submit waits out a 429's Retry-After here, as the hook
+            # does. With jobs in flight a 429 pauses the submits at once instead: waiting in the slot
+            # would hold it for nothing.
+            record(wave[0], send(wave[0], True))
+            wave = wave[1:]
+        if wave and not answers.stop.is_set():
+            with ThreadPoolExecutor(max_workers=min(self.download_threads, len(wave))) as pool:
+                sent = {pool.submit(send, item, False): item for item in wave}
+                for done in as_completed(sent):
+                    record(sent[done], done.result())
+        if answers.refused is not None:
+            batch.fail_queue("REFUSED", str(answers.refused))  # the same answer awaits every item
+        if answers.fatal is not None:
+            raise answers.fatal
+        if answers.paused is not None:
+            if not batch.in_flight:
+                raise answers.paused  # nothing to wait for: the try fails, and Airflow's retry tries again
+            self.log.warning("Submits paused until jobs finish: %s", answers.paused)
+        return answers.submitted
 
     def _finish(self, batch: BatchState) -> dict[str, Any]:
         manifest = write_manifest(self.output_root, batch.manifest())
@@ -439,6 +483,40 @@ class FireRedBatchEditOperator(BaseOperator):
                 retryable=retryable,
             )
         return {"total": len(batch.entries), **counts, "manifest": manifest, "output_root": self.output_root}
+
+
+@dataclass
+class _WaveAnswers:
+    """What one wave of submits brought back, besides the accepted requests."""
+
+    submitted: int = 0
+    paused: FireRedError | None = None
+    refused: FireRedApiError | None = None
+    fatal: Exception | None = None
+    #: Set when a failure means the rest of the wave is not sent.
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def wake_after(in_flight: int, queued: int) -> int:
+    """
+    How many ended jobs the trigger waits for before the task resumes: all of them once nothing is
+    left to submit; otherwise half of those in flight (or the rest of the queue, if smaller), so
+    the next wave goes in while the other half still keeps the gateway busy. A batch of N then costs
+    about N / max_in_flight + 1 task starts where jobs end together, at most twice that where they
+    end spread out.
+    """
+    if not queued:
+        return in_flight
+    return max(1, min(queued, in_flight // 2))
+
+
+def _stops_wave(err: Exception) -> bool:
+    """Whether a submit's failure stops the rest of its wave from being sent."""
+    if isinstance(err, FireRedSubmitUncertainError):
+        return False
+    if isinstance(err, FireRedApiError) and not err.retryable:
+        return err.status_code in BATCH_REFUSALS
+    return True  # saturated or unreachable (paused), or a failure that ends the try
 
 
 def _task_of(ti: Any) -> str:

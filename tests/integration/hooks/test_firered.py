@@ -467,3 +467,24 @@ def test_a_rotated_key_is_looked_up_again_once(monkeypatch: pytest.MonkeyPatch) 
         assert [header(s, KEY_HEADER) for s in server.seen[2:]] == ["revoked-key"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("level", "shown"), [(logging.INFO, True), (logging.DEBUG, False)])
+def test_request_log_level_sets_the_per_request_lines(
+    firered_emulator: Emulator,
+    firered_conn: str,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+    level: int,
+    shown: bool,
+) -> None:
+    # A batch of thousands logs its submits and downloads at DEBUG; a single edit keeps them at INFO.
+    hook = FireRedHook(firered_conn, request_log_level=level)
+    with caplog.at_level(logging.INFO):
+        submitted = hook.submit_edit(V11, "x", firered_emulator.sample_images[:1])
+        done = wait_done(hook, submitted.request_id)
+        hook.download(done.media_urls[0], tmp_path / "out.png")
+    logged = caplog.text + capfd.readouterr().out
+    for line in ("Submitting a firered-image-edit-v1-1 edit", "Submitted: request_id=", "Downloaded "):
+        assert (line in logged) is shown

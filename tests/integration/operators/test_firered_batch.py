@@ -93,11 +93,23 @@ def test_a_batch_in_waves_edits_every_item_once(
         assert Path(output).name.startswith(str(entry.request_id))
         with Image.open(output) as image:
             image.verify()
-    # Waves of at most 5 unfinished jobs: 5, 5, 2 (each wave one wait: 12 / 5 + 1 task starts).
-    pattern = r"Submitted (\d+) edit\(s\); (\d+) unfinished at the gateway, (\d+) still to submit"
-    waves = re.findall(pattern, out)
+    # One line per wave: at most 5 unfinished jobs, every item submitted and collected once, and about
+    # 12 / 5 + 1 waits (a wait ends once half the wave ended, so at most twice that).
+    pattern = (
+        r"Wave: (\d+) output\(s\) collected, (\d+) submitted; (\d+) edited, 0 reused, 0 failed so far; "
+        r"(\d+) unfinished at the gateway, (\d+) still to submit"
+    )
     # (Airflow 3.0's dag.test() prints each task log line twice.)
-    assert list(dict.fromkeys(waves)) == [("5", "5", "7"), ("5", "5", "2"), ("2", "2", "0")]
+    waves = [tuple(map(int, wave)) for wave in dict.fromkeys(re.findall(pattern, out))]
+    assert waves[0] == (0, 5, 0, 5, 7)
+    assert waves[-1] == (waves[-1][0], 0, 12, 0, 0)
+    assert sum(wave[0] for wave in waves) == 12
+    assert sum(wave[1] for wave in waves) == 12
+    assert all(wave[3] <= 5 for wave in waves)
+    assert 4 <= len(waves) <= 7
+    # The per-item lines (submitting, submitted, downloaded) are DEBUG in a batch: one line per wave.
+    assert "Submitted: request_id=" not in out
+    assert "Downloaded " not in out
 
 
 def test_invalid_items_are_reported_and_never_sent(firered_emulator: Emulator, tmp_path: Path) -> None:
@@ -147,10 +159,12 @@ def test_a_failed_item_never_hides_the_others_and_is_paid_once(
     assert ti.try_number == 1  # FAILED was charged: no retry would change it
     assert posts(firered_emulator) == 4
     assert in_log("FireRedBatchFailedError: 1 item(s) of the batch failed, more than max_failed=0", out)
-    assert in_log("SKU-0000: FAILED NSFW content detected", out)
-    entries = {e.key: e for e in read_manifest(tmp_path / "run") or []}
-    assert entries["SKU-0000"].outcome == "failed"
-    assert [entries[f"SKU-{n:04d}"].outcome for n in (1, 2, 3)] == ["edited"] * 3
+    entries = read_manifest(tmp_path / "run") or []
+    # Submits run several at once: the emulator fails whichever reached it first.
+    (failed,) = [e for e in entries if e.outcome == "failed"]
+    assert (failed.status, failed.error) == ("FAILED", "NSFW content detected")
+    assert in_log(f"{failed.key}: FAILED NSFW content detected", out)
+    assert sorted(e.outcome for e in entries) == ["edited", "edited", "edited", "failed"]
 
 
 def test_a_retry_resubmits_only_error_items(firered_emulator: Emulator, tmp_path: Path) -> None:
@@ -255,6 +269,7 @@ def test_a_timed_out_batch_is_resumed_by_its_retry(firered_emulator: Emulator, t
 
 
 CRASH_TEMPLATE = """
+import threading
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
@@ -268,13 +283,15 @@ class CrashingBatch(FireRedBatchEditOperator):
     # The worker is lost right after the gateway accepted two edits, before the wave was recorded.
     def execute(self, context):
         if context["ti"].try_number == 1:
-            submit, accepted = self.hook.submit_edit, []
+            submit, calls, lock = self.hook.submit_edit, [], threading.Lock()
 
             def submit_then_crash(*args, **kwargs):
-                if len(accepted) == 2:
+                with lock:  # submits run in threads: the third call is the one that crashes
+                    calls.append(None)
+                    crash = len(calls) == 3
+                if crash:
                     raise RuntimeError("worker lost")
-                accepted.append(submit(*args, **kwargs))
-                return accepted[-1]
+                return submit(*args, **kwargs)
 
             self.hook.submit_edit = submit_then_crash
         return super().execute(context)
@@ -303,7 +320,8 @@ def test_requests_accepted_before_a_crash_are_resumed_not_paid_again(
     ).get_task_instances()
     assert ti.state == "success"
     assert ti.try_number == 2
-    # Two accepted before the crash, kept in task_state_store and resumed; three submitted by the retry.
+    # Those accepted before the crash (two, and those already on their way in other threads) were
+    # kept in task_state_store and resumed; the retry submitted only the rest.
     assert posts(firered_emulator) == 5
     assert {e.outcome for e in read_manifest(tmp_path / "run") or []} == {"edited"}
 
