@@ -1,20 +1,37 @@
 """
-D. What the nightly catalogue costs a real Airflow at store size: batches of FireRedBatchEditOperator
-against one deferrable FireRedEditOperator per SKU (benchmarks/catalogue_dags/firered_bench_catalogue.py).
+D. What the nightly catalogue costs a real Airflow at store size: the catalogue example DAG itself
+(``example_dags/firered_catalogue_reedit.py``, unmodified: batches of FireRedBatchEditOperator between
+``load_manifest`` and ``summarise``) against one deferrable FireRedEditOperator per SKU
+(``bench_catalogue_per_sku`` in benchmarks/catalogue_dags/firered_bench_catalogue.py).
 
 For each catalogue size, one deployment (api-server, scheduler with LocalExecutor, dag-processor and
 two triggerers, on PostgreSQL: ``airflow_provider_firered.testing``) runs against the emulator
-(``--no-render``, jobs of ``--job-seconds``, ``--max-concurrent-jobs`` unfinished jobs at most). The
-batch variant runs up to three nights: the first edits everything, the second has nothing changed
-(``previous`` = the first night's folder), the third has 1% of the prompts changed. The per-SKU
-variant runs the first night only (it has no notion of an earlier night).
+(``--no-render``, jobs of ``--job-seconds``, ``--max-concurrent-jobs`` unfinished jobs at most). Its DAG
+folder (``<work>/dags``) holds symlinks to the example DAG file (and the sample manifest beside it, as
+deployed) and to the per-SKU DAG file, nothing else; the script checks that the dag-processor parsed
+exactly those two DAGs without import errors. The pool ``firered_gateway`` the example uses is created
+with ``--include-deferred``, its slots = batches at once, and each run gets
+``max_in_flight = max_concurrent_jobs // slots``.
 
-For each run: wall time from trigger to the run's end; worker-slot-seconds (busy LocalExecutor
-workers, sampled); CPU seconds of each Airflow process (its own and its reaped children's, from
-/proc) split into scheduler, workers, triggerers, api-server, dag-processor, with PostgreSQL's and
-the emulator's beside them; task starts (task tries plus deferral resumptions, from the metadata DB,
-cross-checked against the task logs); POSTs and status reads from the emulator's
-record; and the length of the ``trigger`` rows' kwargs, sampled while the tasks wait.
+The batch variant runs up to three nights, each a manual run of ``firered_catalogue_reedit`` with
+params ``manifest`` (a CSV the script writes: ``sku,image_url,prompt``, images from the emulator),
+``output_root`` (one folder for every night of a size), ``batch_size``, ``max_in_flight`` and
+``poll_interval``. The DAG names each manual run's folder by its date and time to the second and
+reuses the latest earlier one (``previous``): the first night edits everything, the second has nothing
+changed (it reuses the first), the third has 1% of the prompts changed (it reuses the second). The
+example's own ``retries=2, retry_delay=2 min`` stay (that is what users run): the tries are reported.
+After each night the run folder's ``summary.json`` (written with ``index.html`` by ``summarise``) is
+checked against the batches' manifests. The per-SKU variant runs the first night only (it has no
+notion of an earlier night) and has no summary task: a cheaper, i.e. conservative, baseline.
+
+For each run: wall time from trigger to the run's end (``load_manifest`` and ``summarise`` included,
+the latter's duration also on its own, from ``task_instance``); worker-slot-seconds (busy
+LocalExecutor workers, sampled); CPU seconds of each Airflow process (its own and its reaped
+children's, from /proc) split into scheduler, workers, triggerers, api-server, dag-processor, with
+PostgreSQL's and the emulator's beside them; task starts (task tries, ``load_manifest`` and
+``summarise`` included, plus deferral resumptions, from the metadata DB, cross-checked against the
+task logs); POSTs and status reads from the emulator's record; and the length of the ``trigger``
+rows' kwargs, sampled while the tasks wait.
 
     python benchmarks/catalogue_cost.py --skus 1000 --variants batch,per-sku --nights 3
     python benchmarks/catalogue_cost.py --skus 10000 --variants batch --nights 3 --json d.json
@@ -23,15 +40,18 @@ record; and the length of the ``trigger`` rows' kwargs, sampled while the tasks 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +64,27 @@ from airflow_provider_firered.testing.processes import descendants
 if TYPE_CHECKING:
     from airflow_provider_firered.emulator.process import EmulatorProcess
 
-#: This repository (the benchmark's DAGs are in ``benchmarks/catalogue_dags``).
+#: This repository.
 ROOT = Path(__file__).resolve().parents[1]
-DAG_FOLDER = ROOT / "benchmarks" / "catalogue_dags"
-VARIANTS = {"batch": "bench_catalogue_batch", "per-sku": "bench_catalogue_per_sku"}
+EXAMPLE_DAG = ROOT / "example_dags" / "firered_catalogue_reedit.py"
+#: The files the deployment's DAG folder links to: the catalogue example as a user deploys it (with the
+#: sample manifest beside it, its fallback when no manifest is given) and the per-SKU baseline.
+DEPLOYED_FILES = (
+    EXAMPLE_DAG,
+    EXAMPLE_DAG.with_name("firered_catalogue_manifest.csv"),
+    ROOT / "benchmarks" / "catalogue_dags" / "firered_bench_catalogue.py",
+)
+VARIANTS = {"batch": "firered_catalogue_reedit", "per-sku": "bench_catalogue_per_sku"}
 NIGHTS = ("first", "unchanged", "1% changed")
-POOL = "firered_catalogue"
+#: The pool the example's batch tasks run in (its POOL).
+POOL = "firered_gateway"
+#: The example's tasks before and after the batches, timed on their own.
+PLAN_TASK, SUMMARY_TASK = "load_manifest", "summarise"
+#: The example's run folders: ``YYYY-MM-DD`` (scheduled) or ``YYYY-MM-DDTHHMMSSZ`` (any other run).
+RUN_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{6}Z)?")
+RUN_FOLDER_FORMAT = "%Y-%m-%dT%H%M%SZ"
+#: What ``load_manifest`` logs about the earlier run folder it reuses.
+REUSING = re.compile(r"reusing results from (.+)$")
 KEY = "benchmark-key"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: The emulator keeps this many records; a run that reaches it undercounts its requests.
@@ -144,16 +179,31 @@ class TriggerSampler(threading.Thread):
 # -- the catalogue ------------------------------------------------------------------------------------
 
 
-def write_catalogue(path: Path, skus: int, images: list[str], changed: int) -> None:
+def catalogue_rows(skus: int, images: list[str], changed: int) -> list[dict[str, str]]:
     """``skus`` rows ``{"sku", "prompt", "image"}``; ``changed`` of them with another prompt."""
     step = skus // changed if changed else 0
+    rows = []
+    for i in range(skus):
+        prompt = f"Catalogue photo of item {i}: white background, soft shadow"
+        if step and i % step == 0:
+            prompt += ", brighter"
+        rows.append({"sku": f"sku-{i:06d}", "prompt": prompt, "image": images[i % len(images)]})
+    return rows
+
+
+def write_catalogue(path: Path, rows: list[dict[str, str]]) -> None:
+    """The per-SKU DAG's catalogue: JSON lines ``{"sku", "prompt", "image"}``."""
     with path.open("w", encoding="utf-8") as out:
-        for i in range(skus):
-            prompt = f"Catalogue photo of item {i}: white background, soft shadow"
-            if step and i % step == 0:
-                prompt += ", brighter"
-            row = {"sku": f"sku-{i:06d}", "prompt": prompt, "image": images[i % len(images)]}
+        for row in rows:
             out.write(json.dumps(row) + "\n")
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
+    """The example DAG's manifest: CSV with the header ``sku,image_url,prompt``."""
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(("sku", "image_url", "prompt"))
+        writer.writerows((row["sku"], row["image"], row["prompt"]) for row in rows)
 
 
 def changed_count(skus: int) -> int:
@@ -171,18 +221,37 @@ class Run:
     size: int
     variant: str
     night: int
+    #: The batch variant's CSV manifest; the per-SKU variant's JSON-lines catalogue.
     catalogue: Path
-    run_folder: Path
-    previous: Path | None
+    #: The batch variant's ``output_root`` (every night's run folder is made in it by the DAG); the
+    #: per-SKU variant's run folder.
+    folder: Path
     changed: int
-    run_id: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.run_id = f"bench_{self.variant.replace('-', '_')}_{self.size}_night{self.night + 1}"
+    @property
+    def run_id(self) -> str:
+        return f"bench_{self.variant.replace('-', '_')}_{self.size}_night{self.night + 1}"
 
     @property
     def dag_id(self) -> str:
         return VARIANTS[self.variant]
+
+    def conf(self, args: argparse.Namespace, max_in_flight: int) -> dict[str, Any]:
+        """The run's conf: the example's params for a batch run, the per-SKU DAG's otherwise."""
+        if self.variant == "batch":
+            return {
+                "manifest": str(self.catalogue),
+                "output_root": str(self.folder),
+                "batch_size": args.batch_size,
+                "max_in_flight": max_in_flight,
+                "poll_interval": args.poll_interval,
+            }
+        return {
+            "catalogue": str(self.catalogue),
+            "run_folder": str(self.folder),
+            "previous": "",
+            "batch_size": args.batch_size,
+        }
 
 
 def wait_end(deployment: AirflowDeployment, run_id: str, deadline: float) -> str:
@@ -195,31 +264,56 @@ def wait_end(deployment: AirflowDeployment, run_id: str, deadline: float) -> str
     return str(state)
 
 
-def task_starts(deployment: AirflowDeployment, run: Run, triggers_created: int, state: str) -> dict[str, int]:
+def task_starts(deployment: AirflowDeployment, run: Run, triggers_created: int, state: str) -> dict[str, Any]:
     """
     Task starts of the run, two ways. From the metadata DB: every try of every task instance plus
     every resumption after a deferral (one per trigger created; PostgreSQL only). From the task logs:
     every start of a task process logs "DAG bundles loaded" once. The DB count is used on PostgreSQL
     for a finished run; the logs' otherwise (a cut-short run's tries include tasks only scheduled).
+    Every task counts: for the example, ``load_manifest`` and ``summarise`` too.
     """
-    ((tries, instances),) = deployment.query(
-        "SELECT COALESCE(SUM(try_number), 0), COUNT(*) FROM task_instance "
-        "WHERE dag_id = ? AND run_id = ? AND try_number > 0",
+    rows = deployment.query(
+        "SELECT task_id, COUNT(*), COALESCE(SUM(try_number), 0) FROM task_instance "
+        "WHERE dag_id = ? AND run_id = ? AND try_number > 0 GROUP BY task_id",
         (run.dag_id, run.run_id),
     )
+    instances = sum(int(count) for _, count, _ in rows)
+    tries = sum(int(total) for _, _, total in rows)
     logs = deployment.home / "logs" / f"dag_id={run.dag_id}" / f"run_id={run.run_id}"
     from_logs = sum(
         path.read_text(errors="replace").count("DAG bundles loaded")
         for path in logs.rglob("attempt=*.log")
         if ".trigger." not in path.name
     )
-    from_db = int(tries) + triggers_created
+    from_db = tries + triggers_created
     return {
-        "task_instances": int(instances),
-        "task_tries": int(tries),
-        "deferrals": triggers_created if deployment.on_postgres else max(0, from_logs - int(tries)),
+        "task_instances": instances,
+        "task_tries": tries,
+        # Tries beyond each task instance's first (the example retries twice, 2 minutes apart).
+        "task_retries": tries - instances,
+        "task_tries_by_task": {str(task_id): int(total) for task_id, _, total in sorted(rows)},
+        "deferrals": triggers_created if deployment.on_postgres else max(0, from_logs - tries),
         "task_starts": from_db if deployment.on_postgres and state != "timeout" else from_logs,
         "task_starts_in_logs": from_logs,
+    }
+
+
+def _moment(value: Any) -> datetime:
+    """A timestamp column's value: a datetime on PostgreSQL, its text on SQLite."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def task_seconds(deployment: AirflowDeployment, run: Run) -> dict[str, float]:
+    """How long the example's ``load_manifest`` and ``summarise`` ran (their last tries), by task."""
+    rows = deployment.query(
+        "SELECT task_id, start_date, end_date FROM task_instance "
+        "WHERE dag_id = ? AND run_id = ? AND task_id IN (?, ?)",
+        (run.dag_id, run.run_id, PLAN_TASK, SUMMARY_TASK),
+    )
+    return {
+        str(task_id): round((_moment(end) - _moment(start)).total_seconds(), 1)
+        for task_id, start, end in rows
+        if start and end
     }
 
 
@@ -246,18 +340,94 @@ def gateway_counts(emulator: EmulatorProcess) -> dict[str, Any]:
     }
 
 
-def outcomes(run: Run) -> dict[str, int]:
+def outcomes(run: Run, run_folder: Path | None) -> dict[str, int]:
     """How the items ended: from the batches' manifests, or (per SKU) the output folders filled."""
     counts: Counter[str] = Counter()
     if run.variant == "batch":
-        for manifest in run.run_folder.glob("batch-*/_manifest.jsonl"):
+        for manifest in run_folder.glob("batch-*/_manifest.jsonl") if run_folder else ():
             for line in manifest.read_text(encoding="utf-8").splitlines():
                 if line.strip():
                     counts[str(json.loads(line)["outcome"])] += 1
     else:
-        folders = [p for p in run.run_folder.iterdir() if p.is_dir()] if run.run_folder.exists() else []
+        folders = [p for p in run.folder.iterdir() if p.is_dir()] if run.folder.exists() else []
         counts["edited"] = sum(any(f.is_file() for f in folder.iterdir()) for folder in folders)
     return {name: counts.get(name, 0) for name in ("edited", "reused", "failed", "pending")}
+
+
+# -- the example's run folders --------------------------------------------------------------------------
+
+
+def run_folders(output_root: Path) -> set[str]:
+    """The run folders under ``output_root`` so far (the example's names: a date, or date and time)."""
+    if not output_root.is_dir():
+        return set()
+    return {p.name for p in output_root.iterdir() if p.is_dir() and RUN_FOLDER.fullmatch(p.name)}
+
+
+def wait_for_a_new_folder_name(existing: set[str]) -> None:
+    """
+    The example names a manual run's folder by the second it was triggered, and reuses the latest
+    earlier folder: wait until a run triggered now gets a name after every existing one, so that no
+    two nights share a folder and each night reuses the one before it.
+    """
+    while existing and datetime.now(timezone.utc).strftime(RUN_FOLDER_FORMAT) <= max(existing):
+        time.sleep(0.2)
+
+
+def planned_previous(deployment: AirflowDeployment, run: Run) -> str | None:
+    """
+    The earlier run folder ``load_manifest`` said it reuses ("" for none), from its log (its last
+    try's); None when the log has no such line.
+    """
+    folder = deployment.home / "logs" / f"dag_id={run.dag_id}" / f"run_id={run.run_id}"
+    found: str | None = None
+    for path in sorted((folder / f"task_id={PLAN_TASK}").glob("attempt=*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            event = str(record.get("event", "")) if isinstance(record, dict) else line
+            if match := REUSING.search(event):
+                found = match.group(1).strip()
+    return None if found is None else ("" if found == "no earlier run" else found)
+
+
+def summary_counts(run_folder: Path | None) -> dict[str, int] | None:
+    """``summary.json``'s counts (total, edited, reused, failed), or None without one."""
+    try:
+        summary = (
+            json.loads((run_folder / "summary.json").read_text(encoding="utf-8")) if run_folder else None
+        )
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict):
+        return None
+    return {name: int(summary.get(name) or 0) for name in ("total", "edited", "reused", "failed")}
+
+
+def check_night(
+    run: Run, state: str, new_folders: list[str], result: dict[str, Any], expected_previous: str
+) -> list[str]:
+    """What is wrong with a batch night's folders and summary (nothing, normally)."""
+    problems = []
+    if len(new_folders) != 1:
+        problems.append(f"expected one new run folder under {run.folder}, found {new_folders}")
+    if result["previous"] is not None and result["previous"] != expected_previous:
+        problems.append(f"reused {result['previous'] or 'nothing'}, not {expected_previous or 'nothing'}")
+    summary = result["summary"]
+    if summary is None:
+        if state != "timeout":
+            problems.append(f"no summary.json in {result['run_folder']}")
+        return problems
+    manifests = {name: result[name] for name in ("edited", "reused", "failed")}
+    if {name: summary[name] for name in manifests} != manifests:
+        problems.append(f"summary.json counts {summary} differ from the batch manifests' {manifests}")
+    if state == "success" and summary["total"] != run.size:
+        problems.append(f"summary.json counts {summary['total']} SKUs, not {run.size}")
+    if not (Path(result["run_folder"]) / "index.html").is_file():
+        problems.append(f"no index.html in {result['run_folder']}")
+    return problems
 
 
 def measure(
@@ -266,17 +436,21 @@ def measure(
     cluster: PostgresCluster | None,
     run: Run,
     args: argparse.Namespace,
+    concurrent: int,
+    expected_previous: str = "",
 ) -> dict[str, Any]:
-    """Trigger ``run`` and measure it until it ends or ``args.limit`` seconds pass."""
+    """
+    Trigger ``run`` and measure it until it ends or ``args.limit`` seconds pass.
+
+    :param concurrent: batches at once (the pool's slots): each gets a share of the gateway's limit.
+    :param expected_previous: the run folder a batch night should reuse ("" for none).
+    """
     emulator.control("POST", "reset")
     deadline = time.monotonic() + args.limit
     deployment.wait_parsed(run.dag_id, deadline)
-    conf = {
-        "catalogue": str(run.catalogue),
-        "run_folder": str(run.run_folder),
-        "previous": str(run.previous or ""),
-        "batch_size": args.batch_size,
-    }
+    conf = run.conf(args, max(1, args.max_concurrent_jobs // concurrent))
+    folders_before = run_folders(run.folder) if run.variant == "batch" else set()
+    wait_for_a_new_folder_name(folders_before)
     postgres = postmaster_pid(cluster)
     slots, triggers = SlotSampler(deployment, period=0.5), TriggerSampler(deployment)
     triggers_before = trigger_sequence(deployment)
@@ -298,20 +472,30 @@ def measure(
     gateway = gateway_counts(emulator)
     floor = gateway["submits"] * args.job_seconds / args.max_concurrent_jobs
     starts = task_starts(deployment, run, trigger_sequence(deployment) - triggers_before, state)
-    ended = outcomes(run)
+    if run.variant == "batch":
+        new_folders = sorted(run_folders(run.folder) - folders_before)
+        run_folder: Path | None = run.folder / new_folders[-1] if new_folders else None
+    else:
+        new_folders, run_folder = [], run.folder
+    ended = outcomes(run, run_folder)
     # A run cut short by the limit is judged per SKU it finished.
     done = run.size if state != "timeout" else max(1, ended["edited"] + ended["reused"] + ended["failed"])
-    return {
+    result: dict[str, Any] = {
         "skus": run.size,
         "variant": run.variant,
+        "dag_id": run.dag_id,
         "night": NIGHTS[run.night],
         "run_id": run.run_id,
         "state": state,
         "changed_skus": run.changed,
         **ended,
+        "run_folder": str(run_folder) if run_folder else None,
+        "previous": planned_previous(deployment, run) if run.variant == "batch" else None,
+        "summary": summary_counts(run_folder) if run.variant == "batch" else None,
         "wall_seconds": round(wall, 1),
         "gateway_floor_seconds": round(floor, 1),
         "wall_over_floor": round(wall / floor, 2) if floor else None,
+        "task_seconds": task_seconds(deployment, run),
         "worker_slot_seconds": round(slots.slot_seconds, 1),
         "peak_busy_slots": slots.peak,
         "airflow_cpu_seconds": round(airflow_cpu, 1),
@@ -329,6 +513,16 @@ def measure(
         "loadavg_before": [round(v, 2) for v in load_before],
         "loadavg_after": [round(v, 2) for v in load_after],
     }
+    result["problems"] = (
+        check_night(run, state, new_folders, result, expected_previous) if run.variant == "batch" else []
+    )
+    # No run but the benchmark's: no cron run (the deployment turns the job schedule off), no other DAG.
+    ((others,),) = deployment.query(
+        "SELECT COUNT(*) FROM dag_run WHERE run_type <> 'manual' OR run_id NOT LIKE 'bench%'"
+    )
+    if int(others):
+        result["problems"].append(f"{others} DAG run(s) other than the benchmark's manual runs")
+    return result
 
 
 # -- one size ----------------------------------------------------------------------------------------------
@@ -336,25 +530,61 @@ def measure(
 
 def plan_runs(size: int, variants: list[str], nights: int, work: Path, images: list[str]) -> list[Run]:
     """The runs for one catalogue size: the batch nights first, then the per-SKU first night."""
-    base = work / f"catalogue-{size}.jsonl"
-    write_catalogue(base, size, images, 0)
-    revised = work / f"catalogue-{size}-revised.jsonl"
-    write_catalogue(revised, size, images, changed_count(size))
+    base = catalogue_rows(size, images, 0)
+    revised = catalogue_rows(size, images, changed_count(size))
     runs: list[Run] = []
-    for variant in variants:
-        previous: Path | None = None
-        for night in range(nights if variant == "batch" else 1):
-            folder = work / f"{variant}-{size}" / f"night-{night + 1}"
-            catalogue, changed = (revised, changed_count(size)) if night == 2 else (base, 0)
-            runs.append(Run(size, variant, night, catalogue, folder, previous, changed if night else size))
-            previous = folder
+    if "batch" in variants:
+        output_root = work / f"batch-{size}"
+        if run_folders(output_root):
+            raise RuntimeError(
+                f"{output_root} holds earlier runs (the first night would reuse them): use a fresh --work"
+            )
+        manifests = (work / f"manifest-{size}.csv", work / f"manifest-{size}-revised.csv")
+        write_manifest(manifests[0], base)
+        for night in range(nights):
+            if night == 2:
+                write_manifest(manifests[1], revised)
+            changed = (size, 0, changed_count(size))[night]
+            runs.append(Run(size, "batch", night, manifests[night == 2], output_root, changed))
+    if "per-sku" in variants:
+        catalogue = work / f"catalogue-{size}.jsonl"
+        write_catalogue(catalogue, base)
+        runs.append(Run(size, "per-sku", 0, catalogue, work / f"per-sku-{size}" / "night-1", size))
     return runs
+
+
+def dag_folder(work: Path) -> Path:
+    """
+    The deployment's DAG folder: links to the example DAG file as it is in the repository (and to the
+    sample manifest beside it) and to the per-SKU DAG file. Nothing else: no other DAG is scheduled.
+    """
+    folder = work / "dags"
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in DEPLOYED_FILES:
+        link = folder / source.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(source)
+    return folder
+
+
+def check_parsed(deployment: AirflowDeployment, timeout: float) -> list[str]:
+    """Wait until the dag-processor has parsed both DAGs; fail on an import error or any other DAG."""
+    deadline = time.monotonic() + timeout
+    for dag_id in VARIANTS.values():
+        deployment.wait_parsed(dag_id, deadline)
+    dag_ids = sorted(str(dag_id) for (dag_id,) in deployment.query("SELECT dag_id FROM dag"))
+    errors = deployment.query("SELECT filename, stacktrace FROM import_error")
+    if errors or set(dag_ids) != set(VARIANTS.values()):
+        raise RuntimeError(
+            f"the DAG folder {deployment.dags_folder} gave DAGs {dag_ids}, import errors {errors}"
+        )
+    return dag_ids
 
 
 def configure(
     deployment: AirflowDeployment, emulator: EmulatorProcess, args: argparse.Namespace, size: int
 ) -> int:
-    """Connection, DAG settings and Airflow's concurrency settings for one size; returns batches at once."""
+    """Connection and Airflow's concurrency settings for one size; returns batches at once."""
     batches = math.ceil(size / args.batch_size)
     concurrent = max(1, min(args.concurrent_batches, batches))
     deployment.env.update(
@@ -362,10 +592,8 @@ def configure(
             "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
                 {"conn_type": "firered", "host": emulator.gateway_url, "password": KEY}
             ),
+            # The per-SKU DAG's poll interval (the example's is a param of each run).
             "FIRERED_BENCH_POLL": str(args.poll_interval),
-            # The batches together keep at most the gateway's limit unfinished.
-            "FIRERED_BENCH_MAX_IN_FLIGHT": str(max(1, args.max_concurrent_jobs // concurrent)),
-            "FIRERED_BENCH_POOL": POOL,
             "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
             "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": str(args.parallelism),
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, size)),
@@ -377,7 +605,7 @@ def configure(
 def run_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Start a deployment for one catalogue size, measure its runs, stop it."""
     home = work / f"airflow-{size}"
-    deployment = AirflowDeployment(home=home, dags_folder=DAG_FOLDER, parallelism=args.parallelism)
+    deployment = AirflowDeployment(home=home, dags_folder=dag_folder(work), parallelism=args.parallelism)
     cluster: PostgresCluster | None = None
     results: list[dict[str, Any]] = []
     try:
@@ -395,21 +623,31 @@ def run_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
             "--no-render",
         )
         concurrent = configure(deployment, emulator, args, size)
+        runs = plan_runs(size, args.variants, args.nights, work, list(emulator.sample_images))
         deployment.cli("db", "migrate", timeout=600)
-        # Counts deferred batches too: slots x max_in_flight is what the DAG keeps at the gateway.
+        # The example's pool. Counts deferred batches too: slots x max_in_flight is what the DAG keeps
+        # at the gateway.
         deployment.cli("pools", "set", POOL, str(concurrent), "catalogue batches", "--include-deferred")
         deployment.start_all(triggerers=args.triggerers)
         deployment.wait_healthy(timeout=300)
+        dag_ids = check_parsed(deployment, timeout=300)
         print(
             f"{size} SKUs: deployment up ({args.database}, {args.triggerers} triggerer(s), parallelism "
-            f"{args.parallelism}, {concurrent} batch(es) at once); load {os.getloadavg()[0]:.2f}",
+            f"{args.parallelism}, {concurrent} batch(es) at once, DAGs {', '.join(dag_ids)}); "
+            f"load {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        for run in plan_runs(size, args.variants, args.nights, work, list(emulator.sample_images)):
-            result = measure(deployment, emulator, cluster, run, args)
+        previous = ""
+        for run in runs:
+            result = measure(deployment, emulator, cluster, run, args, concurrent, previous)
             result["concurrent_batches"] = concurrent if run.variant == "batch" else None
+            result["deployed_dag_ids"] = dag_ids
             results.append(result)
             print(summary_line(result), flush=True)
+            for problem in result["problems"]:
+                print(f"{run.run_id}: {problem}", flush=True)
+            if run.variant == "batch":
+                previous = result["run_folder"] or ""
             if result["state"] != "success":
                 print(f"{run.run_id} ended {result['state']}: the later runs of this size are skipped")
                 break
@@ -425,12 +663,19 @@ def run_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
 # -- reporting -----------------------------------------------------------------------------------------------
 
 
+def _summarise_seconds(r: dict[str, Any]) -> str:
+    seconds = r["task_seconds"].get(SUMMARY_TASK)
+    return "-" if seconds is None else f"{seconds:.0f}"
+
+
 def summary_line(r: dict[str, Any]) -> str:
     return (
         f"{r['skus']:>6} {r['variant']:<8} {r['night']:<11} {r['state']:<8} wall {r['wall_seconds']:6.0f}s "
-        f"(floor {r['gateway_floor_seconds']:.0f}s) slot-s/SKU {r['per_sku']['worker_slot_seconds']:.3f} "
+        f"(floor {r['gateway_floor_seconds']:.0f}s, summarise {_summarise_seconds(r)}s) "
+        f"{r['edited']}/{r['reused']}/{r['failed']} edited/reused/failed "
+        f"slot-s/SKU {r['per_sku']['worker_slot_seconds']:.3f} "
         f"CPU-s/SKU {r['per_sku']['airflow_cpu_seconds']:.3f} starts {r['task_starts']} "
-        f"POSTs {r['submits']} reads/SKU {r['per_sku']['status_reads']:.1f} "
+        f"(retries {r['task_retries']}) POSTs {r['submits']} reads/SKU {r['per_sku']['status_reads']:.1f} "
         f"load {r['loadavg_before'][0]:.2f}->{r['loadavg_after'][0]:.2f}"
     )
 
@@ -438,18 +683,19 @@ def summary_line(r: dict[str, Any]) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     rows = [
         "| SKUs | variant | night | state | edited / reused / failed | wall s | gateway floor s "
-        "| wall / floor | worker-slot-s per SKU | Airflow CPU-s per SKU | task starts | POSTs "
-        "| status reads per SKU "
+        "| wall / floor | summarise s | worker-slot-s per SKU | Airflow CPU-s per SKU | task starts "
+        "| retries | POSTs | status reads per SKU "
         "| trigger kwargs max / mean bytes | load 1 min before / after |",
-        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         ratio = "-" if r["wall_over_floor"] is None else f"{r['wall_over_floor']:.2f}"
         rows.append(
             f"| {r['skus']} | {r['variant']} | {r['night']} | {r['state']} "
             f"| {r['edited']} / {r['reused']} / {r['failed']} | {r['wall_seconds']:.0f} "
-            f"| {r['gateway_floor_seconds']:.0f} | {ratio} | {r['per_sku']['worker_slot_seconds']:.3f} "
-            f"| {r['per_sku']['airflow_cpu_seconds']:.3f} | {r['task_starts']} | {r['submits']} "
+            f"| {r['gateway_floor_seconds']:.0f} | {ratio} | {_summarise_seconds(r)} "
+            f"| {r['per_sku']['worker_slot_seconds']:.3f} | {r['per_sku']['airflow_cpu_seconds']:.3f} "
+            f"| {r['task_starts']} | {r['task_retries']} | {r['submits']} "
             f"| {r['per_sku']['status_reads']:.2f} | {r['trigger_kwargs_max_bytes']} / "
             f"{r['trigger_kwargs_mean_bytes']} | {r['loadavg_before'][0]:.2f} / {r['loadavg_after'][0]:.2f} |"
         )
@@ -512,12 +758,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.concurrent_batches < 1 or args.max_concurrent_jobs < 1:
         parser.error("--batch-size, --concurrent-batches and --max-concurrent-jobs must be at least 1")
+    if args.poll_interval < 1 and "batch" in args.variants:
+        parser.error("--poll-interval must be at least 1 for the batch variant (the example's param minimum)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    work = args.work or Path(tempfile.mkdtemp(prefix="firered-bench-catalogue-"))
+    # Absolute: the Airflow processes run in their own home, and the example resolves its output_root.
+    work = (args.work or Path(tempfile.mkdtemp(prefix="firered-bench-catalogue-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
     try:
@@ -538,7 +787,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("CPU seconds by process")
         print(cpu_table(results))
-    return 0 if results and all(r["state"] == "success" for r in results) else 1
+    return 0 if results and all(r["state"] == "success" and not r["problems"] for r in results) else 1
 
 
 if __name__ == "__main__":

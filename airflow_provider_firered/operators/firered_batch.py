@@ -33,7 +33,7 @@ from airflow_provider_firered.options import DEFAULT_MODEL
 from airflow_provider_firered.output_paths import as_target, check_inside
 from airflow_provider_firered.results import SubmitResult
 from airflow_provider_firered.triggers.firered import DEFER_SLACK
-from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
+from airflow_provider_firered.triggers.firered_batch import RESUME_AFTER, FireRedBatchStatusTrigger
 from airflow_provider_firered.wait_policy import WaitPolicy, validate_timeout
 
 if TYPE_CHECKING:
@@ -355,10 +355,10 @@ class FireRedBatchEditOperator(BaseOperator):
             else:
                 try:
                     submitted = self._submit_wave(context, batch)
-                except FireRedError:
-                    # What this wave learnt survives the failure: an uncertain submit must stay
-                    # recorded, or the retry would send it again.
-                    batch.download(completed)
+                except Exception:
+                    # What this wave learnt survives any failure (the gateway's, or Airflow's store):
+                    # an accepted or uncertain submit must stay recorded, or the retry would pay for it
+                    # again. Completed jobs stay pending with their request id: the retry collects them.
                     write_manifest(self.output_root, batch.manifest())
                     raise
             batch.download(completed)
@@ -382,6 +382,7 @@ class FireRedBatchEditOperator(BaseOperator):
                 poll_interval=self.poll_interval,
                 deadline=batch.deadline,
                 min_ended=wake_after(len(batch.in_flight), len(batch.queue)),
+                not_before=time.time() + RESUME_AFTER if self.deferrable else 0.0,
             )
             if self.deferrable:
                 self.defer(
@@ -423,13 +424,20 @@ class FireRedBatchEditOperator(BaseOperator):
 
         def record(item: BatchItem, answer: SubmitResult | Exception | None) -> None:
             if isinstance(answer, SubmitResult):
-                if store is not None:
-                    # Stored first: a crash from here on resumes this request instead of paying again.
+                # Recorded in the batch (and so in the manifest, even if this try fails) before
+                # anything else can fail.
+                batch.submitted(item, answer.request_id)
+                answers.submitted += 1
+                if store is None:
+                    return
+                try:
+                    # Stored at once: a crash from here on resumes this request instead of paying again.
                     store.set(
                         STATE_KEY_PREFIX + item.key, {"request_id": answer.request_id, "max_tries": max_tries}
                     )
-                batch.submitted(item, answer.request_id)
-                answers.submitted += 1
+                except Exception as err:  # Airflow's API refused (e.g. the try was failed meanwhile)
+                    answers.stop.set()
+                    answers.fatal = answers.fatal or err
             elif isinstance(answer, FireRedSubmitUncertainError):
                 batch.fail(item, "UNCERTAIN", str(answer))  # may have been accepted: never sent again
             elif isinstance(answer, FireRedApiError) and not answer.retryable:

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 #: The statuses an item's wait can end with besides the job's own (``COMPLETED``, ``FAILED``, ``ERROR``).
 START_TIMEOUT = "START_TIMEOUT"
 API_ERROR = "API_ERROR"
+#: Seconds a batch waits after deferring before its trigger may fire. Airflow 3.3 can fail a task
+#: that resumes while the scheduler has yet to hear that its deferring process exited; a batch whose
+#: other half-wave already ended would otherwise resume at once.
+RESUME_AFTER = 5.0
 
 
 def ended_entry(job: JobStatusResult) -> dict[str, Any]:
@@ -49,6 +53,8 @@ class FireRedBatchStatusTrigger(BaseTrigger):
     :param poll_interval: seconds between reads of each request, at least 1.
     :param deadline: absolute wall-clock deadline (epoch seconds) of the whole wait.
     :param min_ended: fire once this many requests ended (at most all of them).
+    :param not_before: no read, and so no event, before this wall-clock time (epoch seconds) unless the
+        deadline comes first.
     """
 
     def __init__(
@@ -58,6 +64,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         deadline: float = 0.0,
         min_ended: int = 1,
+        not_before: float = 0.0,
     ) -> None:
         # Airflow leaves BaseTrigger.__init__ untyped (a super() call escapes untyped_calls_exclude).
         super().__init__()  # type: ignore[no-untyped-call]
@@ -73,6 +80,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         self.firered_conn_id = firered_conn_id
         self.deadline = float(deadline)
         self.min_ended = max(1, min(int(min_ended), len(self.requests)))
+        self.not_before = float(not_before)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -83,6 +91,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
                 "poll_interval": self.policy.poll_interval,
                 "deadline": self.deadline,
                 "min_ended": self.min_ended,
+                "not_before": self.not_before,
             },
         )
 
@@ -90,6 +99,9 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         pending: dict[str, float | None] = {str(rid): start for rid, start in self.requests}
         ended: dict[str, dict[str, Any]] = {}
         interval = self.policy.poll_interval
+        hold = min(self.not_before, self.deadline) - time.time()
+        if hold > 0:
+            await asyncio.sleep(hold)
         loop = asyncio.get_running_loop()
         planned = loop.time()
         refreshed = False

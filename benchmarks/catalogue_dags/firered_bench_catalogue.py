@@ -1,16 +1,12 @@
 """
-The nightly catalogue two ways, for benchmarks/catalogue_cost.py:
+The one-task-per-SKU baseline of benchmarks/catalogue_cost.py (its ``per-sku`` variant; the ``batch``
+variant runs the catalogue example DAG itself, ``example_dags/firered_catalogue_reedit.py``):
 
-- ``bench_catalogue_batch``: the catalogue split into batches of ``batch_size`` items, mapped over
-  FireRedBatchEditOperator; batch ``n`` writes to ``<run_folder>/batch-<nnnn>/``, and reuses the
-  unchanged items of ``previous`` (an earlier night's run folder) when given;
 - ``bench_catalogue_per_sku``: one deferrable FireRedEditOperator per SKU, writing to
-  ``<run_folder>/<sku>/``.
+  ``<run_folder>/<sku>/``; no summary task.
 
-Both read the catalogue from the JSON-lines file named by the ``catalogue`` param (one
-``{"sku", "prompt", "image"}`` object a line), so the DAG file itself stays small at any size. The
-batch task runs in the pool FIRERED_BENCH_POOL, which counts deferred tasks: its slots times
-FIRERED_BENCH_MAX_IN_FLIGHT is the most jobs the DAG keeps unfinished at the gateway.
+It reads the catalogue from the JSON-lines file named by the ``catalogue`` param (one
+``{"sku", "prompt", "image"}`` object a line), so the DAG file itself stays small at any size.
 """
 
 from __future__ import annotations
@@ -24,11 +20,8 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_firered.operators.firered import FireRedEditOperator
-from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
 
 POLL = float(os.environ.get("FIRERED_BENCH_POLL", "5"))
-MAX_IN_FLIGHT = int(os.environ.get("FIRERED_BENCH_MAX_IN_FLIGHT", "125"))
-POOL = os.environ.get("FIRERED_BENCH_POOL", "default_pool")
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 #: Airflow 3.3 can fail a task that resumed from a deferral quickly: the executor's stale "success"
 #: for the deferring workload arrives while the resumed one runs (apache/airflow#71172's family). A
@@ -49,18 +42,6 @@ def read_catalogue(path: str) -> list[dict[str, Any]]:
 
 
 @task
-def plan_batches(params: dict[str, Any] | None = None) -> list[list[dict[str, Any]]]:
-    """The catalogue as batch items, ``batch_size`` per batch."""
-    assert params is not None
-    size = int(params["batch_size"])
-    edits = [
-        {"key": row["sku"], "prompt": row["prompt"], "images": [row["image"]]}
-        for row in read_catalogue(params["catalogue"])
-    ]
-    return [edits[start : start + size] for start in range(0, len(edits), size)]
-
-
-@task
 def plan_skus(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One FireRedEditOperator's arguments per SKU."""
     assert params is not None
@@ -73,19 +54,6 @@ def plan_skus(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         for row in read_catalogue(params["catalogue"])
     ]
 
-
-with DAG("bench_catalogue_batch", schedule=None, start_date=START, catchup=False, params=PARAMS) as batch_dag:
-    FireRedBatchEditOperator.partial(
-        task_id="edit",
-        output_root="{{ params.run_folder }}/batch-{{ '%04d' % ti.map_index }}",
-        previous="{{ params.previous }}",
-        max_in_flight=MAX_IN_FLIGHT,
-        poll_interval=POLL,
-        timeout=3600,
-        deferrable=True,
-        pool=POOL,
-        **RETRIES,
-    ).expand(edits=plan_batches())
 
 with DAG(
     "bench_catalogue_per_sku", schedule=None, start_date=START, catchup=False, params=PARAMS

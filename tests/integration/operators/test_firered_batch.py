@@ -268,7 +268,9 @@ def test_a_timed_out_batch_is_resumed_by_its_retry(firered_emulator: Emulator, t
     assert posts(firered_emulator) == 3
 
 
-CRASH_TEMPLATE = """
+#: A DAG file running one batch of ``{edits}`` through ``{operator}`` (its class defined in ``{classes}``)
+#: with one retry, as a real deployment would after a failed try.
+FAULTY_BATCH_DAG = """
 import threading
 from datetime import datetime, timedelta
 
@@ -278,7 +280,20 @@ from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOpe
 
 EDITS = {edits!r}
 
+{classes}
 
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    {operator}(
+        task_id="batch",
+        edits=EDITS,
+        output_root={root!r},
+        poll_interval=1,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )
+"""
+
+CRASHING_BATCH = """
 class CrashingBatch(FireRedBatchEditOperator):
     # The worker is lost right after the gateway accepted two edits, before the wave was recorded.
     def execute(self, context):
@@ -295,33 +310,57 @@ class CrashingBatch(FireRedBatchEditOperator):
 
             self.hook.submit_edit = submit_then_crash
         return super().execute(context)
+"""
+
+STORE_FAILS_BATCH = """
+class FailingStore:
+    # Airflow's API refuses the third write, as when the scheduler failed the try meanwhile.
+    def __init__(self, store):
+        self.store, self.writes = store, 0
+
+    def get(self, key):
+        return self.store.get(key)
+
+    def set(self, key, value):
+        self.writes += 1
+        if self.writes == 3:
+            raise RuntimeError("API_SERVER_ERROR: 404 Task instance not found")
+        return self.store.set(key, value)
 
 
-with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
-    CrashingBatch(
-        task_id="batch",
-        edits=EDITS,
-        output_root={root!r},
-        poll_interval=1,
-        retries=1,
-        retry_delay=timedelta(seconds=0),
-    )
+class StoreFailsBatch(FireRedBatchEditOperator):
+    def execute(self, context):
+        if context["ti"].try_number == 1:
+            context["task_state_store"] = FailingStore(context["task_state_store"])
+        return super().execute(context)
 """
 
 
 @pytest.mark.skipif(not RESUMES, reason="task_state_store needs Airflow 3.3+")
-def test_requests_accepted_before_a_crash_are_resumed_not_paid_again(
-    firered_emulator: Emulator, tmp_path: Path
+@pytest.mark.parametrize(
+    ("dag_id", "classes", "operator"),
+    [
+        # Those accepted before the crash (two, and those already on their way in other threads) were
+        # kept in task_state_store and resumed; the retry submitted only the rest.
+        ("batch_crash_resumed", CRASHING_BATCH, "CrashingBatch"),
+        # The gateway accepted the third submit but Airflow refused to store its id: the manifest
+        # written as the try failed still holds it, so the retry waits for it instead of paying again.
+        ("batch_store_fails", STORE_FAILS_BATCH, "StoreFailsBatch"),
+    ],
+)
+def test_requests_accepted_before_a_failed_try_are_resumed_not_paid_again(
+    firered_emulator: Emulator, tmp_path: Path, dag_id: str, classes: str, operator: str
 ) -> None:
-    dag_id = "batch_crash_resumed"
-    (ti,) = run_dag_source(
-        dag_id,
-        CRASH_TEMPLATE.format(edits=edits(firered_emulator, 5), dag_id=dag_id, root=str(tmp_path / "run")),
-    ).get_task_instances()
+    source = FAULTY_BATCH_DAG.format(
+        edits=edits(firered_emulator, 5),
+        dag_id=dag_id,
+        root=str(tmp_path / "run"),
+        classes=classes,
+        operator=operator,
+    )
+    (ti,) = run_dag_source(dag_id, source).get_task_instances()
     assert ti.state == "success"
     assert ti.try_number == 2
-    # Those accepted before the crash (two, and those already on their way in other threads) were
-    # kept in task_state_store and resumed; the retry submitted only the rest.
     assert posts(firered_emulator) == 5
     assert {e.outcome for e in read_manifest(tmp_path / "run") or []} == {"edited"}
 

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -16,6 +16,9 @@ from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import DEFAULT_MAX_WAIT_SECONDS, FireRedStatusTrigger
 from tests.conftest import TEST_KEY, conn_uri_json
 
+if TYPE_CHECKING:
+    from airflow.triggers.base import BaseTrigger
+
 V11 = "firered-image-edit-v1-1"
 
 
@@ -23,7 +26,7 @@ def submit(emulator: Emulator, conn_id: str) -> str:
     return FireRedHook(conn_id).submit_edit(V11, "x", emulator.sample_images[:1]).request_id
 
 
-async def events(trigger: FireRedStatusTrigger, limit: float = 20) -> list[dict[str, Any]]:
+async def events(trigger: BaseTrigger, limit: float = 20) -> list[dict[str, Any]]:
     async def collect() -> list[dict[str, Any]]:
         return [event.payload async for event in trigger.run()]
 

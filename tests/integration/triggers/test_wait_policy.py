@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
 from airflow_provider_firered.wait_policy import BACKOFF_FACTOR
 from tests.integration.operators.test_firered import run_dag, xcom
 from tests.integration.triggers.test_firered import events, submit
@@ -119,3 +120,32 @@ def test_the_worker_path_follows_the_same_policy(firered_emulator: Emulator) -> 
     assert 1.5 * 0.8 < grown[0] < 1.5 * 1.2
     assert max(grown) <= 2.5 + 0.3
     assert len(grown) <= 4
+
+
+async def test_a_batch_trigger_makes_no_read_before_not_before(
+    firered_emulator: Emulator, firered_conn: str
+) -> None:
+    # Its jobs already ended, but a task that deferred a moment ago must not resume at once (Airflow 3.3
+    # can fail a task resumed before the scheduler heard its deferring process exit).
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0)
+    request_id = submit(firered_emulator, firered_conn)
+    began = time.time()
+    trigger = FireRedBatchStatusTrigger(
+        [[request_id, None]], firered_conn, poll_interval=1, deadline=began + 60, not_before=began + 1.5
+    )
+    # Rebuilt from its kwargs, as a triggerer restart does: the moment is absolute.
+    (event,) = await events(FireRedBatchStatusTrigger(**trigger.serialize()[1]))
+    assert event["ended"][request_id]["status"] == "COMPLETED"
+    assert read_times(firered_emulator, request_id)[0] >= began + 1.5
+
+
+async def test_not_before_gives_way_to_the_deadline(firered_emulator: Emulator, firered_conn: str) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0)
+    request_id = submit(firered_emulator, firered_conn)
+    began = time.time()
+    trigger = FireRedBatchStatusTrigger(
+        [[request_id, None]], firered_conn, poll_interval=1, deadline=began + 0.5, not_before=began + 30
+    )
+    (event,) = await asyncio.wait_for(events(trigger), timeout=10)
+    assert event["ended"][request_id]["status"] == "COMPLETED"
+    assert time.time() - began < 5

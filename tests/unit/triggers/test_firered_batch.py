@@ -21,6 +21,7 @@ def test_kwargs_hold_only_ids_and_plain_values_and_round_trip() -> None:
     assert json.loads(json.dumps(kwargs)) == kwargs
     assert FireRedBatchStatusTrigger(**kwargs).serialize() == (classpath, kwargs)
     assert kwargs["min_ended"] == 1
+    assert kwargs["not_before"] == 0.0
 
 
 def test_the_trigger_row_at_a_thousand_items_is_small() -> None:
