@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker_cost import SlotSampler
 
+from airflow_provider_firered.manifest import read_manifest
 from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from airflow_provider_firered.testing.postgres import PostgresCluster
 from airflow_provider_firered.testing.processes import descendants
@@ -345,9 +346,7 @@ def outcomes(run: Run, run_folder: Path | None) -> dict[str, int]:
     counts: Counter[str] = Counter()
     if run.variant == "batch":
         for manifest in run_folder.glob("batch-*/_manifest.jsonl") if run_folder else ():
-            for line in manifest.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    counts[str(json.loads(line)["outcome"])] += 1
+            counts.update(entry.outcome for entry in read_manifest(manifest.parent) or [])
     else:
         folders = [p for p in run.folder.iterdir() if p.is_dir()] if run.folder.exists() else []
         counts["edited"] = sum(any(f.is_file() for f in folder.iterdir()) for folder in folders)
