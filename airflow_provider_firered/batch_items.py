@@ -9,7 +9,8 @@ import hashlib
 import json
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -160,34 +161,64 @@ def fingerprint(item: BatchItem, identities: Mapping[str, dict[str, str] | None]
 
 
 def source_identities(
-    urls: Iterable[str], settings: GatewaySettings, *, threads: int = 8
+    urls: Iterable[str],
+    settings: GatewaySettings,
+    *,
+    threads: int = 8,
+    deadline: float | None = None,
 ) -> dict[str, dict[str, str] | None]:
     """
-    Each image URL's identity: the URL plus the ``ETag``, ``Last-Modified`` and ``Content-Length`` a
-    HEAD request returns, where the source gives them (the URL alone where it gives none). A source
-    that cannot be asked (unreachable, an error answer, a refused host) gives None.
+    Read each image URL's identity with a HEAD request.
+
+    An identity is the URL plus the ``ETag``, ``Last-Modified`` and ``Content-Length`` the HEAD
+    answer gives, where the source gives them (the URL alone where it gives none). A source that
+    cannot be asked (unreachable, an error answer, a refused host) gives None, and so does every URL
+    not identified by ``deadline``: None counts as changed, so time running out only means more edits.
 
     The HEAD requests obey the download rules: checked hosts, checked redirects, no credentials, the
-    connection's ``request_timeout``.
+    connection's ``request_timeout``, cut to the time left before ``deadline``. No HEAD starts after
+    the deadline, and the call returns at the deadline without waiting for requests still out (a
+    silent host): they end at their own cut timeout.
 
     :param urls: the input image URLs (each asked once).
     :param settings: the connection's settings (host policy, timeout).
     :param threads: how many HEAD requests run at once.
+    :param deadline: when the phase must be over, in epoch seconds (``time.time()``); None for no
+        limit beyond each request's timeout.
     """
     unique = list(dict.fromkeys(urls))
+    found: dict[str, dict[str, str] | None] = dict.fromkeys(unique)
+    if not unique or (deadline is not None and time.time() >= deadline):
+        return found
     policy = MediaHostPolicy.for_settings(settings)
     local = threading.local()
 
     def identify(url: str) -> dict[str, str] | None:
+        timeout = settings.request_timeout
+        if deadline is not None:
+            left = deadline - time.time()
+            if left <= 0:
+                return None  # too late to start: counted as changed
+            timeout = min(timeout, left)
         if not hasattr(local, "session"):
             local.session = new_media_session()
         try:
-            return _head(local.session, url, policy, settings.request_timeout)
+            return _head(local.session, url, policy, timeout)
         except (FireRedError, requests.RequestException, HostRefused):
             return None
 
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(unique) or 1))) as pool:
-        return dict(zip(unique, pool.map(identify, unique), strict=True))
+    pool = ThreadPoolExecutor(
+        max_workers=max(1, min(threads, len(unique))), thread_name_prefix="firered-head"
+    )
+    try:
+        futures = {pool.submit(identify, url): url for url in unique}
+        done, _late = wait(futures, timeout=None if deadline is None else max(deadline - time.time(), 0))
+    finally:
+        # Never wait for a HEAD stuck past the deadline; the ones not started are dropped.
+        pool.shutdown(wait=deadline is None, cancel_futures=True)
+    for future in done:
+        found[futures[future]] = future.result()
+    return found
 
 
 def _head(session: requests.Session, url: str, policy: MediaHostPolicy, timeout: float) -> dict[str, str]:

@@ -11,6 +11,7 @@ Locations are local paths or any ``ObjectStoragePath`` URL.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import os
@@ -21,11 +22,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from airflow_provider_firered.atomic_files import write_atomic
+from airflow_provider_firered.earlier_runs import (
+    MAX_LINE_BYTES,
+    ReadBudget,
+    TooLarge,
+    bounded_lines,
+    open_regular_below,
+)
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.output_paths import as_target, check_inside
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from typing import IO
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -40,6 +50,9 @@ PENDING = "pending"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 #: Longest text kept from a manifest field (errors, prompts) for the summary and the page.
 MAX_TEXT = 2000
+#: Problems listed per batch manifest; past them one line counts the rest (a manifest of a million
+#: bad lines would otherwise make a summary of a million problems).
+MAX_PROBLEMS = 100
 _MAX_KEY = 255
 _MAX_LIST = 64
 #: How a batch names an item whose key it refused: its position in the batch.
@@ -166,6 +179,8 @@ def parse_line(line: str, batch: str, folder: Path | ObjectStoragePath) -> ItemR
         record = json.loads(line)
     except ValueError:
         raise ValueError("not JSON") from None
+    except RecursionError:  # a line of "[[[[...": a bad line, not the end of the report
+        raise ValueError("not JSON: nested too deeply") from None
     if not isinstance(record, dict):
         raise ValueError("not a JSON object")
     key = record.get("key")
@@ -202,10 +217,15 @@ def parse_line(line: str, batch: str, folder: Path | ObjectStoragePath) -> ItemR
 # -- reading ------------------------------------------------------------------------------------------
 
 
-def _read_bounded(target: Path | ObjectStoragePath, limit: int) -> bytes:
-    with target.open("rb") as handle:
-        data: bytes = handle.read(limit + 1)
-    return data
+@contextlib.contextmanager
+def _open_manifest(folder: Path | ObjectStoragePath) -> Iterator[IO[bytes]]:
+    """Open a batch's manifest: locally a regular file, not a link (a FIFO or a device never blocks)."""
+    if isinstance(folder, Path):
+        handle = open_regular_below(folder, (MANIFEST_NAME,))
+    else:
+        handle = (folder / MANIFEST_NAME).open("rb")
+    with handle:
+        yield handle
 
 
 def read_batch_manifest(
@@ -214,35 +234,53 @@ def read_batch_manifest(
     """
     Read ``<batch_folder>/_manifest.jsonl``; a missing manifest gives a result with ``found=False``.
 
+    The manifest is read one line at a time. A line that fails a check (not JSON, nested too deeply,
+    longer than :data:`~airflow_provider_firered.earlier_runs.MAX_LINE_BYTES`, ...) is a problem, as
+    is a manifest that cannot be read (a link, not a regular file); neither stops the report.
+
     :param batch_folder: the batch's output folder (a path or a URL).
     :param max_bytes: the most read from the manifest; a longer one is reported and cut at a line end.
     """
     folder = as_target(batch_folder, field_name="batch_folder")
     manifest = folder / MANIFEST_NAME
     result = BatchResult(name=folder.name, manifest=str(manifest))
+    seen: set[str] = set()
+    skipped = 0
+
+    def problem(text: str) -> None:
+        nonlocal skipped
+        if len(result.problems) < MAX_PROBLEMS:
+            result.problems.append(text)
+        else:
+            skipped += 1
+
     try:
-        data = _read_bounded(manifest, max_bytes)
-    except FileNotFoundError:
+        with _open_manifest(folder) as source:
+            for number, raw in enumerate(bounded_lines(source, ReadBudget(max_bytes)), start=1):
+                if raw is None:
+                    problem(f"{manifest} line {number}: longer than {MAX_LINE_BYTES} bytes; not read")
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    item = parse_line(raw.decode("utf-8"), result.name, folder)
+                except (ValueError, UnicodeDecodeError) as err:
+                    problem(f"{manifest} line {number}: {err}")
+                    continue
+                if item.key in seen:
+                    problem(f"{manifest} line {number}: {item.key}: a second line for this key")
+                    continue
+                seen.add(item.key)
+                result.items.append(item)
+    except (FileNotFoundError, NotADirectoryError):
         result.found = False
         result.problems.append(f"{manifest}: missing")
-        return result
-    if len(data) > max_bytes:
-        result.problems.append(f"{manifest}: larger than {max_bytes} bytes; the rest was not read")
-        data = data[: data.rfind(b"\n", 0, max_bytes) + 1]
-    seen: set[str] = set()
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        try:
-            item = parse_line(raw.decode("utf-8"), result.name, folder)
-        except (ValueError, UnicodeDecodeError) as err:
-            result.problems.append(f"{manifest} line {number}: {err}")
-            continue
-        if item.key in seen:
-            result.problems.append(f"{manifest} line {number}: {item.key}: a second line for this key")
-            continue
-        seen.add(item.key)
-        result.items.append(item)
+    except TooLarge:
+        problem(f"{manifest}: larger than {max_bytes} bytes; the rest was not read")
+    except (OSError, NotImplementedError) as err:
+        problem(f"{manifest}: cannot be read ({getattr(err, 'strerror', None) or err})")
+    if skipped:
+        result.problems.append(f"{manifest}: {skipped} more problem(s) not listed")
     return result
 
 
@@ -371,13 +409,8 @@ def summary_of(report: RunReport, **extra: Any) -> dict[str, Any]:
 
 
 def _write_text(target: Path | ObjectStoragePath, text: str) -> None:
-    if isinstance(target, Path):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(target)  # a reader never sees half a file
-    else:
-        target.write_text(text)
+    # Whole or not at all, and never through a link planted at the target or a temporary name.
+    write_atomic(target, text)
 
 
 def write_summary(report: RunReport, **extra: Any) -> str:

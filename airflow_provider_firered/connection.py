@@ -17,6 +17,8 @@ from airflow_provider_firered.connection_extras import (
     DEFAULT_GATEWAY,
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
+    MAX_HOST_CHARS,
+    clip,
     parse_extras,
     retry_policy,
 )
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 #: The only connection type the hook reads.
 CONN_TYPE = "firered"
+#: The longest gateway URL accepted in the connection's host field.
+MAX_GATEWAY_URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ def _check_type(conn: Connection) -> None:
     if conn.conn_type != CONN_TYPE:
         raise FireRedValidationError(
             f"connection {conn.conn_id!r} type",
-            f"must be {CONN_TYPE!r} (FireRed Image Edit), got {conn.conn_type!r}: "
+            f"must be {CONN_TYPE!r} (FireRed Image Edit), got {clip(conn.conn_type)}: "
             f"the hook sends its password as the FireRed key only from a {CONN_TYPE!r} connection",
         )
 
@@ -167,7 +171,7 @@ def _check_transport(base_url: str, allow_http_host: str | None) -> None:
         return
     raise FireRedValidationError(
         "connection host",
-        f"must be an https:// gateway URL for {host!r}: plain http sends the key in clear text. Only "
+        f"must be an https:// gateway URL for {clip(host)}: plain http sends the key in clear text. Only "
         "loopback (127.0.0.0/8, ::1, localhost) may use http, or the host named in the connection extra "
         "allow_http_host",
     )
@@ -186,10 +190,20 @@ def is_loopback_host(host: str) -> bool:
 
 def _gateway_root(host: str | None, schema: str | None, port: int | None) -> str:
     host = (host or "").strip() or DEFAULT_GATEWAY
+    if len(host) > MAX_GATEWAY_URL_CHARS:
+        raise FireRedValidationError(
+            "connection host",
+            f"must be an http(s) gateway URL of at most {MAX_GATEWAY_URL_CHARS} characters, got {len(host)}",
+        )
     url = host if "://" in host else f"{schema or 'https'}://{host}"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise FireRedValidationError("connection host", f"must be an http(s) gateway URL, got {host!r}")
+        raise FireRedValidationError("connection host", f"must be an http(s) gateway URL, got {clip(host)}")
+    if len(parts.hostname) > MAX_HOST_CHARS:
+        raise FireRedValidationError(
+            "connection host",
+            f"must name a host of at most {MAX_HOST_CHARS} characters, got {clip(parts.hostname)}",
+        )
     if parts.username or parts.password:
         raise FireRedValidationError("connection host", "must not embed credentials; put the key in password")
     netloc = parts.netloc

@@ -32,6 +32,23 @@ log = logging.getLogger(__name__)
 DEFAULT_GATEWAY = "https://gateway.pixazo.ai"
 DEFAULT_REQUEST_TIMEOUT = 30.0
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+#: Upper bounds of the extras: far above any sensible setting, low enough that no timer, socket
+#: timeout or wait computed from them overflows or outlasts a task.
+MAX_REQUEST_TIMEOUT = 3600.0
+MAX_DOWNLOAD_BYTES_LIMIT = 1024 * 1024 * 1024
+MAX_RETRY_ATTEMPTS = 100
+MAX_RETRY_WAIT = 3600.0
+MAX_RETRY_MULTIPLIER = 10.0
+MAX_RETRY_ELAPSED = 86400.0
+#: The longest host name DNS allows, and the longest label in it.
+MAX_HOST_CHARS = 253
+MAX_LABEL_CHARS = 63
+#: How much of a refused value an error message shows.
+MAX_SHOWN_CHARS = 100
+#: No number in the allowed ranges needs more characters than this when typed as text.
+_MAX_NUMBER_TEXT = 40
+#: How many unknown extras the warning names.
+_MAX_UNKNOWN_SHOWN = 10
 
 #: Standard connection fields the gateway does not use.
 HIDDEN_FIELDS = ("schema", "port", "login")
@@ -67,6 +84,7 @@ class Extra:
     :param help: one sentence for the form and the README.
     :param minimum: the smallest value allowed (numbers only).
     :param exclusive: whether ``minimum`` itself is refused.
+    :param maximum: the largest value allowed (numbers only; every number extra has one).
     """
 
     name: str
@@ -76,23 +94,34 @@ class Extra:
     help: str
     minimum: float | None = None
     exclusive: bool = False
+    maximum: float | None = None
 
     def allowed(self) -> str:
         """The allowed values in words, for error messages and the README."""
         if self.kind == "boolean":
             return "true or false"
         if self.kind == "host":
-            return "a host name such as `gateway.internal` (no scheme, port or path)"
+            return (
+                "a host name such as `gateway.internal` (no scheme, port or path) of at most "
+                f"{MAX_HOST_CHARS} characters"
+            )
         noun = "an integer" if self.kind == "integer" else "a number"
-        if self.minimum is None:
-            return noun
-        return f"{noun} {'>' if self.exclusive else '>='} {_number_text(self.minimum)}"
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"{'>' if self.exclusive else '>='} {_number_text(self.minimum)}")
+        if self.maximum is not None:
+            bounds.append(f"<= {_number_text(self.maximum)}")
+        return " ".join([noun, " and ".join(bounds)]) if bounds else noun
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the form field; null is allowed and means the default."""
         schema: dict[str, Any] = {"type": [_JSON_TYPE[self.kind], "null"]}
         if self.minimum is not None:
             schema["exclusiveMinimum" if self.exclusive else "minimum"] = self.minimum
+        if self.maximum is not None:
+            schema["maximum"] = self.maximum
+        if self.kind == "host":
+            schema["maxLength"] = MAX_HOST_CHARS
         return schema
 
     def parse(self, raw: Any) -> Any:
@@ -115,7 +144,7 @@ class Extra:
         from airflow_provider_firered.exceptions import FireRedValidationError
 
         return FireRedValidationError(
-            f"connection extra {self.name}", f"must be {self.allowed().replace('`', '')}, got {raw!r}"
+            f"connection extra {self.name}", f"must be {self.allowed().replace('`', '')}, got {clip(raw)}"
         )
 
     def _boolean(self, value: Any, raw: Any) -> bool:
@@ -126,23 +155,34 @@ class Extra:
         raise self._fail(raw)
 
     def _host(self, value: Any, raw: Any) -> str:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or len(value) > MAX_HOST_CHARS + 1:  # one more for a final dot
             raise self._fail(raw)
         host = value.lower().rstrip(".")
         try:
             return str(ipaddress.ip_address(host.strip("[]")))
         except ValueError:
             pass
-        if not all(_HOST_LABEL.match(label) for label in host.split(".")):
+        labels = host.split(".")
+        if len(host) > MAX_HOST_CHARS or not all(
+            len(label) <= MAX_LABEL_CHARS and _HOST_LABEL.match(label) for label in labels
+        ):
             raise self._fail(raw)
         return host
 
     def _number(self, value: Any, raw: Any) -> float | int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise self._fail(raw)
+        if isinstance(value, str) and len(value) > _MAX_NUMBER_TEXT:
+            raise self._fail(raw)
         try:
-            number: float | int = int(value) if isinstance(value, str) and value.isdigit() else float(value)
-        except ValueError:
+            number: float | int = (
+                value
+                if isinstance(value, int)
+                else int(value)
+                if isinstance(value, str) and value.isdigit()
+                else float(value)
+            )
+        except (ValueError, OverflowError):
             raise self._fail(raw) from None
         if isinstance(number, float):
             if not math.isfinite(number):
@@ -155,6 +195,8 @@ class Extra:
             number < self.minimum or (self.exclusive and number == self.minimum)
         ):
             raise self._fail(raw)
+        if self.maximum is not None and number > self.maximum:
+            raise self._fail(raw)
         return number if self.kind == "integer" else float(number)
 
 
@@ -162,12 +204,37 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def clip(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """
+    Show ``value`` for an error message: its ``repr``, cut to ``limit`` characters with ``...``.
+
+    :param value: the refused value (text, a number, anything read from JSON).
+    :param limit: the most characters of the value shown.
+    """
+    if isinstance(value, str) and len(value) > limit:
+        # Cut before repr: a value of megabytes is never copied whole.
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int past Python's digit limit, a deeply nested list
+        return f"a {type(value).__name__} too large to show"
+    return f"{text[:limit]}... ({len(text)} characters)" if len(text) > limit else text
+
+
 _RETRY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RetryPolicy)}
 
 
-def _retry(name: str, label: str, help: str, *, kind: Kind = "number", minimum: float = 0) -> Extra:
+def _retry(
+    name: str,
+    label: str,
+    help: str,
+    *,
+    kind: Kind = "number",
+    minimum: float = 0,
+    maximum: float = MAX_RETRY_WAIT,
+) -> Extra:
     """A retry extra: ``retry_<field>``, its default taken from :class:`RetryPolicy`."""
-    return Extra(f"retry_{name}", kind, _RETRY_DEFAULTS[name], label, help, minimum=minimum)
+    return Extra(f"retry_{name}", kind, _RETRY_DEFAULTS[name], label, help, minimum=minimum, maximum=maximum)
 
 
 #: Every extra a user may set, in form order.
@@ -180,6 +247,7 @@ EXTRAS: tuple[Extra, ...] = (
         "Seconds allowed for one HTTP exchange with the gateway or the CDN.",
         minimum=0,
         exclusive=True,
+        maximum=MAX_REQUEST_TIMEOUT,
     ),
     Extra(
         "max_download_bytes",
@@ -188,6 +256,7 @@ EXTRAS: tuple[Extra, ...] = (
         "Largest output file (bytes)",
         "Output files larger than this are refused; 52428800 is 50 MiB.",
         minimum=1,
+        maximum=MAX_DOWNLOAD_BYTES_LIMIT,
     ),
     _retry(
         "max_attempts",
@@ -195,10 +264,16 @@ EXTRAS: tuple[Extra, ...] = (
         "Tries of one call on 429, 5xx and network errors, the first included.",
         kind="integer",
         minimum=1,
+        maximum=MAX_RETRY_ATTEMPTS,
     ),
     _retry("initial_wait", "Retry: first wait (seconds)", "Wait before the first retry."),
     _retry("max_wait", "Retry: longest wait (seconds)", "Cap on the exponential wait between retries."),
-    _retry("multiplier", "Retry: wait multiplier", "Each wait is this many times the previous one."),
+    _retry(
+        "multiplier",
+        "Retry: wait multiplier",
+        "Each wait is this many times the previous one.",
+        maximum=MAX_RETRY_MULTIPLIER,
+    ),
     _retry("jitter", "Retry: jitter (seconds)", "Up to this many random seconds are added to each wait."),
     _retry(
         "max_retry_after",
@@ -209,6 +284,7 @@ EXTRAS: tuple[Extra, ...] = (
         "max_elapsed",
         "Retry: give up after (seconds)",
         "No retry starts once this many seconds have passed since the first try of a call.",
+        maximum=MAX_RETRY_ELAPSED,
     ),
     Extra(
         "resend_submit_on_5xx",
@@ -260,7 +336,12 @@ def parse_extras(extras: Mapping[str, Any] | None) -> dict[str, Any]:
         )
     unknown = sorted(str(key) for key in extras if key not in EXTRAS_BY_NAME)
     if unknown:
-        log.warning("Ignoring unknown FireRed connection extras: %s", ", ".join(unknown))
+        # Named, but bounded: a connection may hold any number of keys of any length.
+        shown = ", ".join(clip(name, 40) for name in unknown[:_MAX_UNKNOWN_SHOWN])
+        more = len(unknown) - _MAX_UNKNOWN_SHOWN
+        log.warning(
+            "Ignoring unknown FireRed connection extras: %s%s", shown, f" and {more} more" if more > 0 else ""
+        )
     return {extra.name: extra.parse(extras.get(extra.name)) for extra in EXTRAS}
 
 

@@ -9,18 +9,17 @@ GIF image, and only once complete: a failed download leaves no partial file behi
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from airflow_provider_firered.atomic_files import atomic_writer, local_part
 from airflow_provider_firered.exceptions import (
     FireRedDownloadError,
     FireRedResponseError,
@@ -32,6 +31,7 @@ from airflow_provider_firered.output_paths import as_target, check_inside, outpu
 from airflow_provider_firered.results import check_media_type, content_length
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
@@ -90,7 +90,7 @@ def download(
     limit = max_bytes or settings.max_download_bytes
     policy = MediaHostPolicy.for_settings(settings)
 
-    def fetch(part: Path) -> str:
+    def fetch(part: IO[bytes]) -> str:
         return settings.retry.call(
             _fetch_to_file, session, url, part, limit, settings.request_timeout, policy
         )
@@ -104,17 +104,13 @@ def download(
     return written
 
 
-def _download_local(fetch: Callable[[Path], str], target: Path, suffix_from_content: bool) -> str:
-    # A temp file beside the target, then an atomic rename: readers never see a partial file.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        suffix = fetch(Path(tmp_name))
+def _download_local(fetch: Callable[[IO[bytes]], str], target: Path, suffix_from_content: bool) -> str:
+    # A fresh temp file beside the target, then an atomic rename: readers never see a partial file,
+    # and a link planted at either name is never written through.
+    with local_part(target) as part:
+        suffix = fetch(part.file)
         final = target.with_suffix(suffix) if suffix_from_content else target
-        os.replace(tmp_name, final)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        part.target = final
     # A try killed mid-download (a lost worker) cannot clean up after itself: its partial
     # file for this target is stale once the target is complete.
     for name in {target.name, final.name}:
@@ -124,24 +120,25 @@ def _download_local(fetch: Callable[[Path], str], target: Path, suffix_from_cont
 
 
 def _download_remote(
-    fetch: Callable[[Path], str], target: ObjectStoragePath, suffix_from_content: bool
+    fetch: Callable[[IO[bytes]], str], target: ObjectStoragePath, suffix_from_content: bool
 ) -> str:
-    with tempfile.TemporaryDirectory(prefix="firered-") as tmp:
-        part = Path(tmp) / "download.part"
+    # The body waits in an anonymous local file until it is checked whole; object stores then
+    # publish the object only once its upload completes.
+    with tempfile.TemporaryFile(prefix="firered-") as part:
         suffix = fetch(part)
         final = target.with_suffix(suffix) if suffix_from_content else target
-        # Object stores publish an object only once its upload completes.
-        with contextlib.suppress(OSError, NotImplementedError):
-            final.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
-        with part.open("rb") as src, final.open("wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
+        part.seek(0)
+        with atomic_writer(final) as dst:
+            shutil.copyfileobj(part, dst, _CHUNK)
     return str(final)
 
 
 def _fetch_to_file(
-    session: requests.Session, url: str, part: Path, limit: int, timeout: float, policy: MediaHostPolicy
+    session: requests.Session, url: str, part: IO[bytes], limit: int, timeout: float, policy: MediaHostPolicy
 ) -> str:
     """One try: follow checked redirects, save the body to ``part``; return the image's extension."""
+    part.seek(0)
+    part.truncate()  # what an earlier try wrote
     with media_exchange(policy, timeout) as exchange:
         try:
             return _follow(session, url, part, limit, exchange)
@@ -161,7 +158,7 @@ def _too_slow(url: str, exchange: MediaExchange) -> FireRedDownloadError:
     return FireRedDownloadError(url, reason, retryable=True)
 
 
-def _follow(session: requests.Session, url: str, part: Path, limit: int, exchange: MediaExchange) -> str:
+def _follow(session: requests.Session, url: str, part: IO[bytes], limit: int, exchange: MediaExchange) -> str:
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
         if exchange.remaining() <= 0:
@@ -188,7 +185,7 @@ def redirect_target(url: str, current: str, location: str) -> str:
     return target
 
 
-def _save(response: requests.Response, url: str, part: Path, limit: int, exchange: MediaExchange) -> str:
+def _save(response: requests.Response, url: str, out: IO[bytes], limit: int, exchange: MediaExchange) -> str:
     status = response.status_code
     if status >= 300:
         retryable = status >= 500 or status in _RETRYABLE_CDN_STATUSES
@@ -200,20 +197,19 @@ def _save(response: requests.Response, url: str, part: Path, limit: int, exchang
     size = 0
     head = b""
     suffix: str | None = None
-    with part.open("wb") as out:
-        # Decoded bytes count against the limit (what lands on disk); the announced length is
-        # compared with the bytes on the wire, so a CDN that compresses anyway is still read right.
-        for chunk in response.iter_content(_CHUNK):
-            if exchange.remaining() < 0:
-                raise _too_slow(url, exchange)
-            size += len(chunk)
-            if size > limit:
-                raise FireRedDownloadError(url, f"body exceeds the {limit}-byte limit")
-            if suffix is None and len(head) < _SIGNATURE_BYTES:
-                head += chunk[: _SIGNATURE_BYTES - len(head)]
-                if len(head) >= _SIGNATURE_BYTES:
-                    suffix = _image_suffix(url, head)
-            out.write(chunk)
+    # Decoded bytes count against the limit (what lands on disk); the announced length is
+    # compared with the bytes on the wire, so a CDN that compresses anyway is still read right.
+    for chunk in response.iter_content(_CHUNK):
+        if exchange.remaining() < 0:
+            raise _too_slow(url, exchange)
+        size += len(chunk)
+        if size > limit:
+            raise FireRedDownloadError(url, f"body exceeds the {limit}-byte limit")
+        if suffix is None and len(head) < _SIGNATURE_BYTES:
+            head += chunk[: _SIGNATURE_BYTES - len(head)]
+            if len(head) >= _SIGNATURE_BYTES:
+                suffix = _image_suffix(url, head)
+        out.write(chunk)
     if exchange.expired:  # the watchdog shut the socket: what looked like the end was the deadline
         raise _too_slow(url, exchange)
     received = response.raw.tell()

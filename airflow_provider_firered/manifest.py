@@ -7,20 +7,26 @@ the outcome ``pending``, so a resumed task (a later wave, or a retry) knows what
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_firered import earlier_runs
+from airflow_provider_firered.atomic_files import atomic_writer
+from airflow_provider_firered.earlier_runs import EarlierBatch, ReadBudget, TooLarge, bounded_lines
 from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.output_paths import as_target
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Iterator
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "_manifest.jsonl"
 #: The most a manifest may hold when read back: a batch of 100,000 items with long prompts fits.
@@ -44,6 +50,9 @@ class ManifestEntry:
     :param fingerprint: what the edit depends on (:func:`~airflow_provider_firered.batch_items.fingerprint`).
     :param images: the input image URLs.
     :param prompt: the edit instruction.
+    :param attempt: how many times the item was submitted in this task instance's tries (each
+        accepted submit counts one): the newer of two request ids of an item is the one with the
+        higher count.
     """
 
     key: str
@@ -55,6 +64,7 @@ class ManifestEntry:
     fingerprint: str | None = None
     images: list[str] = field(default_factory=list)
     prompt: str | None = None
+    attempt: int = 0
 
     @classmethod
     def from_json(cls, data: Any) -> ManifestEntry:
@@ -65,6 +75,9 @@ class ManifestEntry:
             or data.get("outcome") not in OUTCOMES
         ):
             raise ValueError("not a manifest entry")
+        attempt = data.get("attempt", 0)
+        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 2**31:
+            raise ValueError("attempt must be a whole number")
         return cls(
             key=data["key"],
             outcome=data["outcome"],
@@ -75,6 +88,7 @@ class ManifestEntry:
             fingerprint=_text(data, "fingerprint"),
             images=_texts(data, "images"),
             prompt=_text(data, "prompt"),
+            attempt=attempt,
         )
 
 
@@ -99,76 +113,184 @@ def manifest_path(root: str | os.PathLike[str] | ObjectStoragePath) -> Path | Ob
 
 def write_manifest(root: str | os.PathLike[str] | ObjectStoragePath, entries: Iterable[ManifestEntry]) -> str:
     """
-    Write the manifest whole: locally through a temporary file and a rename, to object storage as one
-    upload (published only once complete). Readers never see half a manifest.
+    Write the manifest whole (see :mod:`~airflow_provider_firered.atomic_files`): locally through a
+    fresh temporary file and a rename, to object storage as one upload. Readers never see half a
+    manifest, and a link planted at its name is replaced, not written through.
 
     :param root: the batch's output root.
     :param entries: every item, in batch order.
     :return: the manifest's path or URL.
     """
-    text = "".join(json.dumps(asdict(entry), ensure_ascii=False) + "\n" for entry in entries)
     target = manifest_path(root)
-    if isinstance(target, Path):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    else:
-        with contextlib.suppress(OSError, NotImplementedError):
-            target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("w", encoding="utf-8") as out:
-            out.write(text)
+    with atomic_writer(target) as out:
+        for entry in entries:
+            out.write((json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode("utf-8"))
     return str(target)
+
+
+def parse_entries(lines: Iterable[bytes | None]) -> tuple[list[ManifestEntry], int]:
+    """
+    The valid entries among manifest lines, and how many lines were not valid entries (not JSON,
+    nested too deeply, too long, or failing :meth:`ManifestEntry.from_json`).
+
+    :param lines: the lines, ``None`` for one that was too long to read.
+    """
+    entries = []
+    bad = 0
+    for line in lines:
+        if line is None:
+            bad += 1
+            continue
+        if not line.strip():
+            continue
+        try:
+            entries.append(ManifestEntry.from_json(json.loads(line)))
+        except (ValueError, RecursionError):  # RecursionError: a line of "[[[[..."
+            bad += 1
+    return entries, bad
 
 
 def read_manifest(root: str | os.PathLike[str] | ObjectStoragePath) -> list[ManifestEntry] | None:
     """
-    The entries of the manifest under ``root``, or None when there is none. A line that is not a
-    valid entry is skipped (its item counts as unknown); a manifest over :data:`MAX_MANIFEST_BYTES`
-    is refused.
+    Read back the manifest a batch wrote under ``root`` (its own progress); None when there is none.
+
+    The manifest is read one line at a time. A line that is not a valid entry, or is longer than
+    :data:`~airflow_provider_firered.earlier_runs.MAX_LINE_BYTES`, is skipped (its item counts as
+    unknown); a manifest over :data:`MAX_MANIFEST_BYTES` is refused with an error. For an earlier
+    run's manifest, which is never an error, see :func:`previous_entries`.
 
     :param root: a batch's output root.
+    :raises FireRedError: when the manifest is larger than :data:`MAX_MANIFEST_BYTES`.
     """
     target = manifest_path(root)
     try:
         with target.open("rb") as source:
-            raw = source.read(MAX_MANIFEST_BYTES + 1)
+            entries, _bad = parse_entries(bounded_lines(source, ReadBudget(MAX_MANIFEST_BYTES)))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise FireRedError(f"{target} is larger than {MAX_MANIFEST_BYTES} bytes: not read")
-    entries = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            entries.append(ManifestEntry.from_json(json.loads(line)))
+    except TooLarge:
+        raise FireRedError(f"{target} is larger than {MAX_MANIFEST_BYTES} bytes: not read") from None
     return entries
 
 
-def previous_entries(roots: Iterable[str]) -> dict[str, tuple[ManifestEntry, Path | ObjectStoragePath]]:
+def previous_entries(roots: Iterable[str]) -> dict[str, tuple[ManifestEntry, EarlierBatch]]:
     """
-    The items of earlier runs, by key, each with the output root it was written under: each root's
-    own manifest, else those of its direct subfolders (a run split into batches). Later roots win.
+    The items of earlier runs, by key, each with the batch it was found in: each root's own
+    manifest, else those of its direct subfolders (a run split into batches). Later roots win.
+
+    An earlier run is read without trusting it, and nothing in it is an error: a manifest or folder
+    that cannot be read, is a link below the root, is not a regular file, or is over its bound means
+    nothing reused from it, logged once. Bounds: :data:`MAX_MANIFEST_BYTES` per manifest,
+    :data:`~airflow_provider_firered.earlier_runs.MAX_EARLIER_BYTES` for all together,
+    :data:`~airflow_provider_firered.earlier_runs.MAX_LINE_BYTES` per line, and
+    :data:`~airflow_provider_firered.earlier_runs.MAX_EARLIER_FOLDERS` entries looked at per root.
 
     :param roots: earlier output roots (paths or URLs).
     """
-    found: dict[str, tuple[ManifestEntry, Path | ObjectStoragePath]] = {}
+    found: dict[str, tuple[ManifestEntry, EarlierBatch]] = {}
+    total = ReadBudget(earlier_runs.MAX_EARLIER_BYTES)
     for root in roots:
         base = as_target(root, field_name="previous")
-        own = read_manifest(base)
-        if own is not None:
-            batches = [(base, own)]
-        else:
-            batches = []
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                subfolders: list[Path | ObjectStoragePath] = sorted(base.iterdir(), key=str)
-                for sub in subfolders:
-                    if sub.is_dir() and (entries := read_manifest(sub)) is not None:
-                        batches.append((sub, entries))
-        for batch_root, entries in batches:
-            for entry in entries:
-                found[entry.key] = (entry, batch_root)
+        for batch in _earlier_batches(base):
+            if total.remaining <= 0:
+                log.warning(
+                    "Earlier runs: more than %d manifest bytes in all; %s and the rest are not read",
+                    earlier_runs.MAX_EARLIER_BYTES,
+                    batch.path,
+                )
+                return found
+            for entry in _read_earlier(batch, total):
+                found[entry.key] = (entry, batch)
     return found
+
+
+def _earlier_batches(base: Path | ObjectStoragePath) -> Iterator[EarlierBatch]:
+    """The batches of an earlier root: the root itself if it holds a manifest, else its subfolders."""
+    own = EarlierBatch(base)
+    try:
+        if _manifest_exists(own):
+            yield own
+            return
+        names = _subfolders(base)
+    except (OSError, NotImplementedError, ValueError) as err:
+        log.warning("Earlier run %s cannot be read (%s): nothing is reused from it", base, err)
+        return
+    if names is None:
+        log.warning(
+            "Earlier run %s holds more than %d entries: not searched for batch folders, nothing is "
+            "reused from it",
+            base,
+            earlier_runs.MAX_EARLIER_FOLDERS,
+        )
+        return
+    for name in names:
+        yield EarlierBatch(base, name)
+
+
+def _manifest_exists(batch: EarlierBatch) -> bool:
+    if isinstance(batch.root, Path):
+        # lstat: a manifest that is a link is found here, and refused when opened.
+        try:
+            os.lstat(os.path.join(batch.root, *batch.parts, MANIFEST_NAME))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+    return bool((batch.path / MANIFEST_NAME).exists())
+
+
+def _subfolders(base: Path | ObjectStoragePath) -> list[str] | None:
+    """The names of the batch folders below ``base`` (no links); None when it holds too many entries."""
+    limit = earlier_runs.MAX_EARLIER_FOLDERS
+    if isinstance(base, Path):
+        try:
+            names = earlier_runs.list_folder(base, limit)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        if names is None:
+            return None
+        return [name for name in names if earlier_runs.is_folder_below(base, name)]
+    if not base.exists():
+        return []
+    children = list(itertools.islice(base.iterdir(), limit + 1))
+    if len(children) > limit:
+        return None
+    return sorted(child.name for child in children if child.is_dir())
+
+
+def _read_earlier(batch: EarlierBatch, total: ReadBudget) -> list[ManifestEntry]:
+    """The entries of an earlier batch's manifest; none (logged once) when it cannot be read whole."""
+    where = f"{batch.path}/{MANIFEST_NAME}"
+    allowed = min(MAX_MANIFEST_BYTES, total.remaining)
+    budget = ReadBudget(allowed)
+    try:
+        with _open_earlier(batch) as source:
+            entries, bad = parse_entries(bounded_lines(source, budget))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except TooLarge:
+        log.warning(
+            "Earlier manifest %s is larger than %d bytes (or than what is left of the %d read from all "
+            "earlier runs): nothing is reused from it",
+            where,
+            allowed,
+            earlier_runs.MAX_EARLIER_BYTES,
+        )
+        return []
+    except (OSError, NotImplementedError, ValueError) as err:
+        log.warning("Earlier manifest %s cannot be read (%s): nothing is reused from it", where, err)
+        return []
+    finally:
+        total.remaining -= allowed - budget.remaining
+    if bad:
+        log.warning("Earlier manifest %s: %d line(s) are not valid entries and were skipped", where, bad)
+    return entries
+
+
+@contextlib.contextmanager
+def _open_earlier(batch: EarlierBatch) -> Iterator[IO[bytes]]:
+    if isinstance(batch.root, Path):
+        handle = earlier_runs.open_regular_below(batch.root, (*batch.parts, MANIFEST_NAME))
+    else:
+        handle = (batch.path / MANIFEST_NAME).open("rb")
+    with handle:
+        yield handle

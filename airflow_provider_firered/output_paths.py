@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 from pathlib import Path
@@ -9,11 +10,18 @@ from urllib.parse import unquote, urlsplit
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
+from airflow_provider_firered.connection_extras import clip
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.results import status_path
 
 #: The only extensions an output file gets, by media type; anything else is saved as ``.bin``.
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}
+#: A request id up to this long is used whole in output names (the gateway's are about 60).
+MAX_ID_IN_NAME = 80
+#: A longer id is shortened to this many of its first characters, ``~`` and 16 hex of its SHA-256.
+SHORT_ID_PREFIX = 40
+#: Output positions are below this (a job has a handful of outputs), so the index stays short too.
+MAX_OUTPUT_INDEX = 9999
 
 
 def as_target(
@@ -46,18 +54,38 @@ def as_target(
 
 def output_name(request_id: str, index: int, media_type: str | None) -> str:
     """
-    ``<request_id>_<index><ext>``: the request id checked to be a plain gateway id, the extension
-    from :data:`EXTENSIONS` by media type, else ``.bin``. Nothing comes from the media URL.
+    Name an output file ``<request_id>_<index><ext>``, short enough for any file system.
+
+    The request id is checked to be a plain gateway id; one longer than :data:`MAX_ID_IN_NAME` is
+    shortened to its first :data:`SHORT_ID_PREFIX` characters, ``~`` and 16 hex digits of its SHA-256
+    (``~`` is never part of an id, so a shortened id cannot be mistaken for a whole one). The
+    extension comes from :data:`EXTENSIONS` by media type, else ``.bin``; nothing comes from the
+    media URL. A name is at most 90 characters, its temporary ``.<name>.<random>.part`` under 120:
+    far below the 255 bytes a file name may have.
 
     :param request_id: the id that was asked for.
     :param index: the output's position among the media URLs.
     :param media_type: the answer's ``media_type``.
     """
     status_path(request_id)  # raises unless the id is letters, digits and '._:-', starting alphanumeric
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise FireRedValidationError("index", f"must be a non-negative integer, got {index!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_OUTPUT_INDEX:
+        raise FireRedValidationError(
+            "index", f"must be an integer from 0 to {MAX_OUTPUT_INDEX}, got {clip(index)}"
+        )
     kind = (media_type or "").split(";")[0].strip().lower()
-    return f"{request_id}_{index}{EXTENSIONS.get(kind, '.bin')}"
+    return f"{name_part(request_id)}_{index}{EXTENSIONS.get(kind, '.bin')}"
+
+
+def name_part(request_id: str) -> str:
+    """
+    Give the part of a file name that stands for ``request_id``: the id, or its shortened form.
+
+    :param request_id: a plain gateway id (checked by the caller).
+    """
+    if len(request_id) <= MAX_ID_IN_NAME:
+        return request_id
+    digest = hashlib.sha256(request_id.encode("utf-8")).hexdigest()[:16]
+    return f"{request_id[:SHORT_ID_PREFIX]}~{digest}"
 
 
 def check_inside(

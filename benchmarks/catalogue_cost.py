@@ -16,9 +16,11 @@ with ``--include-deferred``, its slots = batches at once, and each run gets
 The batch variant runs up to three nights, each a manual run of ``firered_catalogue_reedit`` with
 params ``manifest`` (a CSV the script writes: ``sku,image_url,prompt``, images from the emulator),
 ``output_root`` (one folder for every night of a size), ``batch_size``, ``max_in_flight`` and
-``poll_interval``. The DAG names each manual run's folder by its date and time to the second and
-reuses the latest earlier one (``previous``): the first night edits everything, the second has nothing
-changed (it reuses the first), the third has 1% of the prompts changed (it reuses the second). The
+``poll_interval``; the Variable ``firered_catalogue_allowed_prefixes`` lists ``--work`` (set as an
+admin would, in the deployment's environment), so the example accepts those paths. The DAG names
+each manual run's folder by its date and time to the second and reuses the latest earlier one
+(``previous``): the first night edits everything, the second has nothing changed (it reuses the
+first), the third has 1% of the prompts changed (it reuses the second). The
 example's own ``retries=2, retry_delay=2 min`` stay (that is what users run): the tries are reported.
 After each night the run folder's ``summary.json`` (written with ``index.html`` by ``summarise``) is
 checked against the batches' manifests. The per-SKU variant runs the first night only (it has no
@@ -581,9 +583,9 @@ def check_parsed(deployment: AirflowDeployment, timeout: float) -> list[str]:
 
 
 def configure(
-    deployment: AirflowDeployment, emulator: EmulatorProcess, args: argparse.Namespace, size: int
+    deployment: AirflowDeployment, emulator: EmulatorProcess, args: argparse.Namespace, size: int, work: Path
 ) -> int:
-    """Connection and Airflow's concurrency settings for one size; returns batches at once."""
+    """Connection, Variables and Airflow's concurrency settings for one size; returns batches at once."""
     batches = math.ceil(size / args.batch_size)
     concurrent = max(1, min(args.concurrent_batches, batches))
     deployment.env.update(
@@ -591,6 +593,9 @@ def configure(
             "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
                 {"conn_type": "firered", "host": emulator.gateway_url, "password": KEY}
             ),
+            # Set as an admin would: the example accepts a run's manifest and output_root params
+            # only under these prefixes.
+            "AIRFLOW_VAR_FIRERED_CATALOGUE_ALLOWED_PREFIXES": json.dumps([str(work)]),
             # The per-SKU DAG's poll interval (the example's is a param of each run).
             "FIRERED_BENCH_POLL": str(args.poll_interval),
             "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
@@ -621,7 +626,7 @@ def run_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, 
             str(args.max_concurrent_jobs),
             "--no-render",
         )
-        concurrent = configure(deployment, emulator, args, size)
+        concurrent = configure(deployment, emulator, args, size, work)
         runs = plan_runs(size, args.variants, args.nights, work, list(emulator.sample_images))
         deployment.cli("db", "migrate", timeout=600)
         # The example's pool. Counts deferred batches too: slots x max_in_flight is what the DAG keeps

@@ -34,6 +34,12 @@ batches of SKUs instead.
 | `firered_conn_id` | | `firered_default` |
 | `model`, `parameters`, `poll_interval` | | `firered-image-edit-v1-1`, `{"output_format": "png"}`, 10 s |
 
+**Where a run may point**: as in `firered_catalogue_reedit`, a run's `manifest` and `output_root`
+params are accepted only under a prefix an admin lists in the Variable
+`firered_catalogue_allowed_prefixes` (a JSON list of absolute paths and URLs, shared by both catalogue
+DAGs); unset, a param may only name its default. Anything else fails `load_manifest` before anything
+is read or sent, naming the param and what is allowed.
+
 The manifest is CSV (with a header row) or JSON (a list of objects with the same keys).
 """
 
@@ -49,13 +55,15 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from airflow.configuration import conf
-from airflow.providers.common.compat.sdk import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import DAG, ObjectStoragePath, Param, Variable, get_current_context, task
 
 from airflow_provider_firered.operators.firered import FireRedEditOperator
+from airflow_provider_firered.param_locations import allowed_prefixes, is_url, location_param
 
 DAG_ID = "firered_catalogue_per_sku"
 POOL = "firered_gateway"
+LOAD_TASK_ID = "load_manifest"
 EDIT_TASK_ID = "edit"
 SAMPLE_MANIFEST = Path(__file__).with_name("firered_catalogue_manifest.csv")
 MANIFEST_FIELDS = ("sku", "image_url", "prompt")
@@ -72,7 +80,7 @@ def _setting(params: dict[str, Any], name: str, variable: str | None, default: s
 
 
 def _read_text(location: str) -> str:
-    if "://" in location and urlsplit(location).scheme != "file":
+    if is_url(location):
         return ObjectStoragePath(location).read_text()
     return Path(location.removeprefix("file://")).expanduser().read_text(encoding="utf-8")
 
@@ -141,15 +149,24 @@ with DAG(
     tags=["firered", "example"],
 ) as dag:
 
-    @task
+    @task(task_id=LOAD_TASK_ID)
     def load_manifest() -> list[dict[str, Any]]:
         """Read the manifest and turn each row into the arguments of one edit."""
         context = get_current_context()
         params = dict(context["params"])
-        manifest = _setting(params, "manifest", "firered_manifest", str(SAMPLE_MANIFEST))
+        # Checked before anything is read: where the worker reads and writes is the admin's choice.
+        prefixes = allowed_prefixes()
+        manifest = location_param(
+            params, "manifest", _setting({}, "manifest", "firered_manifest", str(SAMPLE_MANIFEST)), prefixes
+        )
         base_url = _setting(params, "image_base_url", "firered_image_base_url", "")
         default_root = os.path.join(os.environ.get("AIRFLOW_HOME", "~/airflow"), "firered-catalogue-per-sku")
-        output_root = _setting(params, "output_root", "firered_per_sku_output_root", default_root)
+        output_root = location_param(
+            params,
+            "output_root",
+            _setting({}, "output_root", "firered_per_sku_output_root", default_root),
+            prefixes,
+        )
         if "://" not in output_root:
             output_root = str(Path(output_root).expanduser().resolve())
         # A manual run may have no logical date: then the day it was triggered names the folder.
@@ -194,10 +211,16 @@ with DAG(
     ).expand_kwargs(manifest)
 
     @task(trigger_rule="all_done")  # run whatever happened to the edits
-    def summarise(skus: list[str], run_folder: str) -> dict[str, Any]:
+    def summarise() -> dict[str, Any]:
         """Report every SKU, whatever happened to the others; fail the run if any SKU failed."""
         context = get_current_context()
         ti = context["ti"]
+        # Pulled here, not passed in: when the manifest was refused there is nothing to report (a
+        # missing argument would fail this task and have it retried for nothing).
+        skus = ti.xcom_pull(task_ids=LOAD_TASK_ID, key="skus")
+        run_folder = ti.xcom_pull(task_ids=LOAD_TASK_ID, key="run_folder")
+        if not skus or not run_folder:
+            raise AirflowSkipException(f"{LOAD_TASK_ID} planned no edits: nothing to report")
         states = ti.get_task_states(dag_id=ti.dag_id, task_ids=[EDIT_TASK_ID], run_ids=[ti.run_id])
         run_states = states.get(ti.run_id, {})
         rows = []
@@ -240,6 +263,4 @@ with DAG(
             raise AirflowFailException(f"{len(failed)} of {len(rows)} SKU(s) failed: {', '.join(failed)}")
         return report
 
-    # Airflow types a task's output as XComArg, which it indexes (an XCom by key) only at run time.
-    summary = summarise(manifest["skus"], manifest["run_folder"])  # type: ignore[index]
-    edit >> summary
+    edit >> summarise()

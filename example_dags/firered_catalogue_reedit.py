@@ -40,6 +40,22 @@ side, each failure with its error) in the run folder. Open `index.html` in a bro
 | `firered_conn_id` | | `firered_default` |
 | `model`, `parameters`, `poll_interval` | | `firered-image-edit-v1-1`, `{"output_format": "png"}`, 10 s |
 
+**Where a run may point** (`manifest`, and `output_root`, which is also where earlier runs are
+looked for): a user who may trigger the DAG must not make the worker read or write wherever they
+like, so these params are accepted only under a prefix an admin lists in the Variable
+`firered_catalogue_allowed_prefixes`, a JSON list of absolute paths and URLs:
+
+    airflow variables set firered_catalogue_allowed_prefixes '["/data/catalogue", "s3://bucket/catalogue"]'
+
+Unset, a param may only name its default (from its Variable, else the built-in one); Variables are
+set by admins and are not checked. A prefix matches whole path segments after `~`, `..` and
+symlinks are resolved (`/data/catalogue` takes `/data/catalogue/2026/m.csv`, not
+`/data/catalogue-evil` nor `/data/catalogue/../../etc`); a URL must also have the prefix's scheme,
+user, host and port, and a `.` or `..` in its path is refused. Anything else fails `load_manifest`
+before anything is read or sent, naming the param and what is allowed. `image_base_url` is not
+checked: the worker reads no file through it (image URLs go to the gateway, and a batch's
+fingerprint requests go only to the hosts the connection's media host policy allows).
+
 The manifest is CSV (with a header row) or JSON (a list of objects with the same keys). Every row
 is checked before anything is sent: a missing field, a SKU that is not a plain folder name
 (letters, digits, `.`, `_`, `-`) or is repeated, or an image that is not an http(s) URL fails the
@@ -65,6 +81,7 @@ from airflow.sdk import DAG, ObjectStoragePath, Param, Variable, get_current_con
 from airflow_provider_firered import catalogue_report
 from airflow_provider_firered.batch_items import KEY_PATTERN
 from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
+from airflow_provider_firered.param_locations import allowed_prefixes, is_url, location_param
 
 DAG_ID = "firered_catalogue_reedit"
 POOL = "firered_gateway"
@@ -105,7 +122,7 @@ def _number(params: dict[str, Any], name: str, variable: str, default: int, maxi
 
 
 def _location(text: str) -> ObjectStoragePath | Path:
-    if "://" in text and urlsplit(text).scheme != "file":
+    if is_url(text):
         return ObjectStoragePath(text)
     return Path(text.removeprefix("file://")).expanduser()
 
@@ -242,10 +259,16 @@ with DAG(
         """Read and check the manifest; return the arguments of each batch task."""
         context = get_current_context()
         params = dict(context["params"])
-        manifest = _setting(params, "manifest", "firered_manifest", str(SAMPLE_MANIFEST))
+        # Checked before anything is read: where the worker reads and writes is the admin's choice.
+        prefixes = allowed_prefixes()
+        manifest = location_param(
+            params, "manifest", _setting({}, "manifest", "firered_manifest", str(SAMPLE_MANIFEST)), prefixes
+        )
         base_url = _setting(params, "image_base_url", "firered_image_base_url", "")
         default_root = os.path.join(os.environ.get("AIRFLOW_HOME", "~/airflow"), "firered-catalogue")
-        output_root = _setting(params, "output_root", "firered_output_root", default_root)
+        output_root = location_param(
+            params, "output_root", _setting({}, "output_root", "firered_output_root", default_root), prefixes
+        )
         if "://" not in output_root:
             output_root = str(Path(output_root).expanduser().resolve())
         output_root = output_root.rstrip("/")

@@ -3,10 +3,13 @@ The one-command demo (``make demo``): the nightly catalogue example, end to end,
 
 1. Starts the offline FireRed emulator (or, with ``FIRERED_API_KEY`` set, uses the real gateway).
 2. Prepares an isolated Airflow home in ``.airflow-demo/`` (SQLite) and passes the ``firered_default``
-   connection and the example's Variables through the environment: nothing is written elsewhere.
-3. Runs ``firered_catalogue_reedit`` with ``airflow dags test``: the catalogue is split into batches,
-   each batch task submits its SKUs, waits deferred in the trigger and downloads the images; SKUs
-   unchanged since an earlier demo run are copied from it instead of being edited again.
+   connection and the example's Variables through the environment, as an admin would set them:
+   ``firered_catalogue_allowed_prefixes`` lists the output folder (and a manifest's folder), the only
+   places a run's ``output_root`` and ``manifest`` params may name. Nothing is written elsewhere.
+3. Runs ``firered_catalogue_reedit`` with ``airflow dags test`` and those params: the catalogue is
+   split into batches, each batch task submits its SKUs, waits deferred in the trigger and downloads
+   the images; SKUs unchanged since an earlier demo run are copied from it instead of being edited
+   again.
 4. Prints one line per SKU from the run's ``summary.json``, the run folder
    (``demo-output/<date>T<time>Z/``) and the contact sheet to open in a browser (``index.html``).
 
@@ -55,6 +58,8 @@ SAMPLE_MANIFEST = DAGS_FOLDER / "firered_catalogue_manifest.csv"
 HOME = Path(os.environ.get("FIRERED_DEMO_HOME") or REPO / ".airflow-demo").resolve()
 OUTPUT_ROOT = Path(os.environ.get("FIRERED_DEMO_OUTPUT") or REPO / "demo-output").resolve()
 DAG_ID = "firered_catalogue_reedit"
+#: The Variable (as an environment variable) listing where a run's path params may point.
+ALLOWED_PREFIXES = "AIRFLOW_VAR_FIRERED_CATALOGUE_ALLOWED_PREFIXES"
 EDIT_TASK_ID = "edit_batch"
 #: The sample input of the FireRed reference documentation: the default image with a real key.
 REFERENCE_IMAGE = "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/f1.png"
@@ -200,7 +205,6 @@ def airflow_env(extra: dict[str, str]) -> dict[str, str]:
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME / 'airflow.db'}",
-            "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(OUTPUT_ROOT),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -382,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             conn = {"conn_type": "firered", "password": api_key}
             if os.environ.get("FIRERED_GATEWAY_URL"):
                 conn["host"] = os.environ["FIRERED_GATEWAY_URL"]
-            extra = {"AIRFLOW_VAR_FIRERED_MANIFEST": str(manifest.resolve())}
-            conf: dict[str, Any] = {"poll_interval": 10}
+            conf: dict[str, Any] = {"poll_interval": 10, "manifest": str(manifest.resolve())}
+            extra = {ALLOWED_PREFIXES: json.dumps([str(OUTPUT_ROOT), str(manifest.resolve().parent)])}
             batch_size = os.environ.get("FIRERED_BATCH_SIZE", "")
             timeout = args.timeout or 3600
         else:
@@ -394,12 +398,17 @@ def main(argv: list[str] | None = None) -> int:
             say(f"gateway {info['gateway_url']}, CDN {info['cdn_url']}")
             say(f"{len(rows)} SKU(s) in {shown(SAMPLE_MANIFEST)}, images from {base}")
             conn = {"conn_type": "firered", "host": info["gateway_url"], "password": "demo-key"}
-            extra = {"AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": base}
-            conf = {"poll_interval": 1}
+            extra = {
+                "AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": base,
+                ALLOWED_PREFIXES: json.dumps([str(OUTPUT_ROOT)]),
+            }
+            conf = {"poll_interval": 1}  # the sample manifest: the DAG's default
             batch_size = os.environ.get("FIRERED_BATCH_SIZE", "2")
             timeout = args.timeout or 600
         if batch_size:
             extra["AIRFLOW_VAR_FIRERED_BATCH_SIZE"] = batch_size
+        # A run's param, as a user would pass it: accepted because the Variable above allows it.
+        conf["output_root"] = str(OUTPUT_ROOT)
         skus = [row["sku"] for row in rows]
         env = airflow_env({"AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(conn), **extra})
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,6 +17,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, 
 from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
+    FireRedError,
     FireRedJobFailedError,
     FireRedStartTimeoutError,
     FireRedTimeoutError,
@@ -23,6 +27,11 @@ from airflow_provider_firered.exceptions import (
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs, validate_edit
 from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
+from airflow_provider_firered.saturation import (
+    MIN_DEFERRAL_SECONDS,
+    saturation_delay,
+    saturation_trigger,
+)
 from airflow_provider_firered.triggers.firered import (
     DEFER_SLACK,
     EventStatus,
@@ -45,6 +54,10 @@ REQUEST_ID_STATE_KEY = "firered_request_id"
 RESUBMISSIONS_XCOM_KEY = "resubmissions"
 #: The most resubmissions of an ERROR job ``resubmit_on_error`` may ask for.
 MAX_RESUBMITS = 10
+#: XCom key holding the saturation wait (its deadline, the 429s so far) of a deferred submit.
+SATURATION_XCOM_KEY = "saturation"
+#: HTTP status of a gateway that is saturated (too many jobs at once): it created no job.
+SATURATED = 429
 
 
 def validate_wait(timeout: Any, resubmit_on_error: Any) -> None:
@@ -85,6 +98,19 @@ class FireRedOutputLink(BaseOperatorLink):
 
 
 @dataclass(frozen=True)
+class Saturation:
+    """
+    How long a deferrable submit may keep meeting a saturated gateway (``429``), and how often it did.
+
+    :param deadline: epoch seconds past which a ``429`` fails the try instead of deferring again.
+    :param refusals: the ``429`` answers this submit got so far.
+    """
+
+    deadline: float
+    refusals: int = 0
+
+
+@dataclass(frozen=True)
 class Start:
     """
     Where a try starts: the job's latest known status, and whether the try waits for it.
@@ -104,7 +130,8 @@ class FireRedEditOperator(BaseOperator):
     The edit is submitted on the worker, then waited for in the triggerer (``deferrable=True``, no
     worker slot held) or by polling on the worker. The request id is pushed to XCom (key
     ``request_id``) and, on Airflow 3.3+, kept in ``task_state_store``, so a retry after a crash, a
-    timeout or a lost triggerer resumes the same job instead of paying for a new one.
+    timeout or a lost triggerer resumes the same job instead of paying for a new one. A user's clear
+    submits a new edit, unless the stored job of the same edit is still running: it is collected.
 
     Returns ``{"request_id", "model_id", "status", "media_urls", "media_type", "output_paths"}``.
 
@@ -117,6 +144,8 @@ class FireRedEditOperator(BaseOperator):
     :param wait_for_completion: wait for the job; if False, return right after the submit.
     :param poll_interval: seconds between status reads, at least 1 (5-10 is recommended).
     :param timeout: seconds one try waits for the job; a retry resumes the same job with a fresh wait.
+        A deferrable submit refused with ``429`` (the gateway is saturated) waits for the gateway
+        in the triggerer, then submits again, for at most this many seconds from the try's start.
     :param start_timeout: seconds the job may stay ``QUEUED`` once the try starts waiting; past that the
         task fails for good with ``FireRedStartTimeoutError``, naming the request (None: no limit).
     :param max_poll_interval: let the interval grow (x1.5 per read) while the job is ``PROCESSING``, up
@@ -185,6 +214,8 @@ class FireRedEditOperator(BaseOperator):
         return WaitPolicy(self.poll_interval, self.max_poll_interval, self.start_timeout)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        # A deferrable submit refused with 429 waits for the gateway at most `timeout` from here.
+        self._try_started = time.time()
         with airflow_errors():
             # Validated after rendering and before any request: a bad task fails alone, without retries.
             validate_edit(
@@ -197,11 +228,40 @@ class FireRedEditOperator(BaseOperator):
             )
             validate_wait(self.timeout, self.resubmit_on_error)
             _ = self.policy  # checks poll_interval, max_poll_interval and start_timeout
-            start = self._resume_or_submit(context)
-            if not start.wait:  # the result as of the submit: QUEUED, nothing to collect yet
-                queued = JobStatus.QUEUED
-                return JobStatusResult(start.status.request_id, queued, queued.value, self.model).to_dict()
-            return self._wait(context, start.status)
+            return self._go(context, self._resume_or_submit(context))
+
+    def execute_after_saturation(
+        self,
+        context: Context,
+        event: Any = None,  # noqa: ARG002 - the timer's event says only that it fired
+        saturation_deadline: Any = None,
+        refusals: Any = 0,
+    ) -> dict[str, Any]:
+        """
+        Resume after waiting out a saturated gateway in the triggerer: submit the edit again, go on.
+
+        :param context: the task's context.
+        :param event: the timer trigger's event.
+        :param saturation_deadline: epoch seconds past which another ``429`` fails the try.
+        :param refusals: the ``429`` answers the submit got so far.
+        """
+        with airflow_errors():
+            if saturation_deadline is None:
+                # dag.test() hands the method the event alone, not the deferral's kwargs (Airflow
+                # merges them): the same values, kept in XCom for the try, stand in.
+                ti = context["ti"]
+                kept = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index, key=SATURATION_XCOM_KEY)
+                if isinstance(kept, dict):
+                    saturation_deadline, refusals = kept.get("deadline"), kept.get("refusals")
+            saturation = Saturation(_number(saturation_deadline, time.time()), int(_number(refusals, 1)))
+            return self._go(context, self._started(self._submit(context, saturation)))
+
+    def _go(self, context: Context, start: Start) -> dict[str, Any]:
+        """Return the result as of the submit, or wait for the job and collect it."""
+        if not start.wait:  # the result as of the submit: QUEUED, nothing to collect yet
+            queued = JobStatus.QUEUED
+            return JobStatusResult(start.status.request_id, queued, queued.value, self.model).to_dict()
+        return self._wait(context, start.status)
 
     # -- 1. submit, or resume the request an earlier try submitted --------------------------------
 
@@ -220,7 +280,10 @@ class FireRedEditOperator(BaseOperator):
                 previous.request_id,
                 previous.raw_status,
             )
-        submitted = self._submit(context)
+        return self._started(self._submit(context))
+
+    def _started(self, submitted: SubmitResult) -> Start:
+        """Where the try goes on from an accepted submit."""
         if not self.wait_for_completion:
             return Start(_answered(submitted), wait=False)
         return Start(self._first_status(submitted), wait=True)
@@ -247,20 +310,48 @@ class FireRedEditOperator(BaseOperator):
                 "a retry submits a new edit"
             )
             return None
-        stored = self._stored_request_id(store.get(REQUEST_ID_STATE_KEY), context["ti"].max_tries)
-        return self._stored_status(stored) if stored else None
-
-    def _stored_request_id(self, stored: Any, max_tries: int) -> str | None:
-        """The request an earlier try of this task submitted, unless the task was cleared since."""
+        stored = store.get(REQUEST_ID_STATE_KEY)
         if not isinstance(stored, dict) or not stored.get("request_id"):
             return None
-        if stored.get("max_tries") != max_tries:
+        request_id = str(stored["request_id"])
+        if stored.get("max_tries") == context["ti"].max_tries:
+            return self._stored_status(request_id)
+        return self._still_running_after_clear(request_id, stored.get("edit"))
+
+    def _still_running_after_clear(self, request_id: str, edit: Any) -> JobStatusResult | None:
+        """
+        After a user's clear, the stored request only if it is this same edit and still running.
+
+        A clear asks for a new edit, but a job of the same edit still ``QUEUED``/``PROCESSING`` was
+        never collected (its task was stopped by the user while deferred, or crashed): it is paid
+        for and still running, so it is collected instead of paying again. A finished one is not
+        reused: the clear submits afresh, as asked.
+        """
+        if edit != self._edit_fingerprint():
             self.log.info(
                 "The task was cleared after request %s was submitted: submitting a fresh edit, as asked",
-                stored["request_id"],
+                request_id,
             )
             return None
-        return str(stored["request_id"])
+        status = self._stored_status(request_id)
+        if status is None or status.status.is_terminal:
+            self.log.info(
+                "The task was cleared after request %s ended: submitting a fresh edit, as asked", request_id
+            )
+            return None
+        self.log.info(
+            "The task was cleared while request %s (this same edit) was still %s: collecting it "
+            "instead of paying for it again",
+            request_id,
+            status.raw_status,
+        )
+        return status
+
+    def _edit_fingerprint(self) -> str:
+        """A digest of what is submitted (rendered): a stored request is resumed only for the same edit."""
+        edit = [self.model, self.prompt, self.images, self.parameters, self.webhook_url, self.webhook_mode]
+        text = json.dumps(edit, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def _stored_status(self, request_id: str) -> JobStatusResult | None:
         try:
@@ -273,25 +364,108 @@ class FireRedEditOperator(BaseOperator):
                 return None
             raise
 
-    def _submit(self, context: Context) -> SubmitResult:
-        """Post the edit; record its request id (XCom, and task_state_store where Airflow has it)."""
-        submitted = self.hook.submit_edit(
-            self.model,
-            self.prompt,
-            self.images,
-            self.parameters,
-            webhook_url=self.webhook_url,
-            webhook_mode=self.webhook_mode,
-        )
+    def _submit(self, context: Context, saturation: Saturation | None = None) -> SubmitResult:
+        """
+        Post the edit; record its request id (XCom, and task_state_store where Airflow has it).
+
+        :param context: the task's context.
+        :param saturation: the ``429`` answers met so far, when this submit comes after a deferral.
+        """
+        submitted = self._post(context, saturation)
         ti = context["ti"]
         store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         if store is not None:
             # Stored first, the job is paid for: if anything after this fails (the XCom push
             # included), a retry still finds the request and resumes it instead of posting again.
             # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
-            store.set(REQUEST_ID_STATE_KEY, {"request_id": submitted.request_id, "max_tries": ti.max_tries})
+            # The digest lets a clear collect this job if it is stopped before it ends.
+            store.set(
+                REQUEST_ID_STATE_KEY,
+                {
+                    "request_id": submitted.request_id,
+                    "max_tries": ti.max_tries,
+                    "edit": self._edit_fingerprint(),
+                },
+            )
         ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
         return submitted
+
+    def _post(self, context: Context, saturation: Saturation | None) -> SubmitResult:
+        """
+        Send the edit. On the worker path the hook waits out a ``429`` itself (its retry policy).
+        Deferrable, a ``429`` defers the task on a timer instead (no worker slot held while the
+        gateway is saturated) and :meth:`execute_after_saturation` sends it again: a ``429`` created
+        no job, so nothing is paid twice.
+        """
+        if not self.deferrable:
+            return self._send(retry=True)
+        try:
+            return self._send(retry=False)
+        except FireRedApiError as err:
+            if err.status_code != SATURATED:
+                raise
+            self._defer_until_unsaturated(context, err, saturation)
+        except FireRedError as err:
+            if not err.retryable:
+                raise
+            # A connection that never opened sent nothing: the hook's own retries deal with it.
+            return self._send(retry=True)
+        raise AssertionError("unreachable: deferring raises")  # pragma: no cover
+
+    def _send(self, *, retry: bool) -> SubmitResult:
+        return self.hook.submit_edit(
+            self.model,
+            self.prompt,
+            self.images,
+            self.parameters,
+            webhook_url=self.webhook_url,
+            webhook_mode=self.webhook_mode,
+            retry=retry,
+        )
+
+    def _defer_until_unsaturated(
+        self, context: Context, err: FireRedApiError, saturation: Saturation | None
+    ) -> None:
+        """
+        Defer on a timer until the gateway's ``Retry-After`` (capped, with jitter; at least
+        :data:`~airflow_provider_firered.saturation.MIN_DEFERRAL_SECONDS`), within the deadline.
+        """
+        now = time.time()
+        if saturation is None:
+            saturation = Saturation(getattr(self, "_try_started", now) + self.timeout)
+        refusals = saturation.refusals + 1
+        remaining = saturation.deadline - now
+        if remaining <= 0:
+            raise self._saturated_error(err, refusals)
+        delay = saturation_delay(err, self.hook.settings.retry.max_retry_after)
+        delay = min(max(delay, MIN_DEFERRAL_SECONDS), remaining)
+        self.log.warning(
+            "The gateway is saturated (HTTP 429 to submit #%d, Retry-After %s): no job was created. "
+            "Deferring %.1f s without holding a worker slot, then submitting again (until %.0f s "
+            "from now)",
+            refusals,
+            "not given" if err.retry_after is None else f"{err.retry_after:g} s",
+            delay,
+            remaining,
+        )
+        kept = {"deadline": saturation.deadline, "refusals": refusals}
+        context["ti"].xcom_push(key=SATURATION_XCOM_KEY, value=kept)
+        self.defer(
+            trigger=saturation_trigger(delay),
+            method_name="execute_after_saturation",
+            kwargs={"saturation_deadline": saturation.deadline, "refusals": refusals},
+            timeout=timedelta(seconds=delay + DEFER_SLACK),
+        )
+
+    def _saturated_error(self, err: FireRedApiError, refusals: int) -> FireRedApiError:
+        """The retryable error of a submit the gateway refused with ``429`` until the deadline."""
+        error = FireRedApiError(SATURATED, err.error, err.message, retry_after=err.retry_after)
+        error.args = (
+            f"The FireRed gateway answered HTTP 429 (saturated: too many jobs at once) to all {refusals} "
+            f"submits of this edit within its timeout of {self.timeout:g} s; no job was created and "
+            "nothing was paid. A retry of the task submits it again",
+        )
+        return error
 
     def _first_status(self, submitted: SubmitResult) -> JobStatusResult:
         """
@@ -421,6 +595,13 @@ class FireRedEditOperator(BaseOperator):
             f", saved to {self.output_dir}" if result["output_paths"] else "",
         )
         return result
+
+
+def _number(value: Any, default: float) -> float:
+    """A finite number from a deferral's kwargs, else ``default``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default
 
 
 def _answered(submitted: SubmitResult) -> JobStatusResult:

@@ -5,42 +5,61 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
+from airflow_provider_firered.atomic_files import write_atomic
 from airflow_provider_firered.batch_items import BatchItem, check_items, fingerprint, source_identities
-from airflow_provider_firered.batch_state import RESUBMITTED_STATUSES, RESUMED_STATUSES, BatchState
+from airflow_provider_firered.batch_state import (
+    RESUBMITTED_STATUSES,
+    RESUMED_STATUSES,
+    BatchState,
+    StoredRequest,
+    cleared_request,
+    edit_digest,
+    stored_request,
+)
+from airflow_provider_firered.earlier_runs import copy_outputs
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedBatchFailedError,
+    FireRedConnectionError,
     FireRedError,
     FireRedSubmitUncertainError,
     FireRedValidationError,
     airflow_errors,
 )
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.manifest import ManifestEntry, previous_entries, read_manifest, write_manifest
+from airflow_provider_firered.manifest import (
+    ManifestEntry,
+    manifest_path,
+    previous_entries,
+    read_manifest,
+    write_manifest,
+)
 from airflow_provider_firered.options import DEFAULT_MODEL
-from airflow_provider_firered.output_paths import as_target, check_inside
-from airflow_provider_firered.results import SubmitResult
+from airflow_provider_firered.output_paths import as_target
+from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
+from airflow_provider_firered.saturation import MIN_DEFERRAL_SECONDS, saturation_delay, saturation_trigger
 from airflow_provider_firered.triggers.firered import DEFER_SLACK
 from airflow_provider_firered.triggers.firered_batch import RESUME_AFTER, FireRedBatchStatusTrigger
 from airflow_provider_firered.wait_policy import WaitPolicy, validate_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
     from airflow.sdk import Context
+
+    from airflow_provider_firered.earlier_runs import EarlierBatch
 
 #: The progress file beside the manifest: which try's work the manifest holds.
 PROGRESS_NAME = "_batch.json"
@@ -49,6 +68,9 @@ STATE_KEY_PREFIX = "firered_batch:"
 #: Answers that refuse every submit of the batch alike (the key, the subscription).
 BATCH_REFUSALS = frozenset({401, 402, 403})
 MAX_IN_FLIGHT = 10_000
+#: Seconds one fingerprint phase (the HEAD requests of a wave's items) may take at most; the URLs not
+#: identified by then count as changed (their items are edited, not reused, on the next night).
+FINGERPRINT_BUDGET = 120.0
 
 
 class FireRedBatchEditOperator(BaseOperator):
@@ -61,9 +83,11 @@ class FireRedBatchEditOperator(BaseOperator):
     request id is kept in ``task_state_store`` (Airflow 3.3+) as soon as the gateway accepts it, and the
     manifest records the batch's progress at every wave, so a retry resumes: finished items are not
     touched, unfinished ones are waited for, ``FAILED`` ones are not paid again and ``ERROR`` ones are
-    submitted again. A user's clear starts afresh. An item whose fingerprint (model, prompt,
-    parameters, and each input image's URL, ``ETag``, ``Last-Modified`` and ``Content-Length``) matches
-    a ``COMPLETED`` item of ``previous`` with its outputs present is copied, not submitted.
+    submitted again. A user's clear starts afresh, except that a job still running (its task was
+    stopped by a user while deferred) of an item left unchanged is collected, not paid again. An item
+    whose fingerprint (model, prompt, parameters, and each input image's URL, ``ETag``,
+    ``Last-Modified`` and ``Content-Length``) matches a ``COMPLETED`` item of ``previous`` with its
+    outputs present is copied, not submitted.
 
     Returns ``{"total", "edited", "reused", "failed", "manifest", "output_root"}``; per-item results
     are in the manifest, not in XCom.
@@ -182,6 +206,28 @@ class FireRedBatchEditOperator(BaseOperator):
             batch.take_event(event)
             return self._advance(context, batch)
 
+    def resume_after_saturation(
+        self,
+        context: Context,
+        event: Any = None,  # noqa: ARG002  Airflow passes the timer's event; the moment is all it says
+        deadline: float = 0.0,
+    ) -> dict[str, Any]:
+        """
+        Resume after waiting out a saturated gateway: submit again, within the same try's deadline.
+
+        :param event: the timer's event (unused).
+        :param deadline: when the try stops waiting (epoch seconds).
+        """
+        with airflow_errors():
+            self._check_arguments()
+            batch = self._continue()
+            if not deadline:  # (``dag.test()`` passes the event alone): the progress file keeps it
+                found = _read_progress(as_target(self.output_root, field_name="output_root"))
+                kept = found.get("deadline")
+                deadline = kept if isinstance(kept, float) else 0.0
+            batch.deadline = deadline
+            return self._advance(context, batch)
+
     # -- building the batch's state ------------------------------------------------------------------
 
     def _items(self) -> tuple[list[BatchItem], dict[str, ManifestEntry]]:
@@ -199,15 +245,39 @@ class FireRedBatchEditOperator(BaseOperator):
         progress = {"task": _task_of(ti), "max_tries": ti.max_tries}
         earlier = self._resumable(root, progress)
         batch = BatchState(self, items, invalid, deadline=time.time() + self.timeout)
-        # Only an earlier try of this very batch (its progress file found) can have stored request
-        # ids: a first try, or a night after another, reads none (each read is a call to Airflow).
-        store = context.get("task_state_store") if earlier is not None else None  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
+        store = self._retry_store(context)
+        stored: dict[str, StoredRequest | None] = {}
+        cleared: dict[str, StoredRequest] = {}
+        for item in items:
+            value = None if store is None else store.get(STATE_KEY_PREFIX + item.key)
+            stored[item.key] = stored_request(value, ti.max_tries)
+            if not (earlier and item.key in earlier):  # what this try series recorded comes first
+                found = cleared_request(value, ti.max_tries, edit_digest(item))
+                if found is not None:
+                    cleared[item.key] = found
+        running = self._still_running_after_clear(cleared)
         for item in items:
             entry = earlier.get(item.key) if earlier else None
-            stored = self._stored_request(store, item.key, ti.max_tries)
-            batch.resume(item, entry, stored)
-        self._write_progress(root, progress)
-        self._fingerprint_and_reuse(batch)
+            batch.resume(item, entry, stored[item.key] or running.get(item.key))
+        for key, request in running.items():
+            if batch.entries[key].request_id == request.request_id:
+                batch.collected_after_clear.append(batch.items[key])
+                # Stored again as this try's own: a retry of it then resumes the job as any retry does.
+                store.set(
+                    STATE_KEY_PREFIX + key,
+                    {
+                        "request_id": request.request_id,
+                        "max_tries": ti.max_tries,
+                        "attempt": request.attempt,
+                        "edit": edit_digest(batch.items[key]),
+                    },
+                )
+        self._write_progress(root, {**progress, "deadline": batch.deadline})
+        if self._previous_roots() and not self.force:
+            # Compared with the earlier run before anything is submitted; otherwise the fingerprints
+            # (for the next night) are read after each wave's submits, never delaying one.
+            self._fingerprint(batch, batch.queue)
+            self._reuse_unchanged(batch)
         self.log.info(
             "Batch of %d item(s): %d invalid, %d done before, %d reused, %d to wait for, %d to submit",
             len(items) + len(invalid),
@@ -229,6 +299,59 @@ class FireRedBatchEditOperator(BaseOperator):
             batch.carry(item, by_key.get(item.key))
         return batch
 
+    def _still_running_after_clear(self, cleared: dict[str, StoredRequest]) -> dict[str, StoredRequest]:
+        """
+        Of the jobs stored before a user's clear for items left unchanged, those still ``QUEUED`` or
+        ``PROCESSING``: one status read each, ``download_threads`` at once.
+
+        A clear asks for new edits, but such a job was never collected (its task was stopped by a user
+        while deferred, or crashed) and is paid for: it is collected instead of paying again. A job
+        that ended, or that the gateway forgot (``404``), is submitted afresh, as a clear asks.
+
+        :param cleared: item key -> its request stored before the clear, for the same edit.
+        """
+        if not cleared:
+            return {}
+
+        def read(request: StoredRequest) -> JobStatusResult | None:
+            try:
+                return self.hook.get_status(request.request_id)
+            except FireRedApiError as err:
+                if err.status_code == 404:  # forgotten by the gateway: nothing left to collect
+                    return None
+                raise
+
+        self.hook.settings  # noqa: B018  resolved once here, not in every thread
+        with ThreadPoolExecutor(max_workers=min(self.download_threads, len(cleared))) as pool:
+            statuses = list(pool.map(read, cleared.values()))
+        running = {
+            key: request
+            for (key, request), status in zip(cleared.items(), statuses, strict=True)
+            if status is not None and status.status in (JobStatus.QUEUED, JobStatus.PROCESSING)
+        }
+        self.log.info(
+            "The task was cleared after %d unchanged item(s) were submitted: %d still running, collected "
+            "instead of paying for them again; the rest are submitted afresh, as asked",
+            len(cleared),
+            len(running),
+        )
+        return running
+
+    def _retry_store(self, context: Context) -> Any:
+        """
+        The ``task_state_store`` to read stored request ids from: on a retry only (a first try has
+        none, and each read is a call to Airflow), whether or not this worker finds the manifest.
+        """
+        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
+        if store is None:
+            self.log.info(
+                "This Airflow has no task_state_store (3.3+): crash recovery for batches rests on the "
+                "manifest alone; a retry that cannot read it (a local output_root on another worker) "
+                "submits the unfinished items again"
+            )
+            return None
+        return store if context["ti"].try_number > 1 else None
+
     def _resumable(
         self, root: Path | ObjectStoragePath, progress: dict[str, Any]
     ) -> dict[str, ManifestEntry] | None:
@@ -237,51 +360,53 @@ class FireRedBatchEditOperator(BaseOperator):
         stopped); None when there was no such try: a new batch, a task cleared since (a clear changes
         ``max_tries``), or a folder that holds another task's or another run's batch.
         """
-        try:
-            with (root / PROGRESS_NAME).open("r", encoding="utf-8") as source:
-                found = json.loads(source.read(4096))
-        except (OSError, ValueError):
-            found = None
-        if found != progress:
+        found = _read_progress(root)
+        if {name: found.get(name) for name in progress} != progress:
             self.log.info(
-                "No earlier try of this batch to resume (new, or cleared): every item starts afresh"
+                "No earlier manifest of this batch to resume (new, cleared, or not on this disk): "
+                "only stored request ids are taken up"
             )
             return None
         return {entry.key: entry for entry in read_manifest(root) or []}
 
     @staticmethod
     def _write_progress(root: Path | ObjectStoragePath, progress: dict[str, Any]) -> None:
-        if isinstance(root, Path):
-            root.mkdir(parents=True, exist_ok=True)
-        with (root / PROGRESS_NAME).open("w", encoding="utf-8") as out:
-            out.write(json.dumps(progress))
+        write_atomic(root / PROGRESS_NAME, json.dumps(progress))
 
-    @staticmethod
-    def _stored_request(store: Any, key: str, max_tries: int) -> str | None:
-        if store is None:
-            return None
-        stored = store.get(STATE_KEY_PREFIX + key)
-        if isinstance(stored, dict) and stored.get("max_tries") == max_tries and stored.get("request_id"):
-            return str(stored["request_id"])
-        return None
+    def _save(self, batch: BatchState) -> str:
+        """Write the manifest: the batch's progress, and what a retry takes up."""
+        return write_manifest(self.output_root, batch.manifest())
 
-    def _fingerprint_and_reuse(self, batch: BatchState) -> None:
+    def _fingerprint(self, batch: BatchState, items: list[BatchItem]) -> None:
         """
-        Fingerprint the items still to submit; copy those unchanged since ``previous`` instead, and
-        do not pay again for one that ended ``FAILED`` there.
+        Fingerprint those of ``items`` not fingerprinted yet, within :data:`FINGERPRINT_BUDGET` and
+        the batch's deadline (an image not identified in time leaves its item unfingerprinted:
+        changed, for the next night).
         """
-        todo = [item for item in batch.queue if batch.entries[item.key].fingerprint is None]
+        todo = [item for item in items if batch.entries[item.key].fingerprint is None]
         if not todo:
             return
+        deadline = time.time() + FINGERPRINT_BUDGET
+        if batch.deadline > 0:
+            deadline = min(deadline, batch.deadline)
         identities = source_identities(
-            (url for item in todo for url in item.images), self.hook.settings, threads=self.download_threads
+            (url for item in todo for url in item.images),
+            self.hook.settings,
+            threads=self.download_threads,
+            deadline=deadline,
         )
         for item in todo:
             batch.entries[item.key].fingerprint = fingerprint(item, identities)
-        roots = self._previous_roots()
-        if self.force or not roots:
+
+    def _reuse_unchanged(self, batch: BatchState) -> None:
+        """
+        Copy the queued items unchanged since ``previous`` instead of submitting them, and do not pay
+        again for one that ended ``FAILED`` there.
+        """
+        todo = [item for item in batch.queue if batch.entries[item.key].fingerprint is not None]
+        if not todo:
             return
-        earlier = previous_entries(roots)
+        earlier = previous_entries(self._previous_roots())
         for item in list(todo):
             entry = earlier.get(item.key, (None, None))[0]
             mine = batch.entries[item.key].fingerprint
@@ -313,31 +438,29 @@ class FireRedBatchEditOperator(BaseOperator):
         self,
         batch: BatchState,
         item: BatchItem,
-        earlier: tuple[ManifestEntry, Path | ObjectStoragePath] | None,
+        earlier: tuple[ManifestEntry, EarlierBatch] | None,
     ) -> list[str] | None:
-        """Copy an unchanged item's earlier outputs into its folder; None when it cannot be reused."""
+        """
+        Copy an unchanged item's earlier outputs into its folder; None when it cannot be reused.
+
+        Only regular image files inside the earlier run's own folder are copied, within the
+        connection's ``max_download_bytes`` (see :func:`~airflow_provider_firered.earlier_runs.copy_outputs`).
+        """
         if earlier is None:
             return None
-        entry, earlier_root = earlier
+        entry, earlier_batch = earlier
         mine = batch.entries[item.key].fingerprint
         if mine is None or entry.fingerprint != mine or entry.status != "COMPLETED" or not entry.outputs:
             return None
         if entry.outcome not in ("edited", "reused"):
             return None
-        target_dir = batch.root / item.key
-        copied = []
         try:
-            for output in entry.outputs:
-                source = as_target(output, field_name="previous")
-                check_inside(source, earlier_root / item.key, field_name="previous")
-                target = target_dir / Path(str(source)).name
-                check_inside(target, target_dir)
-                _copy(source, target)
-                copied.append(str(target))
+            return copy_outputs(
+                entry, earlier_batch, batch.root / item.key, max_bytes=self.hook.settings.max_download_bytes
+            )
         except (OSError, FireRedError) as err:
             self.log.info("Item %s cannot reuse its earlier outputs (%s): editing it", item.key, err)
             return None
-        return copied
 
     # -- waves -----------------------------------------------------------------------------------------
 
@@ -349,18 +472,27 @@ class FireRedBatchEditOperator(BaseOperator):
         """
         while True:
             completed = batch.settle()
-            submitted = 0
+            answers = _WaveAnswers()
             if batch.timed_out():
                 batch.give_up_waiting()
             else:
                 try:
-                    submitted = self._submit_wave(context, batch)
+                    self._submit_wave(context, batch, answers)
+                except _SaturatedError as saturated:
+                    return self._wait_for_room(batch, saturated.error)
                 except Exception:
                     # What this wave learnt survives any failure (the gateway's, or Airflow's store):
                     # an accepted or uncertain submit must stay recorded, or the retry would pay for it
                     # again. Completed jobs stay pending with their request id: the retry collects them.
-                    write_manifest(self.output_root, batch.manifest())
+                    self._save(batch)
                     raise
+                if answers.answered:
+                    # Every accepted request id is recorded before anything else can fail or wait:
+                    # a worker lost during the downloads below leaves its retry nothing to pay again.
+                    self._save(batch)
+                self._fingerprint(batch, answers.accepted + batch.collected_after_clear)
+                batch.collected_after_clear = []
+            submitted = len(answers.accepted)
             batch.download(completed)
             self.log.info(
                 "Wave: %d output(s) collected, %d submitted; %d edited, %d reused, %d failed so far; "
@@ -375,7 +507,7 @@ class FireRedBatchEditOperator(BaseOperator):
             )
             if not batch.in_flight:
                 return self._finish(batch)
-            write_manifest(self.output_root, batch.manifest())
+            self._save(batch)
             trigger = FireRedBatchStatusTrigger(
                 requests=[[rid, start] for rid, (_key, start) in batch.in_flight.items()],
                 firered_conn_id=self.firered_conn_id,
@@ -383,6 +515,7 @@ class FireRedBatchEditOperator(BaseOperator):
                 deadline=batch.deadline,
                 min_ended=wake_after(len(batch.in_flight), len(batch.queue)),
                 not_before=time.time() + RESUME_AFTER if self.deferrable else 0.0,
+                manifest=str(manifest_path(self.output_root)),
             )
             if self.deferrable:
                 self.defer(
@@ -392,22 +525,48 @@ class FireRedBatchEditOperator(BaseOperator):
                 )
             batch.take_event(asyncio.run(_first_event(trigger)))
 
-    def _submit_wave(self, context: Context, batch: BatchState) -> int:
+    def _wait_for_room(self, batch: BatchState, error: FireRedApiError) -> dict[str, Any]:
+        """
+        The gateway is saturated and none of this batch's jobs is running: defer on a timer (no
+        worker slot held) until its ``Retry-After``, then submit again; past the try's deadline the
+        queued items fail ``NOT_SUBMITTED`` instead (a retry submits them).
+        """
+        delay = max(saturation_delay(error, self.hook.settings.retry.max_retry_after), MIN_DEFERRAL_SECONDS)
+        if time.time() + delay >= batch.deadline:
+            batch.give_up_waiting()
+            return self._finish(batch)
+        self._save(batch)
+        self.log.warning(
+            "The gateway is saturated (%s) and no job of this batch is running: deferring for %.1fs, "
+            "holding no worker slot, then submitting again",
+            error,
+            delay,
+        )
+        self.defer(
+            trigger=saturation_trigger(delay),
+            method_name="resume_after_saturation",
+            kwargs={"deadline": batch.deadline},
+            timeout=timedelta(seconds=delay + DEFER_SLACK),
+        )
+        raise AssertionError("unreachable: defer() raises")  # pragma: no cover
+
+    def _submit_wave(self, context: Context, batch: BatchState, answers: _WaveAnswers) -> None:
         """
         Submit queued items, ``download_threads`` at a time, into the free slots (fewer than
-        ``max_in_flight`` jobs unfinished); return how many the gateway accepted.
+        ``max_in_flight`` jobs unfinished); collect the answers into ``answers``.
 
         Each accepted request id is stored (``task_state_store``) and recorded as its answer comes
-        in. A saturated or unreachable gateway pauses the wave (the rest stay queued for the next
-        one); a refused key or subscription fails every queued item; an uncertain submit fails its
-        item for good. A failure that ends the try is raised only after every answer is recorded.
+        in; an id the gateway already gave to another item fails the later item as ``UNCERTAIN``.
+        A saturated or unreachable gateway pauses the wave (the rest stay queued for the next one);
+        a refused key or subscription fails every queued item; an uncertain submit fails its item
+        for good. A failure that ends the try is raised only after every answer is recorded; a
+        ``429`` with nothing in flight raises :class:`_SaturatedError` in a deferrable batch.
         """
         wave = batch.queue[: max(0, self.max_in_flight - len(batch.in_flight))]
         if not wave:
-            return 0
+            return
         store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
         max_tries = context["ti"].max_tries
-        answers = _WaveAnswers()
         self.hook.settings  # noqa: B018  resolved once here, not in every thread
 
         def send(item: BatchItem, retry: bool) -> SubmitResult | Exception | None:
@@ -423,17 +582,30 @@ class FireRedBatchEditOperator(BaseOperator):
                 return err
 
         def record(item: BatchItem, answer: SubmitResult | Exception | None) -> None:
+            if answer is not None:
+                answers.answered += 1
             if isinstance(answer, SubmitResult):
                 # Recorded in the batch (and so in the manifest, even if this try fails) before
                 # anything else can fail.
-                batch.submitted(item, answer.request_id)
-                answers.submitted += 1
+                attempt = batch.submitted(item, answer.request_id)
+                if not attempt:
+                    self.log.warning("Item %s failed: %s", item.key, batch.entries[item.key].error)
+                    return
+                answers.accepted.append(item)
                 if store is None:
                     return
                 try:
                     # Stored at once: a crash from here on resumes this request instead of paying again.
+                    # The submit count tells a retry which of this id and the manifest's is newer; the
+                    # edit's digest lets a clear collect the job if a user stops the task before it ends.
                     store.set(
-                        STATE_KEY_PREFIX + item.key, {"request_id": answer.request_id, "max_tries": max_tries}
+                        STATE_KEY_PREFIX + item.key,
+                        {
+                            "request_id": answer.request_id,
+                            "max_tries": max_tries,
+                            "attempt": attempt,
+                            "edit": edit_digest(item),
+                        },
                     )
                 except Exception as err:  # Airflow's API refused (e.g. the try was failed meanwhile)
                     answers.stop.set()
@@ -452,9 +624,15 @@ class FireRedBatchEditOperator(BaseOperator):
 
         if not batch.in_flight:
             # Nothing to wait for: the first submit waits out a 429's Retry-After here, as the hook
-            # does. With jobs in flight a 429 pauses the submits at once instead: waiting in the slot
-            # would hold it for nothing.
-            record(wave[0], send(wave[0], True))
+            # does, unless the batch is deferrable (it then waits on a timer, holding no slot). With
+            # jobs in flight a 429 pauses the submits at once instead: waiting in the slot would
+            # hold it for nothing.
+            first = send(wave[0], not self.deferrable)
+            if self.deferrable and isinstance(first, FireRedConnectionError):
+                # Never opened, so surely not taken: sent again with the hook's own retries, as before.
+                answers.stop.clear()
+                first = send(wave[0], True)
+            record(wave[0], first)
             wave = wave[1:]
         if wave and not answers.stop.is_set():
             with ThreadPoolExecutor(max_workers=min(self.download_threads, len(wave))) as pool:
@@ -467,12 +645,14 @@ class FireRedBatchEditOperator(BaseOperator):
             raise answers.fatal
         if answers.paused is not None:
             if not batch.in_flight:
+                if self.deferrable and _saturated(answers.paused):
+                    raise _SaturatedError(answers.paused)
                 raise answers.paused  # nothing to wait for: the try fails, and Airflow's retry tries again
             self.log.warning("Submits paused until jobs finish: %s", answers.paused)
-        return answers.submitted
 
     def _finish(self, batch: BatchState) -> dict[str, Any]:
-        manifest = write_manifest(self.output_root, batch.manifest())
+        batch.close_unfinished()
+        manifest = self._save(batch)
         counts = {outcome: batch.count(outcome) for outcome in ("edited", "reused", "failed")}
         self.log.info(
             "Batch done: %d edited, %d reused, %d failed; manifest %s",
@@ -495,14 +675,30 @@ class FireRedBatchEditOperator(BaseOperator):
 
 @dataclass
 class _WaveAnswers:
-    """What one wave of submits brought back, besides the accepted requests."""
+    """What one wave of submits brought back."""
 
-    submitted: int = 0
+    #: The items the gateway accepted, in the order their answers came.
+    accepted: list[BatchItem] = field(default_factory=list)
+    #: How many submits got an answer (accepted or not).
+    answered: int = 0
     paused: FireRedError | None = None
     refused: FireRedApiError | None = None
     fatal: Exception | None = None
     #: Set when a failure means the rest of the wave is not sent.
     stop: threading.Event = field(default_factory=threading.Event)
+
+
+class _SaturatedError(Exception):
+    """A ``429`` with nothing of the batch in flight: the deferrable batch waits on a timer."""
+
+    def __init__(self, error: FireRedApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _saturated(err: Any) -> TypeGuard[FireRedApiError]:
+    """Whether a submit's failure is the gateway's ``429`` (saturated: surely not taken)."""
+    return isinstance(err, FireRedApiError) and err.status_code == 429
 
 
 def wake_after(in_flight: int, queued: int) -> int:
@@ -532,17 +728,14 @@ def _task_of(ti: Any) -> str:
     return f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{ti.map_index}"
 
 
-def _copy(source: Path | ObjectStoragePath, target: Path | ObjectStoragePath) -> None:
-    """Copy one file, atomically where the target is local."""
-    if isinstance(target, Path):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f".{target.name}.part")
-        with source.open("rb") as src, part.open("wb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-        part.replace(target)
-        return
-    with source.open("rb") as src, target.open("wb") as dst:
-        shutil.copyfileobj(src, dst, 1024 * 1024)
+def _read_progress(root: Path | ObjectStoragePath) -> dict[str, Any]:
+    """The batch's progress file (``{"task", "max_tries", "deadline"}``); empty when unreadable."""
+    try:
+        with (root / PROGRESS_NAME).open("r", encoding="utf-8") as source:
+            found = json.loads(source.read(4096))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 async def _first_event(trigger: FireRedBatchStatusTrigger) -> dict[str, Any]:

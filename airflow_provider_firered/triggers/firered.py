@@ -399,9 +399,43 @@ class FireRedStatusTrigger(BaseTrigger):
         )
 
     async def on_kill(self) -> None:
-        """The gateway has no cancel endpoint: say so, the job may still complete and be charged."""
-        self.log.warning(
-            "Stopped waiting for FireRed job %s; the gateway has no cancel endpoint, so the job may "
-            "still complete (collect it with FireRedStatusSensor)",
-            self.request_id,
-        )
+        """
+        Say what a user's stop leaves behind (Airflow 3.3+ calls this on mark failed, mark success
+        or clear of the deferred task). The gateway has no cancel endpoint: the job runs on and is
+        charged. Nothing is sent and nothing is deleted: the stored request id lets the task collect
+        the job instead of paying again.
+        """
+        self.log.warning(stopped_by_user_text([self.request_id], STATE_KEY_HINT, AFTER_CLEAR))
+
+
+#: Where the single edit keeps its request id (``FireRedEditOperator``).
+STATE_KEY_HINT = "task_state_store key 'firered_request_id' (and XCom 'request_id')"
+#: What a clear of the single edit does with a job a user's stop left running.
+AFTER_CLEAR = (
+    "clearing it runs it again, and it collects the job instead of paying again if the edit is unchanged"
+)
+#: The most request ids a user's stop names in the log.
+MAX_IDS_NAMED = 3
+
+
+def stopped_by_user_text(request_ids: list[str], kept: str, after_clear: str) -> str:
+    """
+    The warning a trigger logs when a user stops its task: what runs on, what it costs, where the ids
+    are kept, and what Airflow does with them (Airflow 3.3's own behaviour, nothing more).
+
+    :param request_ids: the jobs still being waited for.
+    :param kept: where their request ids are kept.
+    :param after_clear: what a clear of the task then does with them (the operator's behaviour).
+    """
+    count = len(request_ids)
+    named = ", ".join(request_ids[:MAX_IDS_NAMED]) + (
+        f" and {count - MAX_IDS_NAMED} more" if count > MAX_IDS_NAMED else ""
+    )
+    jobs = "1 FireRed job is" if count == 1 else f"{count} FireRed jobs are"
+    return (
+        f"Stopped by a user while waiting: the FireRed gateway has no cancel endpoint, so {jobs} still "
+        f"running and will be charged ({named}). The request ids are kept in {kept}: Airflow "
+        "deletes no task_state_store entry when a task is marked failed or cleared, nor when it is "
+        "marked success unless [state_store] clear_on_success is set. A task marked failed or success "
+        f"is not retried by Airflow; {after_clear}"
+    )

@@ -11,7 +11,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.results import JobStatus
-from airflow_provider_firered.triggers.firered import KEY_REFUSED_STATUSES, grid_point
+from airflow_provider_firered.triggers.firered import KEY_REFUSED_STATUSES, grid_point, stopped_by_user_text
 from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 #: The statuses an item's wait can end with besides the job's own (``COMPLETED``, ``FAILED``, ``ERROR``).
 START_TIMEOUT = "START_TIMEOUT"
 API_ERROR = "API_ERROR"
+#: What a clear of a batch does with the jobs a user's stop left running (``FireRedBatchEditOperator``).
+AFTER_CLEAR = (
+    "clearing it runs the batch again: it collects the jobs still running of items left unchanged "
+    "instead of paying again, and submits afresh the items whose job ended or that changed"
+)
 #: Seconds a batch waits after deferring before its trigger may fire. Airflow 3.3 can fail a task
 #: that resumes while the scheduler has yet to hear that its deferring process exited; a batch whose
 #: other half-wave already ended would otherwise resume at once.
@@ -55,6 +60,8 @@ class FireRedBatchStatusTrigger(BaseTrigger):
     :param min_ended: fire once this many requests ended (at most all of them).
     :param not_before: no read, and so no event, before this wall-clock time (epoch seconds) unless the
         deadline comes first.
+    :param manifest: where the batch's manifest is (a path or URL, as the operator wrote it), named
+        in the log if a user stops the task; optional.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         deadline: float = 0.0,
         min_ended: int = 1,
         not_before: float = 0.0,
+        manifest: str | None = None,
     ) -> None:
         # Airflow leaves BaseTrigger.__init__ untyped (a super() call escapes untyped_calls_exclude).
         super().__init__()  # type: ignore[no-untyped-call]
@@ -81,6 +89,11 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         self.deadline = float(deadline)
         self.min_ended = max(1, min(int(min_ended), len(self.requests)))
         self.not_before = float(not_before)
+        if manifest is not None and not isinstance(manifest, str):
+            raise FireRedValidationError(
+                "manifest", f"must be a string or None, got {type(manifest).__name__}"
+            )
+        self.manifest = manifest
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -92,6 +105,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
                 "deadline": self.deadline,
                 "min_ended": self.min_ended,
                 "not_before": self.not_before,
+                "manifest": self.manifest,
             },
         )
 
@@ -182,9 +196,11 @@ class FireRedBatchStatusTrigger(BaseTrigger):
             return {"status": API_ERROR, "error": str(err), "http_status": None}
 
     async def on_kill(self) -> None:
-        """The gateway has no cancel endpoint: the jobs may still complete and be charged."""
-        self.log.warning(
-            "Stopped waiting for %d FireRed job(s); the gateway has no cancel endpoint, so they may still "
-            "complete (a retry of the batch collects them)",
-            len(self.requests),
-        )
+        """
+        Say what a user's stop leaves behind (Airflow 3.3+ calls this on mark failed, mark success
+        or clear of the deferred task). The gateway has no cancel endpoint: the jobs run on and are
+        charged. Nothing is sent and nothing is deleted.
+        """
+        kept = "task_state_store keys 'firered_batch:<key>'"
+        kept += f" and the manifest {self.manifest}" if self.manifest else " and the batch's manifest"
+        self.log.warning(stopped_by_user_text([rid for rid, _ in self.requests], kept, AFTER_CLEAR))

@@ -8,6 +8,8 @@ only), requests from the emulator's record. The sample catalogue's five SKUs are
 more than the ``firered_gateway`` pool's slots: the pool must hold the third back. Every batch waits
 deferred in the triggerer; each SKU is submitted exactly once; the summary, the contact sheet and the
 images are where the DAG says. A second run with nothing changed submits nothing and reuses every SKU.
+Each run names its ``output_root`` in its params, accepted because the admin's
+``firered_catalogue_allowed_prefixes`` Variable (set with ``airflow variables set``) allows it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ BUDGET_SECONDS = 150
 OUTPUT_FORMAT = "webp"
 #: A recognisable key: after the run, logs, metadata tables and CDN requests are scanned for it.
 API_KEY = "sk-firered-E2E-7f3a9c0d5e1b44c2"
+#: The Variable where an admin lists the prefixes a run's path params may name.
+ALLOWED_PREFIXES = "firered_catalogue_allowed_prefixes"
 
 
 def _sample_prompts() -> dict[str, str]:
@@ -141,7 +145,6 @@ def test_catalogue_in_batches_on_a_real_deployment(deployment: AirflowDeployment
                 {"conn_type": "firered", "host": emulator.gateway_url, "password": API_KEY}
             ),
             "AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL": emulator.sample_images[0].rsplit("/", 1)[0] + "/",
-            "AIRFLOW_VAR_FIRERED_OUTPUT_ROOT": str(output_root),
             "AIRFLOW_VAR_FIRERED_BATCH_SIZE": str(BATCH_SIZE),
         }
     )
@@ -149,13 +152,19 @@ def test_catalogue_in_batches_on_a_real_deployment(deployment: AirflowDeployment
     deployment.cli(
         "pools", "set", "firered_gateway", str(POOL_SLOTS), "FireRed batches", "--include-deferred"
     )
+    # As an admin would: the runs' output_root param is accepted only under these prefixes.
+    deployment.cli("variables", "set", ALLOWED_PREFIXES, json.dumps([str(output_root)]))
     deployment.start_all()
     deployment.wait_healthy(timeout=deadline - time.monotonic())
     deployment.wait_parsed(DAG_ID, deadline)
     errors = deployment.query("SELECT filename, stacktrace FROM import_error")
     assert not errors, errors
 
-    conf = {"poll_interval": 1, "parameters": {"output_format": OUTPUT_FORMAT}}
+    conf = {
+        "poll_interval": 1,
+        "parameters": {"output_format": OUTPUT_FORMAT},
+        "output_root": str(output_root),
+    }
     ready = time.monotonic()
     deployment.trigger(DAG_ID, RUNS[0], conf)
     seen = watch(deployment, RUNS[0], deadline)

@@ -16,6 +16,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DAGS_FOLDER
+from tests.hostile import Answer, HostileServer
+from tests.integration.operators.test_firered import in_log
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -26,6 +28,9 @@ EXAMPLE_DAGS = Path(__file__).resolve().parents[2] / "example_dags"
 CATALOGUE = "firered_catalogue_reedit"
 PER_SKU = "firered_catalogue_per_sku"
 EDIT_BATCH = "edit_batch"
+#: The Variable where an admin lists the path and URL prefixes a run's params may name.
+ALLOWED_VARIABLE = "firered_catalogue_allowed_prefixes"
+ALLOWED_VARIABLE_ENV = f"AIRFLOW_VAR_{ALLOWED_VARIABLE.upper()}"
 #: Distinct logical dates: each run of these tests gets its own run folder.
 FIRST_RUN = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
 
@@ -155,8 +160,13 @@ def test_run_folders_sort_by_time_and_previous_is_the_latest_earlier_one(
     assert catalogue.find_previous(str(tmp_path / "missing"), "2026-03-01") is None
 
 
-def _catalogue_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+def _catalogue_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, *allowed: Path | str) -> None:
+    """The Variables an admin sets: image base URL, and where a run's paths may point (``allowed``)."""
     monkeypatch.setenv("AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL", f"{emulator.cdn_url}/samples/")
+    if allowed:
+        monkeypatch.setenv(ALLOWED_VARIABLE_ENV, json.dumps([str(prefix) for prefix in allowed]))
+    else:
+        monkeypatch.delenv(ALLOWED_VARIABLE_ENV, raising=False)
     emulator.set_timings(queued_seconds=0.2, processing_seconds=0.5)
 
 
@@ -184,7 +194,7 @@ def test_catalogue_batches_edit_every_sku_and_report_a_failed_one(
 ) -> None:
     """Five SKUs in batches of two: one POST per SKU, a failing SKU paid once and shown with its error."""
     module = install(CATALOGUE)
-    _catalogue_env(firered_emulator, monkeypatch)
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
     manifest = tmp_path / "manifest.json"
     rows = [
         {"sku": "SHOE-1", "image_url": "shoe.png", "prompt": "Make the shoe red"},
@@ -288,7 +298,7 @@ def test_contact_sheet_shows_inputs_and_outputs_in_a_browser(
 ) -> None:
     """Opened from its folder, every image of the page loads: inputs from their URLs, outputs beside it."""
     module = install(CATALOGUE)
-    _catalogue_env(firered_emulator, monkeypatch)
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
     manifest = tmp_path / "manifest.json"
     rows = [
         {"sku": "SHOE-1", "image_url": "shoe.png", "prompt": "Make the <shoe> red & shiny"},
@@ -315,7 +325,7 @@ def test_catalogue_rerun_reuses_unchanged_skus_and_reedits_a_changed_one(
 ) -> None:
     """A second run with nothing changed submits nothing; one changed prompt re-edits that SKU only."""
     module = install(CATALOGUE)
-    _catalogue_env(firered_emulator, monkeypatch)
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
     manifest = tmp_path / "manifest.csv"
     output_root = tmp_path / "out"
     rows = {"SHOE-1": "Make the shoe red", "MUG-1": "Make the mug blue", "TEE-1": "Make the shirt grey"}
@@ -361,7 +371,7 @@ def test_catalogue_with_a_bad_row_sends_nothing(
     firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     module = install(CATALOGUE)
-    _catalogue_env(firered_emulator, monkeypatch)
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
     manifest = tmp_path / "manifest.json"
     rows = [
         {"sku": "GOOD-1", "image_url": "shoe.png", "prompt": "Make the shoe red"},
@@ -380,6 +390,236 @@ def test_catalogue_with_a_bad_row_sends_nothing(
     assert not list(tmp_path.glob("*/summary.json"))
 
 
+# -- where a run's params may point ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("{root}/catalogue/2026/m.csv", True),
+        ("{root}/catalogue", True),
+        ("{root}/catalogue/2026/../m.csv", True),  # a `..` that stays inside
+        ("file://{root}/catalogue/m.csv", True),
+        ("{root}/default.csv", True),  # the default is always accepted
+        ("/etc/passwd", False),
+        ("{root}/catalogue/../../etc/passwd", False),
+        ("{root}/catalogue/2026/../../elsewhere/m.csv", False),
+        ("{root}/catalogue-evil/m.csv", False),  # the prefix's string, not its folder
+        ("{root}/catalogue/link/m.csv", False),  # a symlink inside the prefix, pointing out
+        ("~/m.csv", False),
+        ("relative/m.csv", False),
+        ("https://cdn.test/catalogue/m.csv", True),
+        ("https://CDN.test/catalogue/m.csv", True),
+        ("https://cdn.test/catalogue", True),
+        ("https://cdn.test/catalogue-evil/m.csv", False),
+        ("https://other.test/catalogue/m.csv", False),
+        ("http://cdn.test/catalogue/m.csv", False),
+        ("https://cdn.test:8443/catalogue/m.csv", False),
+        ("https://cdn.test@other.test/catalogue/m.csv", False),
+        ("https://cdn.test/catalogue/../m.csv", False),
+        ("https://cdn.test/catalogue/%2e%2e/m.csv", False),
+        ("https://cdn.test/catalogue/a%2f..%2f..%2fm.csv", False),
+        ("https://cdn.test/catalogue/..%5c..%5cm.csv", False),
+        ("s3://bucket/catalogue/m.csv", True),
+        ("s3://bucket/catalogue-evil/m.csv", False),
+        ("s3://other/catalogue/m.csv", False),
+        ("s3://aws_admin@bucket/catalogue/m.csv", False),  # another connection's credentials
+    ],
+)
+def test_location_params_are_allowed_only_under_a_prefix(
+    catalogue: ModuleType, tmp_path: Path, value: str, allowed: bool
+) -> None:
+    """A prefix matches whole path segments after resolving; a URL also matches scheme, user, host, port."""
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    (tmp_path / "catalogue").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "catalogue" / "link").symlink_to(tmp_path / "elsewhere")
+    prefixes = [f"{tmp_path}/catalogue", "https://cdn.test/catalogue/", "s3://bucket/catalogue"]
+    value = value.format(root=tmp_path)
+    default = f"{tmp_path}/default.csv"
+
+    if allowed:
+        catalogue.check_location("manifest", value, default, prefixes)
+        return
+    with pytest.raises(AirflowFailException) as refused:
+        catalogue.check_location("manifest", value, default, prefixes)
+    message = str(refused.value)
+    assert message.startswith(f"manifest: {value!r} "), message
+    assert "nothing was sent" in message
+    assert "Allowed: the prefixes in the Airflow Variable firered_catalogue_allowed_prefixes" in message
+    assert all(repr(prefix) in message for prefix in prefixes), message
+
+
+def test_without_the_prefix_variable_only_the_default_is_allowed(
+    catalogue: ModuleType, tmp_path: Path
+) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    default = str(tmp_path / "out")
+    assert catalogue.check_location("output_root", f"{tmp_path}/x/../out/", default, None) == default
+    with pytest.raises(AirflowFailException, match="only the default") as refused:
+        catalogue.check_location("output_root", f"{default}/night", default, None)
+    assert "setting the Airflow Variable firered_catalogue_allowed_prefixes" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('"/data"', "expected a JSON list of path or URL prefixes"),
+        ('["/data", 3]', "expected a JSON list of path or URL prefixes"),
+        ('["/data", " "]', "expected a JSON list of path or URL prefixes"),
+        ("/data", "expected a JSON list of path or URL prefixes"),
+        ('["data"]', "'data': a path prefix must be absolute"),
+        ('["https:///catalogue"]', "a URL needs a scheme and a host"),
+        ('["https://cdn.test/a/../b"]', "its path has '.', '..'"),
+    ],
+)
+def test_a_malformed_prefix_variable_is_refused(
+    catalogue: ModuleType, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    monkeypatch.setenv(ALLOWED_VARIABLE_ENV, text)
+    with pytest.raises(
+        AirflowFailException, match=r"^Variable firered_catalogue_allowed_prefixes: "
+    ) as refused:
+        catalogue.allowed_prefixes()
+    assert message in str(refused.value)
+    monkeypatch.setenv(ALLOWED_VARIABLE_ENV, '["/data", "s3://bucket/x"]')
+    assert catalogue.allowed_prefixes() == ["/data", "s3://bucket/x"]
+
+
+#: One SKU: what each location test's manifests hold.
+ONE_SKU = [{"sku": "SHOE-1", "image_url": "shoe.png", "prompt": "Make the shoe red"}]
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+@pytest.mark.parametrize("case", ["path", "dot-dot", "sibling", "other-host", "no-variable"])
+def test_catalogue_param_outside_the_allowed_prefixes_fails_before_anything_is_sent(
+    firered_emulator: Emulator,
+    hostile: HostileServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    """A path elsewhere, a `..` escape, a sibling folder, a URL on another host: refused, 0 POSTs, 0 reads."""
+    module = install(CATALOGUE)
+    allowed = tmp_path / "catalogue"
+    inside, outside = allowed / "manifest.json", tmp_path / "elsewhere" / "manifest.json"
+    for path in (inside, outside):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ONE_SKU))
+    # Serves the manifest to anyone who asks: the refused URL must never be asked.
+    hostile.route("/", Answer(200, {"Content-Type": "application/json"}, json.dumps(ONE_SKU).encode()))
+    url_prefix = f"http://127.0.0.1:{hostile.port}/catalogue/"
+    conf = {"manifest": str(inside), "output_root": str(allowed / "out")}
+    param, value = {
+        "path": ("manifest", str(outside)),
+        "dot-dot": ("manifest", f"{allowed}/2026/../../elsewhere/manifest.json"),
+        "sibling": ("output_root", f"{allowed}-evil"),
+        "other-host": ("manifest", f"http://localhost:{hostile.port}/catalogue/manifest.json"),
+        "no-variable": ("manifest", str(inside)),
+    }[case]
+    conf[param] = value
+    prefixes = () if case == "no-variable" else (allowed, url_prefix)
+    _catalogue_env(firered_emulator, monkeypatch, *prefixes)
+
+    run = _run(module, FIRST_RUN + timedelta(days=30), **conf)
+
+    captured = capfd.readouterr()
+    log = captured.out + captured.err
+    assert _states(run) == {
+        ("load_manifest", -1): "failed",
+        (EDIT_BATCH, -1): "upstream_failed",
+        ("summarise", -1): "skipped",
+    }
+    assert firered_emulator.submit_attempts() == []
+    assert hostile.seen == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue", "elsewhere"]  # nothing written
+    assert in_log(f"{param}: {value!r} is not under an allowed prefix; nothing was sent.", log), log
+    if prefixes:
+        assert in_log(f"Allowed: the prefixes in the Airflow Variable {ALLOWED_VARIABLE}", log)
+        assert in_log(f"({str(allowed)!r}, {url_prefix!r})", log)
+    else:
+        assert in_log(f"only the default, {str(module.SAMPLE_MANIFEST)!r}", log), log
+
+
+def _http_object_storage() -> bool:
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        ObjectStoragePath("http://127.0.0.1/x")
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+@pytest.mark.parametrize("manifest_from", ["path", "url"])
+def test_catalogue_params_inside_the_allowed_prefixes_run(
+    firered_emulator: Emulator,
+    hostile: HostileServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    manifest_from: str,
+) -> None:
+    """A manifest and an output root under the admin's prefixes (through a `..` that stays inside) run."""
+    if manifest_from == "url" and not _http_object_storage():
+        pytest.skip("this Airflow's ObjectStoragePath does not read http URLs")
+    module = install(CATALOGUE)
+    allowed = tmp_path / "catalogue"
+    (allowed / "2026").mkdir(parents=True)
+    (allowed / "manifest.json").write_text(json.dumps(ONE_SKU))
+    hostile.route(
+        "/catalogue/", Answer(200, {"Content-Type": "application/json"}, json.dumps(ONE_SKU).encode())
+    )
+    url_prefix = f"http://127.0.0.1:{hostile.port}/catalogue/"
+    _catalogue_env(firered_emulator, monkeypatch, allowed, url_prefix)
+    manifest = f"{allowed}/2026/../manifest.json" if manifest_from == "path" else f"{url_prefix}manifest.json"
+    when = FIRST_RUN + timedelta(days=31)
+
+    run = _run(module, when, manifest=manifest, output_root=f"{allowed}/2026/../out")
+
+    assert set(_states(run).values()) == {"success"}, _states(run)
+    assert _posted_prompts(firered_emulator) == [ONE_SKU[0]["prompt"]]
+    summary = json.loads((allowed / "out" / when.strftime("%Y-%m-%dT%H%M%SZ") / "summary.json").read_text())
+    assert (summary["total"], summary["edited"]) == (1, 1)
+    assert bool(hostile.seen) == (manifest_from == "url")
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+def test_per_sku_param_outside_the_allowed_prefixes_fails_before_anything_is_sent(
+    firered_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The per-SKU DAG takes the same params and checks them the same way."""
+    module = install(PER_SKU)
+    allowed = tmp_path / "catalogue"
+    allowed.mkdir()
+    (allowed / "manifest.json").write_text(json.dumps(ONE_SKU))
+    _catalogue_env(firered_emulator, monkeypatch, allowed)
+    evil = f"{allowed}-evil"
+
+    run = module.dag.test(
+        run_conf={"manifest": str(allowed / "manifest.json"), "output_root": evil, "poll_interval": 1}
+    )
+
+    captured = capfd.readouterr()
+    states = {(ti.task_id, ti.map_index): str(ti.state) for ti in run.get_task_instances()}
+    assert states == {
+        ("load_manifest", -1): "failed",
+        ("edit", -1): "upstream_failed",
+        ("summarise", -1): "skipped",  # nothing to report, and no retries waited for
+    }
+    assert firered_emulator.submit_attempts() == []
+    assert not Path(evil).exists()
+    assert in_log(f"output_root: {evil!r} is not under an allowed prefix", captured.out + captured.err)
+
+
 @pytest.mark.usefixtures("airflow_db", "firered_conn")
 def test_per_sku_run_keeps_the_good_skus_when_one_fails(
     firered_emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -395,7 +635,7 @@ def test_per_sku_run_keeps_the_good_skus_when_one_fails(
     ]
     manifest.write_text(json.dumps(rows))
     output_root = tmp_path / "out"
-    _catalogue_env(firered_emulator, monkeypatch)
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
 
     run = module.dag.test(
         run_conf={
@@ -435,7 +675,7 @@ def test_per_sku_pays_once_for_a_sku_whose_job_fails(
     module = install(PER_SKU)
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps([{"sku": "NSFW-1", "image_url": "shoe.png", "prompt": "Make it red"}]))
-    _catalogue_env(firered_emulator, monkeypatch)
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
     firered_emulator.set_next_outcome("FAILED", "NSFW content detected")
 
     run = module.dag.test(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -11,6 +14,9 @@ from airflow_provider_firered.connection import GatewaySettings
 from airflow_provider_firered.retry import RetryPolicy
 from tests.conftest import TEST_KEY
 from tests.hostile import Answer, HostileServer
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 IMAGE = "https://example.com/a.png"
 V11 = "firered-image-edit-v1-1"
@@ -115,3 +121,92 @@ def test_source_identities_come_from_head_answers(hostile: HostileServer) -> Non
     assert len([seen for seen in heads if seen.path == "/etag.png"]) == 2  # asked once, plus the redirect
     assert all("Ocp-Apim-Subscription-Key" not in seen.headers for seen in hostile.seen)
     assert hostile.posts() == 0
+
+
+# -- the HEAD phase's deadline ----------------------------------------------------------------------------
+
+
+class SilentHost:
+    """A host on loopback that accepts every connection and never answers: a HEAD to it hangs."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.settimeout(0.1)
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(conn)  # held open, never read from or answered
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentHost]:
+    host = SilentHost()
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def slow_settings(base_url: str) -> GatewaySettings:
+    # A 30 s request timeout: without the deadline, 32 silent HEADs in 8 threads take 2 minutes.
+    return GatewaySettings(
+        base_url=base_url, api_key=TEST_KEY, retry=RetryPolicy(max_attempts=1), request_timeout=30
+    )
+
+
+@pytest.mark.timeout(20)
+def test_the_head_phase_ends_at_its_deadline_against_a_silent_host(silent: SilentHost) -> None:
+    urls = [f"{silent.url}/sku-{n}.png" for n in range(32)]
+    found = source_identities(urls, slow_settings(silent.url), threads=8, deadline=time.time() + 1)
+    assert found == dict.fromkeys(urls)  # none identified: all counted as changed
+    # One HEAD per thread started, cut at the deadline; none started after it.
+    assert 1 <= len(silent.accepted) <= 8
+
+
+@pytest.mark.timeout(20)
+def test_heads_answered_before_the_deadline_are_kept(hostile: HostileServer, silent: SilentHost) -> None:
+    hostile.route("/fast", Answer(200, {"ETag": '"v1"', "Content-Length": "0"}))
+    fast = [f"{hostile.url}/fast-{n}.png" for n in range(4)]
+    stuck = [f"{silent.url}/sku-{n}.png" for n in range(32)]
+    found = source_identities(
+        [*fast, *stuck], slow_settings(hostile.url), threads=8, deadline=time.time() + 2
+    )
+    assert [found[url] for url in fast] == [
+        {"url": url, "etag": '"v1"', "content-length": "0"} for url in fast
+    ]
+    assert [found[url] for url in stuck] == [None] * len(stuck)
+    assert 1 <= len(silent.accepted) <= 8
+
+
+def test_no_head_is_sent_once_the_deadline_has_passed(hostile: HostileServer) -> None:
+    hostile.route("/", Answer(200, {"ETag": '"v1"'}))
+    urls = [f"{hostile.url}/sku-{n}.png" for n in range(4)]
+    assert source_identities(urls, settings(hostile.url), deadline=time.time() - 1) == dict.fromkeys(urls)
+    assert hostile.seen == []
+
+
+def test_without_a_deadline_every_head_is_awaited(hostile: HostileServer) -> None:
+    hostile.route("/", Answer(200, {"ETag": '"v1"'}))
+    urls = [f"{hostile.url}/sku-{n}.png" for n in range(12)]
+    found = source_identities(urls, settings(hostile.url), threads=3)
+    assert all(found[url] == {"url": url, "etag": '"v1"', "content-length": "0"} for url in urls)
+    assert len(hostile.seen) == 12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -361,3 +362,83 @@ def test_object_storage_run_folder() -> None:
     assert summary["edited"] == 1
     assert sheet == str(run / "index.html")
     assert 'src="batch-0000/A/req-A_0.png"' in (run / "index.html").read_text()
+
+
+# -- a manifest read without trusting it, the report written whatever it holds ------------------------
+
+
+def test_a_deeply_nested_line_is_a_problem_and_the_report_is_still_written(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    folder = write_batch(run, "batch-0000", [line("A"), "[" * 200_000, line("B")])
+
+    report = read_run(run)
+    summary = Path(write_summary(report))
+    sheet = Path(write_contact_sheet(report))
+
+    assert [item.key for item in report.items] == ["A", "B"]
+    assert report.problems == [f"{folder / '_manifest.jsonl'} line 2: not JSON: nested too deeply"]
+    assert json.loads(summary.read_text())["problems"] == report.problems
+    assert "line 2: not JSON: nested too deeply" in sheet.read_text()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo"])
+def test_a_manifest_that_is_a_link_or_a_fifo_is_a_problem_not_a_hang(tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "run" / "batch-0000"
+    folder.mkdir(parents=True)
+    if kind == "fifo":
+        os.mkfifo(folder / "_manifest.jsonl")
+    else:
+        (folder / "_manifest.jsonl").symlink_to("/dev/zero")
+
+    report = read_run(tmp_path / "run", {"batch-0000": [{"key": "A", "images": [INPUT], "prompt": "p"}]})
+
+    (problem,) = report.problems
+    assert problem.startswith(f"{folder / '_manifest.jsonl'}: cannot be read")
+    assert [(item.key, item.outcome) for item in report.items] == [("A", "failed")]
+    assert Path(write_summary(report)).is_file()
+    assert Path(write_contact_sheet(report)).is_file()
+
+
+def test_an_over_long_line_is_a_problem_and_the_lines_after_it_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_mod, "MAX_PROBLEMS", 3)
+    folder = write_batch(
+        tmp_path, "batch-0000", [line("A"), "x" * (2 * 1024 * 1024), line("B"), *["{bad"] * 5]
+    )
+
+    batch = read_batch_manifest(folder)
+
+    assert [item.key for item in batch.items] == ["A", "B"]
+    manifest = folder / "_manifest.jsonl"
+    assert batch.problems == [
+        f"{manifest} line 2: longer than {1024 * 1024} bytes; not read",
+        f"{manifest} line 4: not JSON",
+        f"{manifest} line 5: not JSON",
+        f"{manifest}: 3 more problem(s) not listed",
+    ]
+
+
+@pytest.mark.parametrize("write", [write_summary, write_contact_sheet], ids=["summary", "contact sheet"])
+def test_a_link_planted_at_the_page_or_its_temporary_name_is_not_written_through(
+    tmp_path: Path, write: Any
+) -> None:
+    run = tmp_path / "run"
+    write_batch(run, "batch-0000", [line("A")])
+    name = "summary.json" if write is write_summary else "index.html"
+    victims: dict[str, Path] = {}
+    for planted in (name, f".{name}.tmp"):  # the target, and the fixed temporary name used before
+        victim = tmp_path / f"victim{len(victims)}"
+        victim.write_text("precious")
+        (run / planted).symlink_to(victim)
+        victims[planted] = victim
+
+    written = Path(write(read_run(run)))
+
+    assert [victim.read_text() for victim in victims.values()] == ["precious", "precious"]
+    assert written == run / name
+    assert written.is_file()
+    assert not written.is_symlink()
+    assert written.stat().st_size > 100
+    assert (run / f".{name}.tmp").is_symlink()  # left alone: never written through

@@ -279,3 +279,50 @@ def test_a_connection_of_another_type_is_refused(monkeypatch: pytest.MonkeyPatch
     assert repr(conn_type) in info.value.message
     assert "'firered'" in info.value.message
     assert KEY not in str(info.value)
+
+
+# -- bounds: a huge value fails before anything is sent ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"request_timeout": 1e300}, "request_timeout"),
+        ({"retry_multiplier": 1e300}, "retry_multiplier"),
+        ({"retry_max_retry_after": "9" * 5000}, "retry_max_retry_after"),
+        ({"allow_http_host": "gw." * 3_400 + "test"}, "allow_http_host"),
+    ],
+    ids=["timeout-1e300", "multiplier-1e300", "5000-digits", "10k-host"],
+)
+def test_a_huge_extra_fails_before_any_request(
+    monkeypatch: pytest.MonkeyPatch, firered_emulator: Emulator, extra: dict[str, Any], field: str
+) -> None:
+    conn = {"conn_type": "firered", "host": firered_emulator.gateway_url, "password": KEY, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_FIRERED_T", json.dumps(conn))
+    with pytest.raises(FireRedValidationError) as info:
+        FireRedHook("firered_t").submit_edit(
+            "firered-image-edit-v1-1", "Make it blue", firered_emulator.sample_images[:1]
+        )
+    assert info.value.field == f"connection extra {field}"
+    assert "<=" in info.value.message or "at most 253 characters" in info.value.message
+    assert len(str(info.value)) < 400  # the value is shown clipped
+    assert firered_emulator.requests == []  # nothing sent, nothing paid
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("https://" + "a" * 10_000 + ".test", "at most 2048 characters, got 10013"),
+        ("https://" + "a" * 300 + ".test", "a host of at most 253 characters"),
+        ("ftp://" + "x" * 1000, "must be an http(s) gateway URL, got 'ftp://xxx"),
+    ],
+    ids=["10k-url", "300-char-host", "long-bad-url"],
+)
+def test_a_huge_gateway_host_is_refused_and_shown_clipped(
+    monkeypatch: pytest.MonkeyPatch, host: str, shown: str
+) -> None:
+    with pytest.raises(FireRedValidationError) as info:
+        settings_for(monkeypatch, {"password": KEY, "host": host})
+    assert info.value.field == "connection host"
+    assert shown in info.value.message
+    assert len(info.value.message) < 400

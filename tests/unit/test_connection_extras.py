@@ -13,8 +13,10 @@ import pytest
 from airflow_provider_firered.connection_extras import (
     EXTRAS,
     EXTRAS_BY_NAME,
+    MAX_SHOWN_CHARS,
     PLACEHOLDERS,
     RELABELING,
+    clip,
     conn_fields,
     extras_table_markdown,
     legacy_field_behaviour,
@@ -106,6 +108,19 @@ BAD_VALUES = [
     ("allow_http_host", 42, "a host name"),
 ]
 
+#: Each number extra just past its maximum (the maximum itself is accepted).
+PAST_THE_MAXIMUM = [
+    ("request_timeout", 3600, 3600.5, "a number > 0 and <= 3600"),
+    ("max_download_bytes", 1073741824, 1073741825, "an integer >= 1 and <= 1073741824"),
+    ("retry_max_attempts", 100, 101, "an integer >= 1 and <= 100"),
+    ("retry_initial_wait", 3600, 3601, "a number >= 0 and <= 3600"),
+    ("retry_max_wait", 3600, "3601", "a number >= 0 and <= 3600"),
+    ("retry_multiplier", 10, 10.01, "a number >= 0 and <= 10"),
+    ("retry_jitter", 3600, 1e300, "a number >= 0 and <= 3600"),
+    ("retry_max_retry_after", 3600, 3601, "a number >= 0 and <= 3600"),
+    ("retry_max_elapsed", 86400, 86401, "a number >= 0 and <= 86400"),
+]
+
 
 @pytest.mark.parametrize(("name", "raw", "allowed"), BAD_VALUES)
 def test_a_wrong_value_names_the_extra_and_what_is_allowed(name: str, raw: Any, allowed: str) -> None:
@@ -118,6 +133,95 @@ def test_a_wrong_value_names_the_extra_and_what_is_allowed(name: str, raw: Any, 
 
 def test_every_extra_has_a_bad_value_test() -> None:
     assert {name for name, _, _ in BAD_VALUES} == set(NAMES)
+
+
+@pytest.mark.parametrize(("name", "top", "past", "allowed"), PAST_THE_MAXIMUM)
+def test_every_number_extra_has_a_maximum(name: str, top: float, past: Any, allowed: str) -> None:
+    assert parse_extras({name: top})[name] == top
+    with pytest.raises(FireRedValidationError) as info:
+        parse_extras({name: past})
+    assert info.value.field == f"connection extra {name}"
+    assert f"must be {allowed}, got {past!r}" in info.value.message
+
+
+def test_every_number_extra_has_a_maximum_test() -> None:
+    numbers = {extra.name for extra in EXTRAS if extra.kind in ("number", "integer")}
+    assert {name for name, *_ in PAST_THE_MAXIMUM} == numbers
+    assert all(EXTRAS_BY_NAME[name].maximum == top for name, top, *_ in PAST_THE_MAXIMUM)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("request_timeout", 1e300),
+        ("retry_multiplier", 1e300),
+        ("retry_max_attempts", 10**5000),
+        ("request_timeout", "9" * 5000),
+        ("max_download_bytes", "1" + "0" * 4000),
+        ("allow_http_host", "a" * 10_000_000),
+        ("retry_max_elapsed", [1] * 10_000),
+    ],
+    ids=[
+        "1e300",
+        "multiplier-1e300",
+        "int-5000-digits",
+        "text-5000-digits",
+        "text-4001-digits",
+        "10MB-host",
+        "list",
+    ],
+)
+def test_a_huge_value_is_refused_and_shown_clipped(name: str, raw: Any) -> None:
+    with pytest.raises(FireRedValidationError) as info:
+        parse_extras({name: raw})
+    assert info.value.field == f"connection extra {name}"
+    assert EXTRAS_BY_NAME[name].allowed().replace("`", "") in info.value.message
+    # The field, the allowed range and at most ~100 characters of the value, marked as cut.
+    assert len(str(info.value)) < 400
+    if isinstance(raw, (str, list)):
+        assert "..." in info.value.message
+
+
+def test_clip() -> None:
+    assert clip("short") == "'short'"
+    assert clip(12.5) == "12.5"
+    long = clip("x" * 1000)
+    assert long == f"{'x' * MAX_SHOWN_CHARS!r}... (1000 characters)"
+    assert clip(list(range(1000))).endswith("characters)")
+    assert len(clip(list(range(1000)))) < MAX_SHOWN_CHARS + 30
+    assert clip(10**5000) == "a int too large to show"  # past Python's digit limit for str()
+
+
+@pytest.mark.parametrize(
+    ("raw", "ok"),
+    [
+        (".".join(["a" * 63] * 3) + "." + "b" * 61, True),  # 253 characters, the most DNS allows
+        (".".join(["a" * 63] * 3) + "." + "b" * 61 + ".", True),  # the same, with the root's dot
+        (".".join(["a" * 63] * 3) + "." + "b" * 62, False),  # 254
+        ("a" * 64 + ".internal", False),  # a label longer than 63
+        ("a" * 10_000_000, False),
+    ],
+    ids=["253", "253-dot", "254", "label-64", "10MB"],
+)
+def test_allow_http_host_is_at_most_253_characters(raw: str, ok: bool) -> None:
+    if ok:
+        assert parse_extras({"allow_http_host": raw})["allow_http_host"] == raw.rstrip(".")
+        return
+    with pytest.raises(FireRedValidationError) as info:
+        parse_extras({"allow_http_host": raw})
+    assert info.value.field == "connection extra allow_http_host"
+    assert "at most 253 characters" in info.value.message
+    assert len(info.value.message) < 400
+
+
+def test_unknown_extras_are_named_within_bounds(caplog: pytest.LogCaptureFixture) -> None:
+    extras = {f"unknown_{i:05d}": 1 for i in range(10_000)} | {"z" * 100_000: 1}
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.connection_extras"):
+        assert parse_extras(extras) == DEFAULTS
+    (record,) = caplog.records
+    assert "unknown_00000" in record.getMessage()
+    assert "and 9991 more" in record.getMessage()
+    assert len(record.getMessage()) < 1000
 
 
 def test_unknown_extras_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -171,10 +275,24 @@ def test_conn_fields_offer_every_extra_with_its_bounds() -> None:
         assert "null" in field["schema"]["type"], "a blank field must be valid"
         assert "default" not in field["schema"], "a default would be stored into every new connection"
     # Anything above 0 is a valid timeout: the form must not ask for more than the hook does.
-    assert fields["request_timeout"]["schema"] == {"type": ["number", "null"], "exclusiveMinimum": 0}
-    assert fields["retry_max_attempts"]["schema"] == {"type": ["integer", "null"], "minimum": 1}
+    assert fields["request_timeout"]["schema"] == {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "maximum": 3600,
+    }
+    assert fields["retry_max_attempts"]["schema"] == {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": 100,
+    }
     assert fields["allow_private_media_hosts"]["schema"] == {"type": ["boolean", "null"]}
-    assert fields["allow_http_host"]["schema"] == {"type": ["string", "null"]}
+    assert fields["allow_http_host"]["schema"] == {"type": ["string", "null"], "maxLength": 253}
+    # Every number the form takes has both bounds, as parsing has.
+    for extra in EXTRAS:
+        if extra.kind in ("number", "integer"):
+            assert "maximum" in fields[extra.name]["schema"]
+            assert extra.maximum is not None
+            assert f"<= {int(extra.maximum)}" in fields[extra.name]["description"]
 
 
 def test_form_behaviour_for_every_airflow_version() -> None:

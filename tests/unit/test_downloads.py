@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -254,3 +256,44 @@ def test_a_path_in_the_request_id_writes_nothing(
         downloads.download_outputs(public_hook, result(request_id, url="https://cdn.example.test/x.py"), out)
     assert connects == []
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+# -- writing a download -------------------------------------------------------------------------------
+
+
+def test_a_download_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    victims: list[Path] = []
+    for planted in (f"{RID}_0.bin", f"{RID}_0.png", f".{RID}_0.bin.part"):
+        victims.append(tmp_path / f"victim{len(victims)}")
+        victims[-1].write_text("precious")
+        (out / planted).symlink_to(victims[-1])
+    stale = out / f".{RID}_0.png.k1ll3d.part"  # as a try killed mid-download leaves it
+    stale.write_bytes(b"\x89PNG half")
+    seen: list[Path] = []
+
+    def fetch(part: Any) -> str:
+        part.write(b"half a first try")  # a retry starts the file again (_fetch_to_file truncates)
+        part.seek(0)
+        part.truncate()
+        part.write(PNG)
+        seen.extend(p for p in out.iterdir() if p.name.endswith(".part") and not p.is_symlink())
+        return ".png"
+
+    written = downloads._download_local(fetch, out / f"{RID}_0.bin", suffix_from_content=True)
+
+    assert written == str(out / f"{RID}_0.png")
+    assert [victim.read_text() for victim in victims] == ["precious"] * 3
+    assert (out / f"{RID}_0.png").read_bytes() == PNG
+    assert not (out / f"{RID}_0.png").is_symlink()
+    assert (out / f"{RID}_0.png").stat().st_mode & 0o777 == 0o666 & ~_umask()
+    # The temporary file had the `.<name>.<random>.part` form, and the stale part is gone.
+    assert any(re.fullmatch(rf"\.{re.escape(RID)}_0\.bin\.\w+\.part", p.name) for p in seen)
+    assert not stale.exists()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

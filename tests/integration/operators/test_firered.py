@@ -636,3 +636,84 @@ def test_more_outputs_than_the_edit_asked_for_are_refused(
     assert hostile.posts() == 1
     assert not [s for s in hostile.seen if s.path.startswith("/media/")]
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a saturated gateway: the submit waits in the triggerer, not on the worker -----------------------
+
+
+def saturate(emulator: Emulator) -> None:
+    """Fill the gateway's one job slot with another client's long job (the task's own job is short)."""
+    from airflow_provider_firered.hooks.firered import FireRedHook
+
+    emulator.max_concurrent_jobs = 1
+    emulator.set_timings(queued_seconds=0, processing_seconds=600)
+    FireRedHook().submit_edit(V11, "another client's edit", emulator.sample_images[:1])
+    emulator.set_timings(processing_seconds=0.5)
+
+
+def free_capacity_after_the_first_refusal(emulator: Emulator, prompt: str) -> threading.Thread:
+    """
+    Once the gateway has refused the task (429), let it take one more job a second later, as when
+    the other client's job ends. The task's start takes a varying time: this does not race with it.
+    """
+
+    def watch() -> None:
+        for _ in range(1200):  # at most about 120 s
+            if any(r.status == 429 and r.body["prompt"] == prompt for r in emulator.submit_attempts()):
+                time.sleep(1)
+                emulator.max_concurrent_jobs = 2
+                return
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.usefixtures("firered_conn")
+def test_a_saturated_gateway_defers_the_submit_and_the_same_try_succeeds(
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    saturate(firered_emulator)
+    watcher = free_capacity_after_the_first_refusal(firered_emulator, "Make it teal")
+    _, ti = run_dag(
+        "edit_saturated",
+        prompt="Make it teal",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=1,
+        timeout=120,
+        retries=0,
+    )
+    watcher.join(timeout=1)
+    out = capfd.readouterr().out
+    assert ti.state == "success"
+    assert ti.try_number == 1
+    ours = [r for r in firered_emulator.submit_attempts() if r.body["prompt"] == "Make it teal"]
+    assert [r.status for r in ours if r.status != 429] == [202]  # paid once
+    assert any(r.status == 429 for r in ours)  # the gateway did refuse the task at first
+    assert in_log("The gateway is saturated (HTTP 429 to submit #1", out)
+    assert in_log("Deferring", out)
+    assert xcom(ti)["status"] == "COMPLETED"
+
+
+@pytest.mark.usefixtures("firered_conn")
+def test_a_saturated_submit_gives_up_at_the_timeout(
+    firered_emulator: Emulator, capfd: pytest.CaptureFixture[str]
+) -> None:
+    saturate(firered_emulator)
+    _, ti = run_dag(
+        "edit_saturated_timeout",
+        prompt="Make it teal",
+        images=firered_emulator.sample_images[:1],
+        deferrable=True,
+        poll_interval=1,
+        timeout=2,
+        retries=0,
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "failed"
+    ours = [r for r in firered_emulator.submit_attempts() if r.body["prompt"] == "Make it teal"]
+    assert len(ours) >= 2
+    assert all(r.status == 429 for r in ours)  # nothing accepted, nothing paid
+    assert in_log("answered HTTP 429 (saturated: too many jobs at once) to all 2 submits", out)

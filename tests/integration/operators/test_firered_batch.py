@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +14,7 @@ from PIL import Image
 
 from airflow_provider_firered.emulator import Fault
 from airflow_provider_firered.manifest import read_manifest
-from tests.conftest import run_dag_source
+from tests.conftest import DAGS_FOLDER, run_dag_source
 from tests.integration.operators.test_firered import in_log, xcom
 
 if TYPE_CHECKING:
@@ -288,8 +290,8 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2026, 1, 1), catchup=Fal
         edits=EDITS,
         output_root={root!r},
         poll_interval=1,
-        retries=1,
         retry_delay=timedelta(seconds=0),
+        {options}
     )
 """
 
@@ -357,6 +359,7 @@ def test_requests_accepted_before_a_failed_try_are_resumed_not_paid_again(
         root=str(tmp_path / "run"),
         classes=classes,
         operator=operator,
+        options="retries=1,",
     )
     (ti,) = run_dag_source(dag_id, source).get_task_instances()
     assert ti.state == "success"
@@ -436,8 +439,9 @@ def test_an_uncertain_submit_stays_recorded_when_the_wave_fails(
     firered_emulator: Emulator, tmp_path: Path
 ) -> None:
     # The first submit's answer is lost (500: it may have been accepted), then the gateway refuses
-    # everything with 429 and nothing is in flight: the try fails, and the manifest keeps the
-    # uncertain item so that no retry sends it again.
+    # everything with 429 and nothing is in flight: the batch waits on a timer until its timeout, the
+    # other item fails NOT_SUBMITTED, and the manifest keeps the uncertain item so that no retry (nor
+    # any wave after the waits) sends it again.
     firered_emulator.inject(Fault(target="submit", status_code=500, count=1))
     firered_emulator.inject(Fault(target="submit", status_code=429, count=None, headers={"Retry-After": "0"}))
     ti = run_batch(
@@ -445,10 +449,389 @@ def test_an_uncertain_submit_stays_recorded_when_the_wave_fails(
         edits=edits(firered_emulator, 2),
         output_root=str(tmp_path / "run"),
         poll_interval=1,
+        timeout=3,
+        deferrable=True,
     )
     assert ti.state == "failed"
     entries = {e.key: e for e in read_manifest(tmp_path / "run") or []}
     assert entries["SKU-0000"].status == "UNCERTAIN"
     assert entries["SKU-0000"].outcome == "failed"
-    assert entries["SKU-0001"].outcome == "pending"
+    assert (entries["SKU-0001"].outcome, entries["SKU-0001"].status) == ("failed", "NOT_SUBMITTED")
     assert len([r for r in firered_emulator.submit_attempts() if r.body["prompt"] == "Make it blue #0"]) == 1
+
+
+#: Try 1's items all end ERROR; on try 2 the worker is lost after two resubmits were accepted and
+#: stored, before any manifest recorded them (a lost worker writes nothing more).
+DIES_WHILE_RESUBMITTING = """
+import airflow_provider_firered.operators.firered_batch as batch_module
+
+
+class DiesWhileResubmitting(FireRedBatchEditOperator):
+    def execute(self, context):
+        if context["ti"].try_number != 2:
+            return super().execute(context)
+        submit, calls = self.hook.submit_edit, []
+
+        def submit_then_die(*args, **kwargs):
+            calls.append(None)
+            if len(calls) == 3:
+                raise RuntimeError("worker lost")
+            return submit(*args, **kwargs)
+
+        self.hook.submit_edit = submit_then_die
+        write_manifest = batch_module.write_manifest
+        batch_module.write_manifest = lambda root, entries: str(root)
+        try:
+            return super().execute(context)
+        finally:
+            batch_module.write_manifest = write_manifest
+"""
+
+
+@pytest.mark.skipif(not RESUMES, reason="task_state_store needs Airflow 3.3+")
+def test_a_stored_id_newer_than_the_manifest_is_resumed_not_paid_again(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    firered_emulator.set_next_outcome("ERROR", "GPU lost", count=4)
+    source = FAULTY_BATCH_DAG.format(
+        edits=edits(firered_emulator, 4),
+        dag_id="batch_newer_stored_id",
+        root=str(tmp_path / "run"),
+        classes=DIES_WHILE_RESUBMITTING,
+        operator="DiesWhileResubmitting",
+        options="retries=2, download_threads=1, deferrable=False,",
+    )
+    (ti,) = run_dag_source("batch_newer_stored_id", source).get_task_instances()
+    assert ti.state == "success"
+    assert ti.try_number == 3
+    # 4 (all ERROR) + 2 resubmits before the loss + the 2 never resubmitted; the two stored ids were
+    # waited for, not paid again although the manifest still said ERROR.
+    assert posts(firered_emulator) == 8
+    entries = read_manifest(tmp_path / "run") or []
+    assert [(e.outcome, e.attempt) for e in entries] == [("edited", 2)] * 4
+
+
+#: Try 1's worker is lost while it downloads the first outputs, right after the next wave's submits.
+KILLED_WHILE_DOWNLOADING = """
+from pathlib import Path
+
+
+class KilledWhileDownloading(FireRedBatchEditOperator):
+    lose_disk = False
+
+    def _start(self, context):
+        if not self.use_store:
+            context.pop("task_state_store", None)  # the manifest alone, as before Airflow 3.3
+        if context["ti"].try_number == 2 and self.lose_disk:
+            # The retry runs on another worker: the local output_root it finds is empty.
+            root = Path(self.output_root)
+            root.rename(root.with_name(root.name + "-first-worker"))
+        batch = super()._start(context)
+        if context["ti"].try_number == 1:
+            download = batch.download
+
+            def lost(completed):
+                if completed:
+                    raise RuntimeError("worker lost")
+                return download(completed)
+
+            batch.download = lost
+        return batch
+
+
+class ManifestAlone(KilledWhileDownloading):
+    use_store = False
+
+
+class AnotherDisk(KilledWhileDownloading):
+    use_store, lose_disk = True, True
+"""
+
+
+def test_a_worker_lost_while_downloading_leaves_no_submit_to_pay_again(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0.5)
+    source = FAULTY_BATCH_DAG.format(
+        edits=edits(firered_emulator, 8),
+        dag_id="batch_lost_downloading",
+        root=str(tmp_path / "run"),
+        classes=KILLED_WHILE_DOWNLOADING,
+        operator="ManifestAlone",
+        options="retries=1, max_in_flight=4, deferrable=False,",
+    )
+    (ti,) = run_dag_source("batch_lost_downloading", source).get_task_instances()
+    out = capfd.readouterr().out
+    assert (ti.state, ti.try_number) == ("success", 2)
+    # The second wave's ids were in the manifest before its downloads began: the retry waited for them.
+    assert posts(firered_emulator) == 8
+    assert {e.outcome for e in read_manifest(tmp_path / "run") or []} == {"edited"}
+    assert in_log("crash recovery for batches rests on the manifest alone", out)
+
+
+@pytest.mark.skipif(not RESUMES, reason="task_state_store needs Airflow 3.3+")
+def test_a_retry_on_another_disk_resumes_every_stored_id(firered_emulator: Emulator, tmp_path: Path) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0.5)
+    source = FAULTY_BATCH_DAG.format(
+        edits=edits(firered_emulator, 8),
+        dag_id="batch_another_disk",
+        root=str(tmp_path / "run"),
+        classes=KILLED_WHILE_DOWNLOADING,
+        operator="AnotherDisk",
+        options="retries=1, deferrable=False,",
+    )
+    (ti,) = run_dag_source("batch_another_disk", source).get_task_instances()
+    assert (ti.state, ti.try_number) == ("success", 2)
+    # No manifest nor progress file on the retry's disk: the stored ids alone, all 8 resumed.
+    assert posts(firered_emulator) == 8
+    assert not (tmp_path / "run-first-worker" / "SKU-0000").exists()
+    assert {e.outcome for e in read_manifest(tmp_path / "run") or []} == {"edited"}
+
+
+def test_a_repeated_request_id_fails_the_later_items_as_uncertain(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    from airflow_provider_firered.emulator.protocol import STATUS_PREFIX
+    from airflow_provider_firered.hooks.firered import FireRedHook
+    from airflow_provider_firered.options import DEFAULT_MODEL
+
+    # A real job, then a gateway that answers every submit with that job's id.
+    taken = FireRedHook().submit_edit(DEFAULT_MODEL, "another client", [firered_emulator.sample_images[0]])
+    rid = taken.request_id
+    answer = {
+        "request_id": rid,
+        "status": "QUEUED",
+        "polling_url": firered_emulator.gateway_url + STATUS_PREFIX + rid,
+    }
+    firered_emulator.inject(Fault(target="submit", status_code=202, body=answer, count=None))
+    ti = run_batch(
+        "batch_repeated_id",
+        edits=edits(firered_emulator, 3),
+        output_root=str(tmp_path / "run"),
+        poll_interval=1,
+        retries=1,
+        retry_delay=0,
+        deferrable=False,
+    )
+    assert ti.state == "failed"
+    assert ti.try_number == 1  # UNCERTAIN is final: no retry sends them again
+    assert posts(firered_emulator) == 1 + 3
+    entries = read_manifest(tmp_path / "run") or []
+    assert sorted(e.status or "" for e in entries) == ["COMPLETED", "UNCERTAIN", "UNCERTAIN"]
+    assert "pending" not in {e.outcome for e in entries}
+    for entry in entries:
+        if entry.status == "UNCERTAIN":
+            assert f"request id {rid}, which it had already given to item" in str(entry.error)
+
+
+def test_an_item_whose_outputs_cannot_be_saved_fails_alone(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "SKU-0001").write_text("a file where the item's folder goes")
+    ti = run_batch(
+        "batch_unsavable_item",
+        edits=edits(firered_emulator, 3),
+        output_root=str(root),
+        poll_interval=1,
+        max_failed=1,
+        deferrable=False,
+    )
+    assert ti.state == "success"
+    assert (xcom(ti)["edited"], xcom(ti)["failed"]) == (2, 1)
+    assert posts(firered_emulator) == 3
+    entries = {e.key: e for e in read_manifest(root) or []}
+    assert (entries["SKU-0001"].outcome, entries["SKU-0001"].status) == ("failed", "DOWNLOAD")
+    assert "its outputs could not be saved" in str(entries["SKU-0001"].error)
+
+
+def test_fingerprints_are_read_after_the_submits_never_before(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    import requests
+
+    from tests.hostile import Answer, Seen, serving
+
+    image = requests.get(firered_emulator.sample_images[0], timeout=10).content
+    heads: list[float] = []
+    release = threading.Event()
+
+    def slow_head(seen: Seen) -> Answer:
+        if seen.method == "HEAD":
+            heads.append(time.time())
+            release.wait(3)  # a slow, silent image host: only HEAD requests are held
+        return Answer(200, {"Content-Type": "image/png", "ETag": '"v1"'}, image)
+
+    with serving() as host:
+        host.route("/", slow_head)
+        items = [
+            {"key": f"SKU-{n}", "prompt": f"Make it blue #{n}", "images": [f"{host.url}/{n}.png"]}
+            for n in range(2)
+        ]
+        ti = run_batch(
+            "batch_heads_after_submits",
+            edits=items,
+            output_root=str(tmp_path / "run"),
+            poll_interval=1,
+            force=True,
+            deferrable=False,
+        )
+        release.set()
+    assert ti.state == "success"
+    first_submit = min(r.time for r in firered_emulator.submit_attempts())
+    assert heads
+    assert first_submit < min(heads)  # the HEADs went out after the submits, not before
+    # ... and their fingerprints are kept for the next night.
+    assert all(e.fingerprint for e in read_manifest(tmp_path / "run") or [])
+
+
+#: Another client takes every slot of the gateway just before the batch starts.
+SATURATED_BY_ANOTHER = """
+class SaturatedByAnother(FireRedBatchEditOperator):
+    def execute(self, context):
+        for n in range(2):
+            self.hook.submit_edit("firered-image-edit", f"other client #{n}", EDITS[0]["images"])
+        return super().execute(context)
+"""
+
+
+def test_a_saturated_gateway_with_nothing_in_flight_defers_on_a_timer(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    firered_emulator.max_concurrent_jobs = 2
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=3)
+    source = FAULTY_BATCH_DAG.format(
+        edits=edits(firered_emulator, 2),
+        dag_id="batch_saturated_nothing_in_flight",
+        root=str(tmp_path / "run"),
+        classes=SATURATED_BY_ANOTHER,
+        operator="SaturatedByAnother",
+        options="timeout=120, deferrable=True,",
+    )
+    (ti,) = run_dag_source("batch_saturated_nothing_in_flight", source).get_task_instances()
+    out = capfd.readouterr().out
+    assert (ti.state, ti.try_number) == ("success", 1)
+    ours = [r for r in firered_emulator.submit_attempts() if r.body["prompt"].startswith("Make it blue")]
+    accepted = [r for r in ours if r.status == 202]
+    assert len(accepted) == 2
+    assert len({r.body["prompt"] for r in accepted}) == 2  # each item accepted once
+    assert any(r.status == 429 for r in ours)
+    assert in_log("no job of this batch is running: deferring for", out)
+    assert xcom(ti)["edited"] == 2
+
+
+#: Try 1 is stopped by a user while deferred (mark failed): the jobs it submitted and stored run on
+#: at the gateway, which cannot cancel them; the task fails without a retry.
+STOPPED_WHILE_DEFERRED = """
+class StoppedWhileDeferred(FireRedBatchEditOperator):
+    def defer(self, **kwargs):
+        raise RuntimeError("marked failed by a user while deferred")
+"""
+
+#: The logical date of both runs of a cleared task instance.
+CLEARED_DATE = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+def run_dag_on(dag_id: str, source: str, *, keep_the_run: bool) -> Any:
+    """
+    Write ``source`` as the DAG file and run ``dag.test()`` on :data:`CLEARED_DATE`: return its task
+    instance.
+
+    ``dag.test()`` starts by clearing the task instances of its logical date with Airflow's own
+    ``clear_task_instances`` (a new ``max_tries``, as a user's clear), then deletes their DAG run and
+    creates a new one. ``keep_the_run`` keeps the DAG run instead, set running again, as a clear
+    from the UI does: its task instance then keeps its ``task_state_store`` rows (they belong to the
+    DAG run) and its manifest, and runs its next try.
+    """
+    from unittest import mock
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.state import DagRunState
+    from sqlalchemy import select
+
+    path = Path(DAGS_FOLDER) / f"{dag_id}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"firered_test_dag_{dag_id}_{keep_the_run}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def kept(*, dag: Any, logical_date: Any, session: Any, **_: Any) -> Any:
+        run = session.scalar(
+            select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.logical_date == logical_date)
+        )
+        assert run is not None
+        run.dag, run.state = dag, DagRunState.RUNNING
+        session.commit()
+        return run
+
+    if not keep_the_run:
+        return module.dag.test(logical_date=CLEARED_DATE).get_task_instances()[0]
+    with mock.patch("airflow.models.dagrun.get_or_create_dagrun", kept):
+        return module.dag.test(logical_date=CLEARED_DATE).get_task_instances()[0]
+
+
+def cleared_batch_dag(root: Path, items: list[dict[str, Any]], stopped: bool) -> str:
+    return FAULTY_BATCH_DAG.format(
+        edits=items,
+        dag_id="batch_cleared",
+        root=str(root),
+        classes=STOPPED_WHILE_DEFERRED if stopped else "",
+        operator="StoppedWhileDeferred" if stopped else "FireRedBatchEditOperator",
+        options="retries=0, deferrable=True,",
+    )
+
+
+@pytest.mark.skipif(not RESUMES, reason="task_state_store needs Airflow 3.3+")
+def test_a_cleared_batch_collects_its_still_running_jobs_instead_of_paying_again(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Long enough that the jobs still run when the cleared task reads them.
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=8)
+    root = tmp_path / "run"
+    items = edits(firered_emulator, 3)
+    stopped = run_dag_on("batch_cleared", cleared_batch_dag(root, items, True), keep_the_run=False)
+    assert (stopped.state, stopped.try_number, stopped.max_tries) == ("failed", 1, 0)
+    first = {e.key: e.request_id for e in read_manifest(root) or []}
+    assert posts(firered_emulator) == 3
+    assert {firered_emulator.job(str(rid))["status"] for rid in first.values()} == {"PROCESSING"}
+
+    # The user edits one item's prompt, then clears the task.
+    items[2] = {**items[2], "prompt": "Make it green #2"}
+    firered_emulator.set_timings(processing_seconds=0.5)
+    capfd.readouterr()
+    cleared = run_dag_on("batch_cleared", cleared_batch_dag(root, items, False), keep_the_run=True)
+    out = capfd.readouterr().out
+    assert (cleared.state, cleared.try_number, cleared.max_tries) == ("success", 2, 1)
+    # The two unchanged items' running jobs were collected; only the changed item was paid again.
+    assert posts(firered_emulator) == 4
+    assert firered_emulator.submit_attempts()[-1].body["prompt"] == "Make it green #2"
+    entries = {e.key: e for e in read_manifest(root) or []}
+    assert {key: e.outcome for key, e in entries.items()} == dict.fromkeys(first, "edited")
+    assert entries["SKU-0000"].request_id == first["SKU-0000"]
+    assert entries["SKU-0001"].request_id == first["SKU-0001"]
+    assert entries["SKU-0002"].request_id != first["SKU-0002"]
+    assert entries["SKU-0000"].fingerprint  # fingerprinted for the next night like a fresh submit
+    assert in_log("The task was cleared after 2 unchanged item(s) were submitted: 2 still running", out)
+
+
+@pytest.mark.skipif(not RESUMES, reason="task_state_store needs Airflow 3.3+")
+def test_a_cleared_batch_submits_afresh_what_the_gateway_forgot(
+    firered_emulator: Emulator, tmp_path: Path
+) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=60)
+    root = tmp_path / "run"
+    items = edits(firered_emulator, 3)
+    stopped = run_dag_on("batch_cleared", cleared_batch_dag(root, items, True), keep_the_run=False)
+    assert (stopped.state, posts(firered_emulator)) == ("failed", 3)
+    firered_emulator.reset()  # the gateway forgets the jobs: their status reads answer 404
+    firered_emulator.set_timings(processing_seconds=0.5)
+    cleared = run_dag_on("batch_cleared", cleared_batch_dag(root, items, False), keep_the_run=True)
+    assert (cleared.state, cleared.try_number) == ("success", 2)
+    assert posts(firered_emulator) == 3  # since the reset: each item submitted afresh
+    assert {e.outcome for e in read_manifest(root) or []} == {"edited"}

@@ -26,6 +26,7 @@ from airflow_provider_firered.operators.firered import (
     REQUEST_ID_STATE_KEY,
     REQUEST_ID_XCOM_KEY,
     RESUBMISSIONS_XCOM_KEY,
+    SATURATION_XCOM_KEY,
     FireRedEditOperator,
 )
 from airflow_provider_firered.sensors.firered import FireRedStatusSensor
@@ -155,8 +156,46 @@ def test_a_clear_submits_a_fresh_edit(gateway: Gateway) -> None:
     assert gateway.status_reads() == 0  # the stored request is not even read
     new = cast("FireRedStatusTrigger", deferred.value.trigger).request_id
     assert new != rid(1)
-    assert store[REQUEST_ID_STATE_KEY] == {"request_id": new, "max_tries": 6}
+    assert store[REQUEST_ID_STATE_KEY]["request_id"] == new
+    assert store[REQUEST_ID_STATE_KEY]["max_tries"] == 6
     assert ti.xcom[REQUEST_ID_XCOM_KEY] == new
+
+
+def stored_after_a_stop(operator: FireRedEditOperator, request_id: str, **changes: Any) -> StateStore:
+    """What a try of ``operator`` stored before a user stopped it (``changes``: then the DAG changed)."""
+    fingerprint = operator._edit_fingerprint()
+    if changes:
+        fingerprint = edit(wait_for_completion=operator.wait_for_completion, **changes)._edit_fingerprint()
+    return StateStore({REQUEST_ID_STATE_KEY: {"request_id": request_id, "max_tries": 3, "edit": fingerprint}})
+
+
+def test_a_clear_collects_a_job_of_the_same_edit_that_is_still_running(gateway: Gateway) -> None:
+    # A user marked the deferred task failed (the job ran on: no cancel endpoint), then cleared it.
+    gateway.statuses[rid(1)] = "PROCESSING"
+    operator = edit(deferrable=True)
+    store = stored_after_a_stop(operator, rid(1))
+    ti = TaskInstance(max_tries=6)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context(ti, store))
+    assert gateway.server.posts() == 0  # not paid again
+    assert cast("FireRedStatusTrigger", deferred.value.trigger).request_id == rid(1)
+    assert ti.xcom[REQUEST_ID_XCOM_KEY] == rid(1)
+
+
+@pytest.mark.parametrize(
+    ("status", "changes"),
+    [("COMPLETED", {}), ("ERROR", {}), ("PROCESSING", {"prompt": "another prompt"})],
+    ids=["job-ended", "job-errored", "edit-changed"],
+)
+def test_a_clear_submits_afresh_unless_the_same_edit_is_still_running(
+    gateway: Gateway, status: str, changes: dict[str, Any]
+) -> None:
+    gateway.statuses[rid(1)] = status
+    operator = edit(wait_for_completion=False)
+    store = stored_after_a_stop(operator, rid(1), **changes)
+    result = operator.execute(context(TaskInstance(max_tries=6), store))
+    assert gateway.server.posts() == 1
+    assert result["request_id"] != rid(1)
 
 
 def test_a_stored_failed_request_fails_for_good_without_posting(gateway: Gateway) -> None:
@@ -194,6 +233,66 @@ def test_without_a_state_store_no_wait_posts_once_and_reads_nothing(gateway: Gat
     result = edit(wait_for_completion=False).execute(context(TaskInstance(), None))
     assert result["status"] == "QUEUED"
     assert (gateway.server.posts(), gateway.status_reads()) == (1, 0)
+
+
+# -- a saturated gateway (429) -----------------------------------------------------------------------
+
+
+def refuse_submits(gateway: Gateway, count: int, retry_after: str = "30") -> None:
+    """The gateway answers the first ``count`` submits ``429`` (saturated), then takes them."""
+    left = [count]
+    accept = gateway._submit
+
+    def submit(seen: Seen) -> Answer:
+        if left[0] > 0:
+            left[0] -= 1
+            body = json.dumps({"error": "Too Many Requests", "message": "Too many concurrent jobs."})
+            return Answer(429, {**JSON, "Retry-After": retry_after}, body.encode())
+        return accept(seen)
+
+    gateway.server.route(f"/{V11}/", submit)
+
+
+def test_a_deferrable_submit_refused_with_429_defers_on_a_timer(gateway: Gateway) -> None:
+    from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+    refuse_submits(gateway, 1)
+    ti, store = TaskInstance(), StateStore()
+    operator = edit(deferrable=True, timeout=600)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(context(ti, store))
+    assert gateway.server.posts() == 1  # the hook did not sit through Retry-After on the worker
+    assert isinstance(deferred.value.trigger, DateTimeTrigger)
+    assert deferred.value.method_name == "execute_after_saturation"
+    kwargs = deferred.value.kwargs or {}
+    assert kwargs["refusals"] == 1
+    assert ti.xcom[SATURATION_XCOM_KEY] == {"deadline": kwargs["saturation_deadline"], "refusals": 1}
+    assert REQUEST_ID_STATE_KEY not in store  # a 429 created no job: nothing to resume
+    # Resumed: the same try submits again and goes on to wait for the job.
+    with pytest.raises(TaskDeferred) as waiting:
+        operator.execute_after_saturation(context(ti, store), {"ignored": True}, **kwargs)
+    assert gateway.server.posts() == 2
+    job = cast("FireRedStatusTrigger", waiting.value.trigger).request_id
+    assert store[REQUEST_ID_STATE_KEY]["request_id"] == job == ti.xcom[REQUEST_ID_XCOM_KEY]
+
+
+def test_a_resumed_submit_past_its_deadline_fails_naming_the_429s(gateway: Gateway) -> None:
+    refuse_submits(gateway, 5)
+    ti = TaskInstance()
+    with pytest.raises(FireRedApiError, match=r"HTTP 429 .* to all 3 submits of this edit") as info:
+        edit(deferrable=True, timeout=60).execute_after_saturation(
+            context(ti, StateStore()), None, saturation_deadline=1.0, refusals=2
+        )
+    assert info.value.retryable
+    assert not isinstance(info.value, AirflowFailException)  # Airflow's retries apply
+    assert gateway.server.posts() == 1
+
+
+def test_a_worker_submit_still_waits_out_429_in_the_hook(gateway: Gateway) -> None:
+    refuse_submits(gateway, 1, retry_after="0")
+    result = edit(deferrable=False, wait_for_completion=False).execute(context(TaskInstance(), None))
+    assert result["status"] == "QUEUED"
+    assert gateway.server.posts() == 2
 
 
 # -- resubmissions of ERROR jobs --------------------------------------------------------------------

@@ -41,3 +41,24 @@ def test_malformed_requests_are_refused(requests: object) -> None:
 def test_min_ended_is_kept_within_the_batch() -> None:
     trigger = FireRedBatchStatusTrigger([[RID.format(1), None]], "firered_default", 5, 0.0, 50)
     assert trigger.min_ended == 1
+
+
+def test_the_manifest_kwarg_round_trips_and_is_optional() -> None:
+    with_manifest = FireRedBatchStatusTrigger(
+        [[RID.format(1), None]],
+        "firered_default",
+        5,
+        1_900_000_100.0,
+        1,
+        manifest="s3://b/run/_manifest.jsonl",
+    )
+    classpath, kwargs = with_manifest.serialize()
+    assert kwargs["manifest"] == "s3://b/run/_manifest.jsonl"
+    assert json.loads(json.dumps(kwargs)) == kwargs
+    assert FireRedBatchStatusTrigger(**kwargs).serialize() == (classpath, kwargs)
+    assert FireRedBatchStatusTrigger([[RID.format(1), None]]).serialize()[1]["manifest"] is None
+
+
+def test_a_manifest_that_is_not_a_string_is_refused() -> None:
+    with pytest.raises(FireRedValidationError, match=r"^manifest: must be a string or None, got dict"):
+        FireRedBatchStatusTrigger([[RID.format(1), None]], manifest={"path": "x"})  # type: ignore[arg-type]

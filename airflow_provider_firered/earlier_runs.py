@@ -1,0 +1,332 @@
+"""
+Reading what an earlier run left on disk without trusting it: its manifests, its folders and the
+outputs a batch copies instead of paying for them again.
+
+An earlier run's folder may have been edited since, by anyone who can write there. Below the root
+the user named, no link is followed: every folder is opened with ``O_NOFOLLOW | O_DIRECTORY``
+relative to the one above it, the file itself with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO does not
+block the open) and must then be a regular file (``fstat``). What is read is bounded: per line, per
+manifest, in total, and in the number of subfolders looked at. An output is copied only when it is
+an image by its first bytes, within the connection's ``max_download_bytes``, and is saved under
+this run's own output name. On object storage there are no links: a location must lie inside the
+earlier root by its path alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import posixpath
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from airflow_provider_firered.atomic_files import atomic_writer
+from airflow_provider_firered.downloads import image_suffix
+from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
+from airflow_provider_firered.output_paths import EXTENSIONS, as_target, check_inside, output_name
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    from airflow_provider_firered.manifest import ManifestEntry
+
+__all__ = [
+    "MAX_EARLIER_BYTES",
+    "MAX_EARLIER_FOLDERS",
+    "MAX_LINE_BYTES",
+    "EarlierBatch",
+    "NotReusable",
+    "ReadBudget",
+    "TooLarge",
+    "bounded_lines",
+    "copy_outputs",
+    "open_regular_below",
+]
+
+#: The most entries of an earlier root looked at for batch folders (a run split into batches holds
+#: one folder per batch: 20 for 10,000 SKUs in batches of 500). A root with more is not searched.
+MAX_EARLIER_FOLDERS = 1_000
+#: The most manifest bytes read from all earlier runs of one batch together.
+MAX_EARLIER_BYTES = 256 * 1024 * 1024
+#: The longest manifest line read; a line of a batch's own entry takes a few KB (a prompt is at most
+#: 5,000 characters, an item at most 8 image URLs of 2,048).
+MAX_LINE_BYTES = 1024 * 1024
+
+_CHUNK = 1024 * 1024
+_READ_CHUNK = 64 * 1024
+_SIGNATURE_BYTES = 12
+_MEDIA_TYPES = {suffix: media_type for media_type, suffix in EXTENSIONS.items()}
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+_NO_LINK_DIR_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class NotReusable(FireRedError):
+    """An earlier output that is not copied: the item is edited instead."""
+
+
+class TooLarge(FireRedError):
+    """More was read than a bound allows."""
+
+
+@dataclass
+class ReadBudget:
+    """
+    How many more bytes may be read.
+
+    :param remaining: the bytes left.
+    """
+
+    remaining: int
+
+    def take(self, size: int) -> None:
+        """Count ``size`` bytes read; raise :class:`TooLarge` once past the budget."""
+        self.remaining -= size
+        if self.remaining < 0:
+            raise TooLarge("read past its bound")
+
+
+def bounded_lines(
+    handle: IO[bytes], budget: ReadBudget, *, max_line: int = MAX_LINE_BYTES
+) -> Iterator[bytes | None]:
+    """
+    Yield each line of ``handle`` without its line end, one at a time (memory stays about one line).
+
+    The file is read in fixed pieces with ``read(n)`` alone (object storage files have no bounded
+    ``readline``). A line longer than ``max_line`` bytes is yielded as ``None``, its rest skipped
+    without being kept.
+
+    :param handle: a file open for reading bytes.
+    :param budget: the bytes that may be read; :class:`TooLarge` is raised before a line past it.
+    :param max_line: the longest line yielded.
+    """
+    line = bytearray()
+    too_long = False
+    while chunk := handle.read(_READ_CHUNK):
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            stop = len(chunk) if end < 0 else end
+            budget.take(stop - start + (end >= 0))
+            if not too_long and len(line) + stop - start > max_line:
+                too_long = True
+                line.clear()
+            elif not too_long:
+                line += chunk[start:stop]
+            if end < 0:
+                break
+            yield None if too_long else bytes(line).rstrip(b"\r")
+            line.clear()
+            too_long = False
+            start = end + 1
+    if too_long:
+        yield None
+    elif line:
+        yield bytes(line).rstrip(b"\r")
+
+
+def _plain(part: str) -> bool:
+    return bool(part) and part not in (".", "..") and "/" not in part and "\0" not in part
+
+
+def open_regular_below(root: str | os.PathLike[str], parts: Sequence[str]) -> IO[bytes]:
+    """
+    Open the regular file ``root/<parts...>`` for reading, following no link below ``root``.
+
+    ``root`` itself may be a link (it is what the user named). Each folder below it is opened with
+    ``O_NOFOLLOW | O_DIRECTORY`` relative to the one above, the file with ``O_NOFOLLOW | O_NONBLOCK``
+    (a FIFO cannot block) and checked with ``fstat`` to be a regular file.
+
+    :param root: the folder to stay within.
+    :param parts: the path below it, one plain name per part.
+    :raises OSError: when a part is missing, a link, not a folder, or the file is not regular.
+    """
+    if not parts or not all(_plain(part) for part in parts):
+        raise OSError(f"not a plain path below {root}: {'/'.join(parts)!r}")
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            below = os.open(part, _NO_LINK_DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        file_fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+            raise OSError(f"{os.path.join(root, *parts)} is not a regular file")
+        return os.fdopen(file_fd, "rb")
+    except BaseException:
+        os.close(file_fd)
+        raise
+
+
+def list_folder(root: str | os.PathLike[str], limit: int) -> list[str] | None:
+    """
+    The names in the folder ``root`` (a link at ``root`` itself followed), sorted; None when it holds
+    more than ``limit`` entries (only ``limit + 1`` are ever listed).
+
+    :raises OSError: when ``root`` cannot be opened as a folder.
+    """
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        with os.scandir(fd) as entries:
+            names = [entry.name for entry in itertools.islice(entries, limit + 1)]
+    finally:
+        os.close(fd)
+    return None if len(names) > limit else sorted(names)
+
+
+def is_folder_below(root: str | os.PathLike[str], name: str) -> bool:
+    """Whether ``root/name`` is a folder itself, not a link to one."""
+    if not _plain(name):
+        return False
+    try:
+        fd = os.open(root, _DIR_FLAGS)
+        try:
+            os.close(os.open(name, _NO_LINK_DIR_FLAGS, dir_fd=fd))
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class EarlierBatch:
+    """
+    Where an earlier batch's manifest was found: the earlier root the user named, and the batch folder
+    below it (``None`` when the root is the batch folder itself).
+
+    :param root: the earlier output root, as named (a link there is followed).
+    :param folder: the batch folder's name below ``root``, or ``None``.
+    """
+
+    root: Path | ObjectStoragePath
+    folder: str | None = None
+
+    @property
+    def path(self) -> Path | ObjectStoragePath:
+        """The batch folder."""
+        return self.root if self.folder is None else self.root / self.folder
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The batch folder's path below ``root``."""
+        return () if self.folder is None else (self.folder,)
+
+
+# -- copying an earlier output ------------------------------------------------------------------------
+
+
+def copy_outputs(
+    entry: ManifestEntry,
+    batch: EarlierBatch,
+    target_dir: Path | ObjectStoragePath,
+    *,
+    max_bytes: int,
+) -> list[str]:
+    """
+    Copy an earlier item's outputs into ``target_dir``, each under this run's own output name.
+
+    Each output must be a file directly in the earlier batch's ``<key>/`` folder, reached without
+    following a link below the earlier root, regular, at most ``max_bytes`` long and a PNG, JPEG,
+    WebP or GIF image by its first bytes. The copy is named by :func:`output_name` from the earlier
+    request id, the output's position and the image type found, and written atomically. On any
+    refusal nothing copied for the item is left behind.
+
+    :param entry: the earlier item (its key, request id and outputs).
+    :param batch: where its manifest was found.
+    :param target_dir: this run's folder for the item.
+    :param max_bytes: the largest output copied (the connection's ``max_download_bytes``).
+    :return: the copies' locations, in output order.
+    :raises NotReusable: saying why an output cannot be copied.
+    """
+    if not entry.request_id:
+        raise NotReusable("the earlier item has no request id")
+    copied: list[Path | ObjectStoragePath] = []
+    try:
+        for index, output in enumerate(entry.outputs):
+            with _open_output(batch, entry.key, output) as source:
+                copied.append(_copy(source, output, entry, index, target_dir, max_bytes))
+    except BaseException:
+        for done in copied:
+            with contextlib.suppress(OSError, NotImplementedError):
+                done.unlink()
+        raise
+    return [str(target) for target in copied]
+
+
+@contextlib.contextmanager
+def _open_output(batch: EarlierBatch, key: str, output: str) -> Iterator[IO[bytes]]:
+    try:
+        source = as_target(output, field_name="previous")
+    except (FireRedValidationError, ValueError) as err:
+        raise NotReusable(f"{output[:200]!r} is not a path or URL: {err}") from None
+    root = batch.root
+    if isinstance(root, Path):
+        if not isinstance(source, Path):
+            raise NotReusable(f"{output[:200]!r} is not a local path like its earlier run")
+        name = _local_name(root, batch.parts, key, source)
+        try:
+            handle = open_regular_below(root, (*batch.parts, key, name))
+        except OSError as err:
+            raise NotReusable(f"{output[:200]!r}: {err.strerror or err}") from None
+    else:
+        if isinstance(source, Path):
+            raise NotReusable(f"{output[:200]!r} is not in the object store of its earlier run")
+        folder = root / key if batch.folder is None else root / batch.folder / key
+        name = posixpath.relpath(posixpath.normpath("/" + source.path), posixpath.normpath("/" + folder.path))
+        if source.protocol != folder.protocol or not _plain(name):
+            raise NotReusable(f"{output[:200]!r} is not a file of {folder}")
+        try:
+            handle = (folder / name).open("rb")
+        except (OSError, NotImplementedError) as err:
+            raise NotReusable(f"{output[:200]!r}: {err}") from None
+    with handle:
+        yield handle
+
+
+def _local_name(root: Path, parts: tuple[str, ...], key: str, source: Path) -> str:
+    """The output's file name, when it lies directly in the batch's ``<key>/`` folder (by its path)."""
+    location = os.path.abspath(source)
+    for base in {os.path.abspath(root), os.path.realpath(root)}:
+        folder = os.path.join(base, *parts, key)
+        if os.path.dirname(location) == folder and _plain(os.path.basename(location)):
+            return os.path.basename(location)
+    raise NotReusable(f"{str(source)[:200]!r} is not a file of {os.path.join(root, *parts, key)}")
+
+
+def _copy(
+    source: IO[bytes],
+    output: str,
+    entry: ManifestEntry,
+    index: int,
+    target_dir: Path | ObjectStoragePath,
+    max_bytes: int,
+) -> Path | ObjectStoragePath:
+    head = b""
+    while len(head) < _SIGNATURE_BYTES and (more := source.read(_SIGNATURE_BYTES - len(head))):
+        head += more
+    suffix = image_suffix(head)
+    if suffix is None:
+        raise NotReusable(f"{output[:200]!r} is not a PNG, JPEG, WebP or GIF image")
+    try:
+        target = target_dir / output_name(str(entry.request_id), index, _MEDIA_TYPES[suffix])
+        check_inside(target, target_dir)
+    except FireRedValidationError as err:
+        raise NotReusable(str(err)) from None
+    size = len(head)
+    with atomic_writer(target) as out:
+        out.write(head)
+        while chunk := source.read(_CHUNK):
+            size += len(chunk)
+            if size > max_bytes:
+                raise NotReusable(f"{output[:200]!r} is larger than the {max_bytes}-byte max_download_bytes")
+            out.write(chunk)
+    return target
