@@ -15,6 +15,7 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
+from airflow_provider_firered import param_locations
 from tests.conftest import DAGS_FOLDER
 from tests.hostile import Answer, HostileServer
 from tests.integration.operators.test_firered import in_log
@@ -426,9 +427,8 @@ def test_catalogue_with_a_bad_row_sends_nothing(
         ("s3://aws_admin@bucket/catalogue/m.csv", False),  # another connection's credentials
     ],
 )
-def test_location_params_are_allowed_only_under_a_prefix(
-    catalogue: ModuleType, tmp_path: Path, value: str, allowed: bool
-) -> None:
+@pytest.mark.usefixtures("catalogue")
+def test_location_params_are_allowed_only_under_a_prefix(tmp_path: Path, value: str, allowed: bool) -> None:
     """A prefix matches whole path segments after resolving; a URL also matches scheme, user, host, port."""
     from airflow.providers.common.compat.sdk import AirflowFailException
 
@@ -440,10 +440,10 @@ def test_location_params_are_allowed_only_under_a_prefix(
     default = f"{tmp_path}/default.csv"
 
     if allowed:
-        catalogue.check_location("manifest", value, default, prefixes)
+        param_locations.check_location("manifest", value, default, prefixes)
         return
     with pytest.raises(AirflowFailException) as refused:
-        catalogue.check_location("manifest", value, default, prefixes)
+        param_locations.check_location("manifest", value, default, prefixes)
     message = str(refused.value)
     assert message.startswith(f"manifest: {value!r} "), message
     assert "nothing was sent" in message
@@ -451,15 +451,14 @@ def test_location_params_are_allowed_only_under_a_prefix(
     assert all(repr(prefix) in message for prefix in prefixes), message
 
 
-def test_without_the_prefix_variable_only_the_default_is_allowed(
-    catalogue: ModuleType, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("catalogue")
+def test_without_the_prefix_variable_only_the_default_is_allowed(tmp_path: Path) -> None:
     from airflow.providers.common.compat.sdk import AirflowFailException
 
     default = str(tmp_path / "out")
-    assert catalogue.check_location("output_root", f"{tmp_path}/x/../out/", default, None) == default
+    assert param_locations.check_location("output_root", f"{tmp_path}/x/../out/", default, None) == default
     with pytest.raises(AirflowFailException, match="only the default") as refused:
-        catalogue.check_location("output_root", f"{default}/night", default, None)
+        param_locations.check_location("output_root", f"{default}/night", default, None)
     assert "setting the Airflow Variable firered_catalogue_allowed_prefixes" in str(refused.value)
 
 
@@ -475,8 +474,9 @@ def test_without_the_prefix_variable_only_the_default_is_allowed(
         ('["https://cdn.test/a/../b"]', "its path has '.', '..'"),
     ],
 )
+@pytest.mark.usefixtures("catalogue")
 def test_a_malformed_prefix_variable_is_refused(
-    catalogue: ModuleType, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+    monkeypatch: pytest.MonkeyPatch, text: str, message: str
 ) -> None:
     from airflow.providers.common.compat.sdk import AirflowFailException
 
@@ -484,10 +484,10 @@ def test_a_malformed_prefix_variable_is_refused(
     with pytest.raises(
         AirflowFailException, match=r"^Variable firered_catalogue_allowed_prefixes: "
     ) as refused:
-        catalogue.allowed_prefixes()
+        param_locations.allowed_prefixes()
     assert message in str(refused.value)
     monkeypatch.setenv(ALLOWED_VARIABLE_ENV, '["/data", "s3://bucket/x"]')
-    assert catalogue.allowed_prefixes() == ["/data", "s3://bucket/x"]
+    assert param_locations.allowed_prefixes() == ["/data", "s3://bucket/x"]
 
 
 #: One SKU: what each location test's manifests hold.
