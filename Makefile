@@ -18,16 +18,16 @@ test: lint test-newest test-oldest
 venv: $(VENV)/.installed
 
 # A venv per Airflow version; uv is used when it can be had (it is much faster), pip otherwise.
-%/.installed: pyproject.toml
+%/.installed: pyproject.toml devtools/pyproject.toml
 	@AIRFLOW=$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_AIRFLOW_VERSION),$(AIRFLOW_VERSION)); \
 	PINS='$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_PINS),)'; \
 	echo "== installing apache-airflow==$$AIRFLOW and .[test] into $*"; \
 	test -x $*/bin/python || $(PYTHON) -m venv $*; \
 	$*/bin/python -m pip install -q uv >/dev/null 2>&1 || true; \
 	if test -x $*/bin/uv; then \
-		eval $*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"'; \
+		eval $*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"' -e ./devtools; \
 	else \
-		eval $*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"'; \
+		eval $*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"' -e ./devtools; \
 	fi
 	@touch $@
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_firered import __version__
-from airflow_provider_firered.connection_extras import conn_fields, provider_field_behaviour
+from airflow_provider_firered.gateway.connection_extras import conn_fields, provider_field_behaviour
 
 _INTEGRATION = "FireRed Image Edit"
 

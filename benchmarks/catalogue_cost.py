@@ -5,7 +5,7 @@ D. What the nightly catalogue costs a real Airflow at store size: the catalogue 
 (``bench_catalogue_per_sku`` in benchmarks/catalogue_dags/firered_bench_catalogue.py).
 
 For each catalogue size, one deployment (api-server, scheduler with LocalExecutor, dag-processor and
-two triggerers, on PostgreSQL: ``airflow_provider_firered.testing``) runs against the emulator
+two triggerers, on PostgreSQL: ``firered_devtools``) runs against the emulator
 (``--no-render``, jobs of ``--job-seconds``, ``--max-concurrent-jobs`` unfinished jobs at most). Its DAG
 folder (``<work>/dags``) holds symlinks to the example DAG file (and the sample manifest beside it, as
 deployed) and to the per-SKU DAG file, nothing else; the script checks that the dag-processor parsed
@@ -57,12 +57,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from firered_devtools.deployment import AirflowDeployment, start_emulator
+from firered_devtools.postgres import PostgresCluster
+from firered_devtools.processes import descendants
 from worker_cost import SlotSampler
 
-from airflow_provider_firered.manifest import read_manifest
-from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
-from airflow_provider_firered.testing.postgres import PostgresCluster
-from airflow_provider_firered.testing.processes import descendants
+from airflow_provider_firered.batch.manifest import read_manifest
 
 if TYPE_CHECKING:
     from airflow_provider_firered.emulator.process import EmulatorProcess

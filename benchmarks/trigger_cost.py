@@ -279,7 +279,7 @@ class Sampler:
 
 
 def _area(filename: str) -> str:
-    """``aiohttp``, ``asyncio``, ``airflow_provider_firered/results.py``: where a frame's code lives."""
+    """Where a frame's code lives: ``aiohttp``, ``asyncio``, ``airflow_provider_firered/gateway/...``."""
     parts = Path(filename).parts
     for marker in ("site-packages", "airflow_provider_firered"):
         if marker in parts:
@@ -299,7 +299,7 @@ def contender_main(args: argparse.Namespace) -> int:
     report = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     if args.pool_limit is not None:
-        from airflow_provider_firered import loop_shared
+        from airflow_provider_firered.utils import loop_shared
 
         loop_shared.POOL_LIMIT = args.pool_limit
     result = asyncio.run(
@@ -517,7 +517,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 def pool_limit() -> int:
     """The bound on the shared session's pool that the ``firered`` contender runs with."""
-    from airflow_provider_firered.loop_shared import POOL_LIMIT
+    from airflow_provider_firered.utils.loop_shared import POOL_LIMIT
 
     return POOL_LIMIT
 

@@ -4,7 +4,7 @@ three ways (benchmarks/dags/firered_bench_routes.py): the deferrable FireRedEdit
 operator with ``deferrable=False``, and HttpOperator + HttpSensor(``reschedule``, JSON check).
 
 One deployment (api-server, scheduler, dag-processor, triggerer on SQLite:
-``airflow_provider_firered.testing.deployment``, as in the end-to-end tests) runs the three DAGs one
+``firered_devtools.deployment``, as in the end-to-end tests) runs the three DAGs one
 after the other against the emulator. For each run: worker-slot-seconds (LocalExecutor
 workers busy with a task, sampled every 0.2 s), CPU seconds of every Airflow process (their own and
 their reaped children's, read from /proc), wall time from trigger to the run's end, and the status
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
-from airflow_provider_firered.testing.processes import descendants
+from firered_devtools.deployment import AirflowDeployment, start_emulator
+from firered_devtools.processes import descendants
 
 #: This repository (the benchmark DAGs are in ``benchmarks/dags``).
 ROOT = Path(__file__).resolve().parents[1]

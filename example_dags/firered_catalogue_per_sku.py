@@ -58,8 +58,8 @@ from airflow.configuration import conf
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import DAG, ObjectStoragePath, Param, Variable, get_current_context, task
 
+from airflow_provider_firered.batch.locations import allowed_prefixes, is_url, location_param
 from airflow_provider_firered.operators.firered import FireRedEditOperator
-from airflow_provider_firered.param_locations import allowed_prefixes, is_url, location_param
 
 DAG_ID = "firered_catalogue_per_sku"
 POOL = "firered_gateway"

@@ -78,10 +78,10 @@ from airflow.configuration import conf
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import DAG, ObjectStoragePath, Param, Variable, get_current_context, task
 
-from airflow_provider_firered import catalogue_report
-from airflow_provider_firered.batch_items import KEY_PATTERN
+from airflow_provider_firered.batch import report as catalogue_report
+from airflow_provider_firered.batch.items import KEY_PATTERN
+from airflow_provider_firered.batch.locations import allowed_prefixes, is_url, location_param
 from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
-from airflow_provider_firered.param_locations import allowed_prefixes, is_url, location_param
 
 DAG_ID = "firered_catalogue_reedit"
 POOL = "firered_gateway"

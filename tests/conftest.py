@@ -21,7 +21,7 @@ DAGS_FOLDER = os.path.join(_HOME, "dags")
 os.makedirs(DAGS_FOLDER, exist_ok=True)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = DAGS_FOLDER
 
-pytest_plugins = ["airflow_provider_firered.emulator.testing", "tests.hostile"]
+pytest_plugins = ["tests.hostile"]
 
 #: A recognisable key: tests scan logs, errors and recorded requests for it.
 TEST_KEY = "sk-firered-TESTKEY-0123456789abcdef"

@@ -12,18 +12,19 @@ import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
-from airflow_provider_firered import downloads, loop_shared
-from airflow_provider_firered.connection import (
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedSubmitUncertainError
+from airflow_provider_firered.gateway.connection import (
     DEFAULT_GATEWAY,
     KEY_HEADER,
     GatewaySettings,
     url_host,
 )
-from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedSubmitUncertainError
-from airflow_provider_firered.gateway_http import PreparedGet, agateway_get, gateway_call, submit_refused
-from airflow_provider_firered.media_hosts import new_media_session
-from airflow_provider_firered.options import validate_edit
-from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult, status_path
+from airflow_provider_firered.gateway.http import PreparedGet, agateway_get, gateway_call, submit_refused
+from airflow_provider_firered.gateway.options import validate_edit
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult, SubmitResult, status_path
+from airflow_provider_firered.media import downloads
+from airflow_provider_firered.media.hosts import new_media_session
+from airflow_provider_firered.utils import loop_shared
 
 if TYPE_CHECKING:
     import os
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
     from airflow.sdk import Connection
 
-    from airflow_provider_firered.retry import RetryPolicy
+    from airflow_provider_firered.utils.retry import RetryPolicy
 
 __all__ = ["DEFAULT_GATEWAY", "KEY_HEADER", "FireRedHook", "GatewaySettings"]
 
@@ -53,7 +54,7 @@ class FireRedHook(HttpHook):
     The connection's ``host`` is the gateway root (``https://gateway.pixazo.ai`` when empty; a full
     ``http://127.0.0.1:PORT`` is accepted for a local emulator) and its ``password`` the subscription
     key. The optional extras (timeouts, sizes, retries, trusted hosts) are declared once in
-    :data:`airflow_provider_firered.connection_extras.EXTRAS`, which generates the connection form
+    :data:`airflow_provider_firered.gateway.connection_extras.EXTRAS`, which generates the connection form
     and the README's extras table; a blank extra means its default.
 
     The key is sent only to the gateway's own origin: never to image, media or redirect URLs, nor to
@@ -102,7 +103,7 @@ class FireRedHook(HttpHook):
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Connection form for Airflow 3.0/3.1 (3.2+ reads ``conn-fields`` from provider info)."""
-        from airflow_provider_firered.connection_extras import legacy_field_behaviour
+        from airflow_provider_firered.gateway.connection_extras import legacy_field_behaviour
 
         return legacy_field_behaviour()
 
@@ -336,7 +337,7 @@ class FireRedHook(HttpHook):
     ) -> str:
         """
         Download a media URL to a local path or an ``ObjectStoragePath``, atomically (see
-        :func:`airflow_provider_firered.downloads.download`). No credentials are sent; the host and
+        :func:`airflow_provider_firered.media.downloads.download`). No credentials are sent; the host and
         every redirect target must be public unless the gateway itself is local or the connection
         sets ``allow_private_media_hosts``; the whole exchange gets ``request_timeout`` seconds.
 

@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 
 from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
 
-from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedError,
@@ -24,21 +23,22 @@ from airflow_provider_firered.exceptions import (
     FireRedValidationError,
     airflow_errors,
 )
+from airflow_provider_firered.gateway.options import DEFAULT_MODEL, expected_outputs, validate_edit
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult, SubmitResult
+from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time, validate_timeout
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.options import DEFAULT_MODEL, expected_outputs, validate_edit
-from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
-from airflow_provider_firered.saturation import (
-    MIN_DEFERRAL_SECONDS,
-    saturation_delay,
-    saturation_trigger,
-)
+from airflow_provider_firered.media.downloads import download_outputs
 from airflow_provider_firered.triggers.firered import (
     DEFER_SLACK,
     EventStatus,
     FireRedStatusTrigger,
     StatusEvent,
 )
-from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time, validate_timeout
+from airflow_provider_firered.utils.saturation import (
+    MIN_DEFERRAL_SECONDS,
+    saturation_delay,
+    saturation_trigger,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -428,7 +428,7 @@ class FireRedEditOperator(BaseOperator):
     ) -> None:
         """
         Defer on a timer until the gateway's ``Retry-After`` (capped, with jitter; at least
-        :data:`~airflow_provider_firered.saturation.MIN_DEFERRAL_SECONDS`), within the deadline.
+        :data:`~airflow_provider_firered.utils.saturation.MIN_DEFERRAL_SECONDS`), within the deadline.
         """
         now = time.time()
         if saturation is None:

@@ -15,9 +15,16 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from airflow.providers.common.compat.sdk import BaseOperator, conf
 
-from airflow_provider_firered.atomic_files import write_atomic
-from airflow_provider_firered.batch_items import BatchItem, check_items, fingerprint, source_identities
-from airflow_provider_firered.batch_state import (
+from airflow_provider_firered.batch.earlier_runs import copy_outputs
+from airflow_provider_firered.batch.items import BatchItem, check_items, fingerprint, source_identities
+from airflow_provider_firered.batch.manifest import (
+    ManifestEntry,
+    manifest_path,
+    previous_entries,
+    read_manifest,
+    write_manifest,
+)
+from airflow_provider_firered.batch.state import (
     RESUBMITTED_STATUSES,
     RESUMED_STATUSES,
     BatchState,
@@ -26,7 +33,6 @@ from airflow_provider_firered.batch_state import (
     edit_digest,
     stored_request,
 )
-from airflow_provider_firered.earlier_runs import copy_outputs
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedBatchFailedError,
@@ -36,21 +42,19 @@ from airflow_provider_firered.exceptions import (
     FireRedValidationError,
     airflow_errors,
 )
+from airflow_provider_firered.gateway.options import DEFAULT_MODEL
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult, SubmitResult
+from airflow_provider_firered.gateway.wait_policy import WaitPolicy, validate_timeout
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.manifest import (
-    ManifestEntry,
-    manifest_path,
-    previous_entries,
-    read_manifest,
-    write_manifest,
-)
-from airflow_provider_firered.options import DEFAULT_MODEL
-from airflow_provider_firered.output_paths import as_target
-from airflow_provider_firered.results import JobStatus, JobStatusResult, SubmitResult
-from airflow_provider_firered.saturation import MIN_DEFERRAL_SECONDS, saturation_delay, saturation_trigger
+from airflow_provider_firered.media.output_paths import as_target
 from airflow_provider_firered.triggers.firered import DEFER_SLACK
 from airflow_provider_firered.triggers.firered_batch import RESUME_AFTER, FireRedBatchStatusTrigger
-from airflow_provider_firered.wait_policy import WaitPolicy, validate_timeout
+from airflow_provider_firered.utils.atomic_files import write_atomic
+from airflow_provider_firered.utils.saturation import (
+    MIN_DEFERRAL_SECONDS,
+    saturation_delay,
+    saturation_trigger,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,7 +63,7 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
     from airflow.sdk import Context
 
-    from airflow_provider_firered.earlier_runs import EarlierBatch
+    from airflow_provider_firered.batch.earlier_runs import EarlierBatch
 
 #: The progress file beside the manifest: which try's work the manifest holds.
 PROGRESS_NAME = "_batch.json"
@@ -444,7 +448,8 @@ class FireRedBatchEditOperator(BaseOperator):
         Copy an unchanged item's earlier outputs into its folder; None when it cannot be reused.
 
         Only regular image files inside the earlier run's own folder are copied, within the
-        connection's ``max_download_bytes`` (see :func:`~airflow_provider_firered.earlier_runs.copy_outputs`).
+        connection's ``max_download_bytes``
+        (see :func:`~airflow_provider_firered.batch.earlier_runs.copy_outputs`).
         """
         if earlier is None:
             return None

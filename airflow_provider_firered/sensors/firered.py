@@ -14,7 +14,6 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import (
     FireRedError,
     FireRedStartTimeoutError,
@@ -23,10 +22,11 @@ from airflow_provider_firered.exceptions import (
     as_final,
     for_airflow,
 )
+from airflow_provider_firered.gateway.results import JobStatusResult, status_path
+from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.results import JobStatusResult, status_path
+from airflow_provider_firered.media.downloads import download_outputs
 from airflow_provider_firered.triggers.firered import DEFER_SLACK, FireRedStatusTrigger, StatusEvent
-from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -19,9 +19,9 @@ from airflow_provider_firered.exceptions import (
     FireRedTimeoutError,
     FireRedValidationError,
 )
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
+from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.results import JobStatus, JobStatusResult
-from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -228,7 +228,7 @@ class FireRedStatusTrigger(BaseTrigger):
         :data:`DEFAULT_MAX_WAIT_SECONDS` (one day): a wait never lasts forever.
     :param timeout: the wait the deadline stands for, in seconds (for the timeout message).
     :param max_poll_interval: when set, the interval grows while the job is ``PROCESSING``, up to this
-        (:class:`~airflow_provider_firered.wait_policy.WaitPolicy`).
+        (:class:`~airflow_provider_firered.gateway.wait_policy.WaitPolicy`).
     :param start_deadline: absolute wall-clock deadline (epoch seconds) for the job to leave ``QUEUED``;
         None means none.
     :param start_timeout: the wait the start deadline stands for, in seconds (for its message).

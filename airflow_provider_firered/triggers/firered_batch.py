@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedValidationError
+from airflow_provider_firered.gateway.results import JobStatus
+from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.results import JobStatus
 from airflow_provider_firered.triggers.firered import KEY_REFUSED_STATUSES, grid_point, stopped_by_user_text
-from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from airflow_provider_firered.results import JobStatusResult
+    from airflow_provider_firered.gateway.results import JobStatusResult
 
 #: The statuses an item's wait can end with besides the job's own (``COMPLETED``, ``FAILED``, ``ERROR``).
 START_TIMEOUT = "START_TIMEOUT"

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from airflow_provider_firered.testing.deployment import AirflowDeployment, ManagedProcess
+    from firered_devtools.deployment import AirflowDeployment, ManagedProcess
 
 # -- the web UI ---------------------------------------------------------------------------------------
 

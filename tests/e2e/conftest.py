@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from firered_devtools.deployment import AirflowDeployment
 
-from airflow_provider_firered.testing.deployment import AirflowDeployment
 from tests.e2e.browser import install_chromium
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import pytest
+from firered_devtools.deployment import AirflowDeployment, start_emulator
 from PIL import Image
 
-from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from tests.e2e.conftest import EXAMPLE_DAGS
 
 if TYPE_CHECKING:

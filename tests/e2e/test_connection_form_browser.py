@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import airflow
 import pytest
+from firered_devtools.deployment import AirflowDeployment, start_emulator
 
-from airflow_provider_firered.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
-from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
+from airflow_provider_firered.gateway.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
 from tests.conftest import without_masker_registration
 from tests.e2e.browser import CHROMIUM_ARGS, UI_USER, enable_ui_login, start_api_server
 from tests.e2e.conftest import running_deployment, unavailable

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pytest
+from firered_devtools.deployment import start_emulator
 from PIL import Image
 
-from airflow_provider_firered.testing.deployment import start_emulator
 from tests.e2e.conftest import TEST_DAGS, needs_task_state_store, running_deployment
 
 if TYPE_CHECKING:

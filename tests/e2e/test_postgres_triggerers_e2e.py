@@ -20,17 +20,17 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from firered_devtools.deployment import start_emulator, trigger_logs
+from firered_devtools.postgres import PostgresCluster, PostgresUnavailable
 from PIL import Image
 
-from airflow_provider_firered.testing.deployment import start_emulator, trigger_logs
-from airflow_provider_firered.testing.postgres import PostgresCluster, PostgresUnavailable
 from tests.e2e.conftest import TEST_DAGS, running_deployment
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
-    from airflow_provider_firered.testing.deployment import AirflowDeployment
+    from firered_devtools.deployment import AirflowDeployment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 

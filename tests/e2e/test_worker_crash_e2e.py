@@ -13,8 +13,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+from firered_devtools.deployment import AirflowDeployment, start_emulator
 
-from airflow_provider_firered.testing.deployment import AirflowDeployment, start_emulator
 from tests.e2e.conftest import TEST_DAGS, needs_task_state_store, running_deployment
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import pytest
 from PIL import Image
 
-from airflow_provider_firered import param_locations
+from airflow_provider_firered.batch import locations as param_locations
 from tests.conftest import DAGS_FOLDER
 from tests.hostile import Answer, HostileServer
 from tests.integration.operators.test_firered import in_log

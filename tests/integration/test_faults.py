@@ -20,8 +20,8 @@ from airflow_provider_firered.exceptions import (
     FireRedSubmitUncertainError,
     FireRedValidationError,
 )
+from airflow_provider_firered.gateway.results import JobStatus
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.results import JobStatus
 from tests.conftest import conn_uri_json
 from tests.integration.hooks.test_firered import wait_done
 from tests.unit.test_options import BAD_IMAGES, BAD_PROMPTS, BAD_WEBHOOKS, CASES

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_firered.downloads import MAX_REDIRECTS, download_outputs
 from airflow_provider_firered.exceptions import FireRedDownloadError, FireRedError, FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.media.downloads import MAX_REDIRECTS, download_outputs
 from tests.conftest import conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
 

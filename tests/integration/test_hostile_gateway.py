@@ -21,9 +21,9 @@ from airflow_provider_firered.exceptions import (
     FireRedResponseError,
     FireRedSubmitUncertainError,
 )
+from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES
+from airflow_provider_firered.gateway.results import MAX_ANSWER_BYTES, JobStatus
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.options import MAX_NUM_IMAGES
-from airflow_provider_firered.results import MAX_ANSWER_BYTES, JobStatus
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_firered import loop_shared
-from airflow_provider_firered.connection import GatewaySettings
-from airflow_provider_firered.gateway_http import PreparedGet
+from airflow_provider_firered.gateway.connection import GatewaySettings
+from airflow_provider_firered.gateway.http import PreparedGet
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.utils import loop_shared
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import airflow
 import pytest
 
-from airflow_provider_firered.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
 from airflow_provider_firered.emulator import Emulator
+from airflow_provider_firered.gateway.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
 from tests.conftest import TEST_KEY
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))

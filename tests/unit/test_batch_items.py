@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_firered.batch_items import BatchItem, check_items, fingerprint, source_identities
-from airflow_provider_firered.connection import GatewaySettings
-from airflow_provider_firered.retry import RetryPolicy
+from airflow_provider_firered.batch.items import BatchItem, check_items, fingerprint, source_identities
+from airflow_provider_firered.gateway.connection import GatewaySettings
+from airflow_provider_firered.utils.retry import RetryPolicy
 from tests.conftest import TEST_KEY
 from tests.hostile import Answer, HostileServer
 

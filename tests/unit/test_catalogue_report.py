@@ -12,8 +12,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from airflow_provider_firered import catalogue_report as report_mod
-from airflow_provider_firered.catalogue_report import (
+from airflow_provider_firered.batch import report as report_mod
+from airflow_provider_firered.batch.report import (
     read_batch_manifest,
     read_run,
     relative_link,

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_firered.connection_extras import EXTRAS, PLACEHOLDERS
 from airflow_provider_firered.emulator import Emulator
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedValidationError
+from airflow_provider_firered.gateway.connection_extras import EXTRAS, PLACEHOLDERS
 from airflow_provider_firered.hooks.firered import DEFAULT_GATEWAY, FireRedHook, GatewaySettings
-from airflow_provider_firered.retry import RetryPolicy
+from airflow_provider_firered.utils.retry import RetryPolicy
 
 KEY = "sk-firered-SETTINGS-KEY-42"
 
@@ -250,7 +250,7 @@ def test_plain_http_elsewhere_is_refused(
 def test_plain_http_to_the_named_host_is_allowed_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.connection"):
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.gateway.connection"):
         settings = settings_for(
             monkeypatch,
             {

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_firered.connection_extras import (
+from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.gateway.connection_extras import (
     EXTRAS,
     EXTRAS_BY_NAME,
     MAX_SHOWN_CHARS,
@@ -24,8 +25,7 @@ from airflow_provider_firered.connection_extras import (
     provider_field_behaviour,
     retry_policy,
 )
-from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.retry import RetryPolicy
+from airflow_provider_firered.utils.retry import RetryPolicy
 
 NAMES = [extra.name for extra in EXTRAS]
 DEFAULTS = {extra.name: extra.default for extra in EXTRAS}
@@ -216,7 +216,7 @@ def test_allow_http_host_is_at_most_253_characters(raw: str, ok: bool) -> None:
 
 def test_unknown_extras_are_named_within_bounds(caplog: pytest.LogCaptureFixture) -> None:
     extras = {f"unknown_{i:05d}": 1 for i in range(10_000)} | {"z" * 100_000: 1}
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.connection_extras"):
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.gateway.connection_extras"):
         assert parse_extras(extras) == DEFAULTS
     (record,) = caplog.records
     assert "unknown_00000" in record.getMessage()
@@ -225,7 +225,7 @@ def test_unknown_extras_are_named_within_bounds(caplog: pytest.LogCaptureFixture
 
 
 def test_unknown_extras_are_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.connection_extras"):
+    with caplog.at_level(logging.WARNING, logger="airflow_provider_firered.gateway.connection_extras"):
         assert parse_extras({"request_timout": 5}) == DEFAULTS
     assert "request_timout" in caplog.text
 
@@ -315,5 +315,5 @@ def test_readme_extras_table_is_generated_from_the_declaration() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert extras_table_markdown() in readme, (
         "README extras table is stale: regenerate it with "
-        "`python -m airflow_provider_firered.connection_extras`"
+        "`python -m airflow_provider_firered.gateway.connection_extras`"
     )

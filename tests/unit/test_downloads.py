@@ -9,16 +9,17 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_firered import downloads, media_hosts, output_paths
-from airflow_provider_firered.connection import GatewaySettings
 from airflow_provider_firered.exceptions import (
     FireRedDownloadError,
     FireRedResponseError,
     FireRedValidationError,
 )
+from airflow_provider_firered.gateway.connection import GatewaySettings
+from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.options import MAX_NUM_IMAGES
-from airflow_provider_firered.retry import RetryPolicy
+from airflow_provider_firered.media import downloads, output_paths
+from airflow_provider_firered.media import hosts as media_hosts
+from airflow_provider_firered.utils.retry import RetryPolicy
 from tests.conftest import TEST_KEY, conn_uri_json
 
 #: No connection leaves the host in this module (see tests.hostile.connects).

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_firered.earlier_runs import (
+from airflow_provider_firered.batch.earlier_runs import (
     EarlierBatch,
     NotReusable,
     ReadBudget,
@@ -22,14 +22,14 @@ from airflow_provider_firered.earlier_runs import (
     bounded_lines,
     copy_outputs,
 )
-from airflow_provider_firered.exceptions import FireRedError
-from airflow_provider_firered.manifest import (
+from airflow_provider_firered.batch.manifest import (
     MANIFEST_NAME,
     ManifestEntry,
     previous_entries,
     read_manifest,
     write_manifest,
 )
+from airflow_provider_firered.exceptions import FireRedError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,7 +63,7 @@ def test_a_tampered_line_is_skipped_not_trusted(tmp_path: Path) -> None:
 
 
 def test_an_oversized_manifest_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("airflow_provider_firered.manifest.MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr("airflow_provider_firered.batch.manifest.MAX_MANIFEST_BYTES", 100)
     write_manifest(tmp_path, [entry(f"K{n}") for n in range(10)])
     with pytest.raises(FireRedError, match="is larger than 100 bytes"):
         read_manifest(tmp_path)
@@ -86,7 +86,7 @@ DEEP = "[" * 200_000  # json.loads raises RecursionError, not ValueError
 
 
 def earlier_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "airflow_provider_firered.manifest"]
+    return [r.getMessage() for r in caplog.records if r.name == "airflow_provider_firered.batch.manifest"]
 
 
 def test_a_deeply_nested_line_is_a_bad_line_not_a_failure(
@@ -127,10 +127,10 @@ def test_an_earlier_manifest_that_is_not_a_regular_file_is_refused(
 def test_an_oversized_earlier_manifest_means_nothing_to_reuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("airflow_provider_firered.manifest.MAX_MANIFEST_BYTES", 100)
+    monkeypatch.setattr("airflow_provider_firered.batch.manifest.MAX_MANIFEST_BYTES", 100)
     write_manifest(tmp_path / "big", [entry(f"K{n}") for n in range(10)])
     write_manifest(tmp_path / "small", [entry("S")])
-    monkeypatch.setattr("airflow_provider_firered.manifest.MAX_MANIFEST_BYTES", 300)
+    monkeypatch.setattr("airflow_provider_firered.batch.manifest.MAX_MANIFEST_BYTES", 300)
     caplog.set_level(logging.INFO)
     assert list(previous_entries([str(tmp_path / "big"), str(tmp_path / "small")])) == ["S"]
     (warning,) = earlier_warnings(caplog)
@@ -147,7 +147,7 @@ def test_the_bytes_read_from_all_earlier_runs_are_bounded(
         write_manifest(tmp_path / f"n{night}", [entry(f"K{night}")])
         roots.append(str(tmp_path / f"n{night}"))
     size = (tmp_path / "n0" / MANIFEST_NAME).stat().st_size
-    monkeypatch.setattr("airflow_provider_firered.earlier_runs.MAX_EARLIER_BYTES", 2 * size)
+    monkeypatch.setattr("airflow_provider_firered.batch.earlier_runs.MAX_EARLIER_BYTES", 2 * size)
     caplog.set_level(logging.INFO)
     assert sorted(previous_entries(roots)) == ["K0", "K1"]
     (warning,) = earlier_warnings(caplog)  # once, however many roots are left
@@ -159,7 +159,7 @@ def test_the_bytes_read_from_all_earlier_runs_are_bounded(
 def test_the_subfolders_read_from_an_earlier_root_are_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("airflow_provider_firered.earlier_runs.MAX_EARLIER_FOLDERS", 3)
+    monkeypatch.setattr("airflow_provider_firered.batch.earlier_runs.MAX_EARLIER_FOLDERS", 3)
     for batch in range(3):
         write_manifest(tmp_path / "night1" / f"batch-{batch:04d}", [entry(f"K{batch}")])
     assert sorted(previous_entries([str(tmp_path / "night1")])) == ["K0", "K1", "K2"]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.option_reference import option_reference_markdown
-from airflow_provider_firered.options import (
+from airflow_provider_firered.gateway.option_reference import option_reference_markdown
+from airflow_provider_firered.gateway.options import (
     MAX_IMAGES,
     MAX_NUM_IMAGES,
     MAX_PROMPT_CHARS,
@@ -185,7 +185,7 @@ def test_readme_option_reference_is_generated_from_the_tables() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert option_reference_markdown() in readme, (
         "README option reference is stale: regenerate it with "
-        "`python -m airflow_provider_firered.option_reference`"
+        "`python -m airflow_provider_firered.gateway.option_reference`"
     )
 
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_firered.downloads import download_outputs
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.output_paths import (
+from airflow_provider_firered.media.downloads import download_outputs
+from airflow_provider_firered.media.output_paths import (
     MAX_ID_IN_NAME,
     MAX_OUTPUT_INDEX,
     SHORT_ID_PREFIX,

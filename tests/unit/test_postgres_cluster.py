@@ -1,5 +1,5 @@
 """
-The throwaway PostgreSQL cluster of ``airflow_provider_firered.testing.postgres``: a real server on
+The throwaway PostgreSQL cluster of ``firered_devtools.postgres``: a real server on
 127.0.0.1 that Airflow's drivers reach, gone after ``stop()``; and the deployment's read-only queries
 on it.
 """
@@ -11,10 +11,9 @@ import socket
 from typing import TYPE_CHECKING
 
 import pytest
-
-from airflow_provider_firered.testing import postgres as pg_module
-from airflow_provider_firered.testing.deployment import AirflowDeployment, postgres_query
-from airflow_provider_firered.testing.postgres import PostgresCluster, PostgresUnavailable
+from firered_devtools import postgres as pg_module
+from firered_devtools.deployment import AirflowDeployment, postgres_query
+from firered_devtools.postgres import PostgresCluster, PostgresUnavailable
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedResponseError
-from airflow_provider_firered.options import MAX_NUM_IMAGES
-from airflow_provider_firered.results import (
+from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES
+from airflow_provider_firered.gateway.results import (
     MAX_ANSWER_BYTES,
     JobStatus,
     JobStatusResult,

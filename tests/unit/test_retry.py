@@ -18,7 +18,7 @@ from airflow_provider_firered.exceptions import (
     FireRedSubmitUncertainError,
     FireRedValidationError,
 )
-from airflow_provider_firered.retry import RetryPolicy, parse_retry_after
+from airflow_provider_firered.utils.retry import RetryPolicy, parse_retry_after
 
 
 def test_parse_retry_after_seconds_and_dates() -> None:
@@ -178,7 +178,7 @@ async def test_sync_and_async_log_the_same_tries(caplog: pytest.LogCaptureFixtur
     async def async_call() -> None:
         raise FireRedApiError(503)
 
-    with caplog.at_level("WARNING", logger="airflow_provider_firered.retry"):
+    with caplog.at_level("WARNING", logger="airflow_provider_firered.utils.retry"):
         with pytest.raises(FireRedApiError):
             policy.call(sync_call)
         sync_lines = [r.getMessage() for r in caplog.records]

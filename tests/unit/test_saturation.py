@@ -9,7 +9,7 @@ import pytest
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
 from airflow_provider_firered.exceptions import FireRedApiError
-from airflow_provider_firered.saturation import (
+from airflow_provider_firered.utils.saturation import (
     DEFAULT_SATURATION_DELAY,
     JITTER_FRACTION,
     MAX_TRIGGER_DELAY,

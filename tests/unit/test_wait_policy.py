@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.results import JobStatus
+from airflow_provider_firered.gateway.results import JobStatus
+from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.sensors.firered import FireRedStatusSensor
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
-from airflow_provider_firered.wait_policy import WaitPolicy, not_started_in_time
 
 
 @pytest.mark.parametrize(

@@ -19,8 +19,8 @@ from airflow_provider_firered.exceptions import (
     FireRedSubmitUncertainError,
     FireRedValidationError,
 )
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
 from airflow_provider_firered.hooks.firered import KEY_HEADER, FireRedHook
-from airflow_provider_firered.results import JobStatus, JobStatusResult
 from tests.conftest import TEST_KEY, conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen
 

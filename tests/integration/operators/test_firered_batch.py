@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from PIL import Image
 
+from airflow_provider_firered.batch.manifest import read_manifest
 from airflow_provider_firered.emulator import Fault
-from airflow_provider_firered.manifest import read_manifest
 from tests.conftest import DAGS_FOLDER, run_dag_source
 from tests.integration.operators.test_firered import in_log, xcom
 
@@ -592,8 +592,8 @@ def test_a_repeated_request_id_fails_the_later_items_as_uncertain(
     firered_emulator: Emulator, tmp_path: Path
 ) -> None:
     from airflow_provider_firered.emulator.protocol import STATUS_PREFIX
+    from airflow_provider_firered.gateway.options import DEFAULT_MODEL
     from airflow_provider_firered.hooks.firered import FireRedHook
-    from airflow_provider_firered.options import DEFAULT_MODEL
 
     # A real job, then a gateway that answers every submit with that job's id.
     taken = FireRedHook().submit_edit(DEFAULT_MODEL, "another client", [firered_emulator.sample_images[0]])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from PIL import Image
 
-from airflow_provider_firered.manifest import MANIFEST_NAME, read_manifest
+from airflow_provider_firered.batch.manifest import MANIFEST_NAME, read_manifest
 from tests.conftest import conn_uri_json, run_dag_source
 from tests.integration.operators.test_firered import in_log, xcom
 
@@ -215,7 +215,7 @@ def test_a_bad_earlier_manifest_means_nothing_to_reuse_not_a_failed_night(
         poll_interval=1,
     )
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "airflow_provider_firered.manifest"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "airflow_provider_firered.batch.manifest"]
     assert second.state == "success"
     if kind == "a line of 200,000 [":
         assert posts(firered_emulator) == 2

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from airflow_provider_firered.gateway.wait_policy import BACKOFF_FACTOR
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from airflow_provider_firered.triggers.firered_batch import FireRedBatchStatusTrigger
-from airflow_provider_firered.wait_policy import BACKOFF_FACTOR
 from tests.integration.operators.test_firered import run_dag, xcom
 from tests.integration.triggers.test_firered import events, submit
 

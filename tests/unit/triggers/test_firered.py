@@ -20,7 +20,7 @@ from airflow_provider_firered.exceptions import (
     fails_for_good,
     for_airflow,
 )
-from airflow_provider_firered.results import JobStatus, JobStatusResult
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
 from airflow_provider_firered.triggers.firered import FIELDS, EventStatus, StatusEvent
 
 RID = "firered-image-edit-v1-1_abc"

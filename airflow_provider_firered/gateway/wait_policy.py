@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.results import JobStatus
+from airflow_provider_firered.gateway.results import JobStatus
 
 #: The shortest accepted ``poll_interval`` / ``poke_interval``, in seconds (the reference recommends 5-10).
 MIN_POLL_INTERVAL = 1.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_firered.options import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_URL_CHARS, MODELS
+from airflow_provider_firered.gateway.options import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_URL_CHARS, MODELS
 
 
 def _json_values(value: Any) -> str:

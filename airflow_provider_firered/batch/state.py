@@ -13,15 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_firered.downloads import download_outputs
+from airflow_provider_firered.batch.manifest import ManifestEntry
 from airflow_provider_firered.exceptions import FireRedError
-from airflow_provider_firered.manifest import ManifestEntry
-from airflow_provider_firered.media_hosts import new_media_session
-from airflow_provider_firered.options import expected_outputs
-from airflow_provider_firered.output_paths import as_target
+from airflow_provider_firered.gateway.options import expected_outputs
+from airflow_provider_firered.media.downloads import download_outputs
+from airflow_provider_firered.media.hosts import new_media_session
+from airflow_provider_firered.media.output_paths import as_target
 
 if TYPE_CHECKING:
-    from airflow_provider_firered.batch_items import BatchItem
+    from airflow_provider_firered.batch.items import BatchItem
     from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
 
 #: Failed statuses a retry of the batch picks up again: waited for again (with a request id) ...

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airflow_provider_firered.testing.processes import alive, free_port
+from firered_devtools.processes import alive, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from airflow_provider_firered.downloads import MAX_REDIRECTS, redirect_target
 from airflow_provider_firered.exceptions import FireRedDownloadError, FireRedError, FireRedValidationError
-from airflow_provider_firered.media_hosts import (
+from airflow_provider_firered.gateway.options import validate_edit
+from airflow_provider_firered.media.downloads import MAX_REDIRECTS, redirect_target
+from airflow_provider_firered.media.hosts import (
     HostRefused,
     MediaHostPolicy,
     media_exchange,
     new_media_session,
 )
-from airflow_provider_firered.options import validate_edit
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from airflow_provider_firered.connection import GatewaySettings
+    from airflow_provider_firered.gateway.connection import GatewaySettings
 
 #: A key names a folder: letters, digits, ``._-``, starting with a letter or digit, at most 128 long.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

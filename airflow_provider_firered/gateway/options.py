@@ -3,7 +3,8 @@ The two FireRed models, their documented options, and validation of an edit requ
 
 These tables are the single source of truth: the hook validates with them, builds request bodies
 from them, and the README's option reference is generated from them (``python -m
-airflow_provider_firered.option_reference`` prints it; a test checks the README holds exactly that text).
+airflow_provider_firered.gateway.option_reference`` prints it; a test checks the README holds exactly
+that text).
 Ranges and value sets come from the gateway reference; where the reference documents none, the
 bound marked "provider guard" is ours and only rejects values that cannot mean anything.
 """

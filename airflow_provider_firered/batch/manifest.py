@@ -15,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_firered import earlier_runs
-from airflow_provider_firered.atomic_files import atomic_writer
-from airflow_provider_firered.earlier_runs import EarlierBatch, ReadBudget, TooLarge, bounded_lines
+from airflow_provider_firered.batch import earlier_runs
+from airflow_provider_firered.batch.earlier_runs import EarlierBatch, ReadBudget, TooLarge, bounded_lines
 from airflow_provider_firered.exceptions import FireRedError
-from airflow_provider_firered.output_paths import as_target
+from airflow_provider_firered.media.output_paths import as_target
+from airflow_provider_firered.utils.atomic_files import atomic_writer
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -47,7 +47,7 @@ class ManifestEntry:
     :param request_id: the gateway's request id, once submitted (a reused item keeps the original's).
     :param outputs: the saved images, as absolute paths or URLs.
     :param error: what went wrong, for a failed item.
-    :param fingerprint: what the edit depends on (:func:`~airflow_provider_firered.batch_items.fingerprint`).
+    :param fingerprint: what the edit depends on (:func:`~airflow_provider_firered.batch.items.fingerprint`).
     :param images: the input image URLs.
     :param prompt: the edit instruction.
     :param attempt: how many times the item was submitted in this task instance's tries (each
@@ -113,7 +113,7 @@ def manifest_path(root: str | os.PathLike[str] | ObjectStoragePath) -> Path | Ob
 
 def write_manifest(root: str | os.PathLike[str] | ObjectStoragePath, entries: Iterable[ManifestEntry]) -> str:
     """
-    Write the manifest whole (see :mod:`~airflow_provider_firered.atomic_files`): locally through a
+    Write the manifest whole (see :mod:`~airflow_provider_firered.utils.atomic_files`): locally through a
     fresh temporary file and a rename, to object storage as one upload. Readers never see half a
     manifest, and a link planted at its name is replaced, not written through.
 
@@ -155,7 +155,7 @@ def read_manifest(root: str | os.PathLike[str] | ObjectStoragePath) -> list[Mani
     Read back the manifest a batch wrote under ``root`` (its own progress); None when there is none.
 
     The manifest is read one line at a time. A line that is not a valid entry, or is longer than
-    :data:`~airflow_provider_firered.earlier_runs.MAX_LINE_BYTES`, is skipped (its item counts as
+    :data:`~airflow_provider_firered.batch.earlier_runs.MAX_LINE_BYTES`, is skipped (its item counts as
     unknown); a manifest over :data:`MAX_MANIFEST_BYTES` is refused with an error. For an earlier
     run's manifest, which is never an error, see :func:`previous_entries`.
 
@@ -181,9 +181,9 @@ def previous_entries(roots: Iterable[str]) -> dict[str, tuple[ManifestEntry, Ear
     An earlier run is read without trusting it, and nothing in it is an error: a manifest or folder
     that cannot be read, is a link below the root, is not a regular file, or is over its bound means
     nothing reused from it, logged once. Bounds: :data:`MAX_MANIFEST_BYTES` per manifest,
-    :data:`~airflow_provider_firered.earlier_runs.MAX_EARLIER_BYTES` for all together,
-    :data:`~airflow_provider_firered.earlier_runs.MAX_LINE_BYTES` per line, and
-    :data:`~airflow_provider_firered.earlier_runs.MAX_EARLIER_FOLDERS` entries looked at per root.
+    :data:`~airflow_provider_firered.batch.earlier_runs.MAX_EARLIER_BYTES` for all together,
+    :data:`~airflow_provider_firered.batch.earlier_runs.MAX_LINE_BYTES` per line, and
+    :data:`~airflow_provider_firered.batch.earlier_runs.MAX_EARLIER_FOLDERS` entries looked at per root.
 
     :param roots: earlier output roots (paths or URLs).
     """

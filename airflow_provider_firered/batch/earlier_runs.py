@@ -23,17 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from airflow_provider_firered.atomic_files import atomic_writer
-from airflow_provider_firered.downloads import image_suffix
 from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
-from airflow_provider_firered.output_paths import EXTENSIONS, as_target, check_inside, output_name
+from airflow_provider_firered.media.downloads import image_suffix
+from airflow_provider_firered.media.output_paths import EXTENSIONS, as_target, check_inside, output_name
+from airflow_provider_firered.utils.atomic_files import atomic_writer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-    from airflow_provider_firered.manifest import ManifestEntry
+    from airflow_provider_firered.batch.manifest import ManifestEntry
 
 __all__ = [
     "MAX_EARLIER_BYTES",

@@ -1,7 +1,7 @@
 """
 A real Airflow deployment on loopback for end-to-end tests and benchmarks: api-server, scheduler
 (LocalExecutor), dag-processor and one or more triggerers, each a separate process, in a throwaway
-AIRFLOW_HOME on SQLite (or on a PostgreSQL database, see :mod:`~airflow_provider_firered.testing.postgres`),
+AIRFLOW_HOME on SQLite (or on a PostgreSQL database, see :mod:`~firered_devtools.postgres`),
 with the emulator beside it. A development tool (Linux only): the provider never imports it.
 
 Every process gets a unique marker in its environment. Airflow's task supervisor moves each task into
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_firered.emulator.process import EmulatorProcess, start_emulator_process
-from airflow_provider_firered.testing.processes import alive, descendants, free_port, pids_with_env
+from firered_devtools.processes import alive, descendants, free_port, pids_with_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence

@@ -31,7 +31,7 @@ from urllib3.util import connection as urllib3_connection
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from airflow_provider_firered.connection import GatewaySettings
+    from airflow_provider_firered.gateway.connection import GatewaySettings
 
 #: Cloud metadata endpoints: never a media host, whatever the connection allows.
 METADATA_ADDRESSES = frozenset(

@@ -4,7 +4,7 @@ The ``firered`` connection form and its extras, declared once.
 Everything else is generated from :data:`EXTRAS` and the form constants below: the ``conn-fields``
 schema and ``ui-field-behaviour`` in ``get_provider_info`` (Airflow 3.2+), the legacy
 ``FireRedHook.get_ui_field_behaviour`` (Airflow 3.0/3.1), the README's extras table
-(``python -m airflow_provider_firered.connection_extras``; a test keeps it in step) and the parsing
+(``python -m airflow_provider_firered.gateway.connection_extras``; a test keeps it in step) and the parsing
 of a connection's extras in :func:`parse_extras`.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow_provider_firered.retry import RetryPolicy
+from airflow_provider_firered.utils.retry import RetryPolicy
 
 if TYPE_CHECKING:
     # Not imported at run time: Airflow imports this module (through get_provider_info) while it is

@@ -1,11 +1,11 @@
 """
 One exchange with the gateway, over ``requests`` (workers) and aiohttp (triggers).
 
-Each exchange is bounded in size (:data:`~airflow_provider_firered.results.MAX_ANSWER_BYTES`) and
+Each exchange is bounded in size (:data:`~airflow_provider_firered.gateway.results.MAX_ANSWER_BYTES`) and
 in wall-clock time (the connection's ``request_timeout``, checked while the answer is read), follows
 no redirect (it could carry the key to another host), and is turned into JSON data or a
 :class:`~airflow_provider_firered.exceptions.FireRedError` by
-:func:`~airflow_provider_firered.results.parse_gateway_answer`.
+:func:`~airflow_provider_firered.gateway.results.parse_gateway_answer`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from urllib3.exceptions import NewConnectionError
 from yarl import URL
 
-from airflow_provider_firered.connection import url_host
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedConnectionError,
     FireRedResponseError,
     FireRedSubmitUncertainError,
 )
-from airflow_provider_firered.results import (
+from airflow_provider_firered.gateway.connection import url_host
+from airflow_provider_firered.gateway.results import (
     MAX_ANSWER_BYTES,
     answer_too_large,
     check_answer_length,
@@ -40,7 +40,7 @@ from airflow_provider_firered.results import (
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from airflow_provider_firered.connection import GatewaySettings
+    from airflow_provider_firered.gateway.connection import GatewaySettings
 
 #: Bytes asked for per read of a gateway answer: a read returns what has arrived, up to this.
 _READ_CHUNK = 64 * 1024

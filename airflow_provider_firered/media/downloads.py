@@ -2,7 +2,7 @@
 Media downloads: atomic writes to local paths and object storage, and the checks that keep a hostile
 CDN answer harmless.
 
-Connections go only to hosts the connection allows (see :mod:`airflow_provider_firered.media_hosts`),
+Connections go only to hosts the connection allows (see :mod:`airflow_provider_firered.media.hosts`),
 within a wall-clock limit per try. A body is saved only when its first bytes are a PNG, JPEG, WebP or
 GIF image, and only once complete: a failed download leaves no partial file behind.
 """
@@ -19,16 +19,16 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from airflow_provider_firered.atomic_files import atomic_writer, local_part
 from airflow_provider_firered.exceptions import (
     FireRedDownloadError,
     FireRedResponseError,
     FireRedValidationError,
 )
-from airflow_provider_firered.media_hosts import HostRefused, MediaExchange, MediaHostPolicy, media_exchange
-from airflow_provider_firered.options import MAX_NUM_IMAGES
-from airflow_provider_firered.output_paths import as_target, check_inside, output_name
-from airflow_provider_firered.results import check_media_type, content_length
+from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES
+from airflow_provider_firered.gateway.results import check_media_type, content_length
+from airflow_provider_firered.media.hosts import HostRefused, MediaExchange, MediaHostPolicy, media_exchange
+from airflow_provider_firered.media.output_paths import as_target, check_inside, output_name
+from airflow_provider_firered.utils.atomic_files import atomic_writer, local_part
 
 if TYPE_CHECKING:
     import os
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-    from airflow_provider_firered.connection import GatewaySettings
+    from airflow_provider_firered.gateway.connection import GatewaySettings
     from airflow_provider_firered.hooks.firered import FireRedHook
 
 __all__ = ["MAX_REDIRECTS", "download", "download_outputs", "image_suffix"]
@@ -73,7 +73,7 @@ def download(
     same local target left). No credentials are sent. Failures that another try cannot fix (not an
     image, too large, a refused host, a CDN 4xx) raise a non-retryable :class:`FireRedDownloadError`.
 
-    :param session: a session from :func:`~airflow_provider_firered.media_hosts.new_media_session`
+    :param session: a session from :func:`~airflow_provider_firered.media.hosts.new_media_session`
         (it carries no credentials).
     :param settings: the gateway settings (size limit, timeout, retry policy, media host policy).
     :param url: the media URL (CDN).
@@ -260,10 +260,10 @@ def download_outputs(
     :param result: the job's result (``request_id``, ``media_urls``, ``media_type``).
     :param output_dir: where to save; nothing is downloaded without it.
     :param max_outputs: the most media URLs the edit asked for (see
-        :func:`airflow_provider_firered.options.expected_outputs`); an answer listing more is a bad
+        :func:`airflow_provider_firered.gateway.options.expected_outputs`); an answer listing more is a bad
         answer, refused whether or not anything is downloaded. ``None`` for no bound.
     :param session: a media session of this thread's own
-        (:func:`~airflow_provider_firered.media_hosts.new_media_session`), for downloads that run in
+        (:func:`~airflow_provider_firered.media.hosts.new_media_session`), for downloads that run in
         several threads; the hook's otherwise.
     :return: the paths written, in media order.
     """

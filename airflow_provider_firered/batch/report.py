@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_firered.atomic_files import write_atomic
-from airflow_provider_firered.earlier_runs import (
+from airflow_provider_firered.batch.earlier_runs import (
     MAX_LINE_BYTES,
     ReadBudget,
     TooLarge,
@@ -31,7 +30,8 @@ from airflow_provider_firered.earlier_runs import (
     open_regular_below,
 )
 from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.output_paths import as_target, check_inside
+from airflow_provider_firered.media.output_paths import as_target, check_inside
+from airflow_provider_firered.utils.atomic_files import write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -235,7 +235,7 @@ def read_batch_manifest(
     Read ``<batch_folder>/_manifest.jsonl``; a missing manifest gives a result with ``found=False``.
 
     The manifest is read one line at a time. A line that fails a check (not JSON, nested too deeply,
-    longer than :data:`~airflow_provider_firered.earlier_runs.MAX_LINE_BYTES`, ...) is a problem, as
+    longer than :data:`~airflow_provider_firered.batch.earlier_runs.MAX_LINE_BYTES`, ...) is a problem, as
     is a manifest that cannot be read (a link, not a regular file); neither stops the report.
 
     :param batch_folder: the batch's output folder (a path or a URL).

@@ -13,15 +13,15 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_firered.connection import url_host
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedDownloadError,
     FireRedResponseError,
     FireRedValidationError,
 )
-from airflow_provider_firered.options import MAX_NUM_IMAGES, STATUS_PATH
-from airflow_provider_firered.retry import parse_retry_after
+from airflow_provider_firered.gateway.connection import url_host
+from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES, STATUS_PATH
+from airflow_provider_firered.utils.retry import parse_retry_after
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -10,9 +10,9 @@ from urllib.parse import unquote, urlsplit
 
 from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-from airflow_provider_firered.connection_extras import clip
 from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.results import status_path
+from airflow_provider_firered.gateway.connection_extras import clip
+from airflow_provider_firered.gateway.results import status_path
 
 #: The only extensions an output file gets, by media type; anything else is saved as ``.bin``.
 EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif"}

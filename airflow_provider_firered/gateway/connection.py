@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from airflow.providers.common.compat.sdk import mask_secret
 
-from airflow_provider_firered.connection_extras import (
+from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.gateway.connection_extras import (
     DEFAULT_GATEWAY,
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
@@ -22,8 +23,7 @@ from airflow_provider_firered.connection_extras import (
     parse_extras,
     retry_policy,
 )
-from airflow_provider_firered.exceptions import FireRedValidationError
-from airflow_provider_firered.retry import RetryPolicy
+from airflow_provider_firered.utils.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
