@@ -1,4 +1,5 @@
-"""Exceptions raised by the FireRed provider, and the one table of which of them Airflow retries.
+"""
+Exceptions raised by the FireRed provider, and the one table of which of them Airflow retries.
 
 ``retryable`` says whether the hook may try the same request again; :data:`FINAL_KINDS` says whether
 an Airflow retry of the task can change the outcome, and :func:`airflow_errors` applies it where the

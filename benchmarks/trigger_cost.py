@@ -103,7 +103,7 @@ async def floor_waits(gateway: str, poll: float) -> Callable[[str], Awaitable[bo
 
 async def grid_floor_waits(gateway: str, poll: float) -> Callable[[str], Awaitable[bool]]:
     """The bare loop, planned and woken exactly as the trigger plans and wakes its polls."""
-    from airflow_provider_firered.triggers.firered import grid_point
+    from airflow_provider_firered.triggers.polling import grid_point
 
     session = aiohttp.ClientSession(headers={KEY_HEADER: KEY})
     loop = asyncio.get_running_loop()

@@ -28,12 +28,9 @@ from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult,
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time, validate_timeout
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.media.downloads import download_outputs
-from airflow_provider_firered.triggers.firered import (
-    DEFER_SLACK,
-    EventStatus,
-    FireRedStatusTrigger,
-    StatusEvent,
-)
+from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.triggers.polling import DEFER_SLACK
 from airflow_provider_firered.utils.saturation import (
     MIN_DEFERRAL_SECONDS,
     saturation_delay,

@@ -47,8 +47,8 @@ from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult,
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, validate_timeout
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.media.output_paths import as_target
-from airflow_provider_firered.triggers.firered import DEFER_SLACK
 from airflow_provider_firered.triggers.firered_batch import RESUME_AFTER, FireRedBatchStatusTrigger
+from airflow_provider_firered.triggers.polling import DEFER_SLACK
 from airflow_provider_firered.utils.atomic_files import write_atomic
 from airflow_provider_firered.utils.saturation import (
     MIN_DEFERRAL_SECONDS,

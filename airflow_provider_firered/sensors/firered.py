@@ -26,7 +26,9 @@ from airflow_provider_firered.gateway.results import JobStatusResult, status_pat
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
 from airflow_provider_firered.media.downloads import download_outputs
-from airflow_provider_firered.triggers.firered import DEFER_SLACK, FireRedStatusTrigger, StatusEvent
+from airflow_provider_firered.triggers.events import StatusEvent
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.triggers.polling import DEFER_SLACK
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

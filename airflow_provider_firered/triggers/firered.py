@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -14,30 +12,21 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedError,
-    FireRedJobEndedError,
-    FireRedStartTimeoutError,
-    FireRedTimeoutError,
     FireRedValidationError,
 )
 from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
+from airflow_provider_firered.triggers.polling import (
+    DEFAULT_MAX_WAIT_SECONDS,
+    KEY_REFUSED_STATUSES,
+    grid_point,
+    stopped_by_user_text,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-#: Polls wake on a grid of this fraction of the poll interval (at most ``MAX_GRID_SECONDS``), so that
-#: the triggers sharing a loop wake up together: one wake-up of the triggerer serves many polls.
-GRID_FRACTION = 0.1
-MAX_GRID_SECONDS = 0.25
-#: How long a trigger built without a ``deadline`` (nor a ``timeout``) waits: one day. The operator and
-#: the sensor always pass their own deadline; this bounds a trigger built directly.
-DEFAULT_MAX_WAIT_SECONDS = 24 * 3600.0
-#: Answers that mean the gateway refused the key: a rotated key is looked up again once.
-KEY_REFUSED_STATUSES = frozenset({401, 403})
-#: Extra seconds Airflow's own deferral timeout allows beyond the trigger's deadline, so that the
-#: trigger's clearer timeout event (naming the request and its last status) normally wins.
-DEFER_SLACK = 60.0
 
 
 class _KeyRefusedError(Exception):
@@ -48,171 +37,13 @@ class _KeyRefusedError(Exception):
         self.error = error
 
 
-def grid_point(when: float, poll_interval: float) -> float:
-    """
-    The wake-up grid point nearest to ``when`` (on the loop's clock): at most half a grid step
-    away, so that polls planned a fixed interval apart keep that interval on average.
-    """
-    grid = min(poll_interval * GRID_FRACTION, MAX_GRID_SECONDS)
-    return when if grid <= 0 else round(when / grid) * grid
-
-
-# -- the event ------------------------------------------------------------------------------------
-# One typed payload, read back by the operator and the sensor. On the wire (Airflow stores it) it is a
-# dict of plain JSON values whose keys depend on its ``status`` (:data:`FIELDS`). A terminal status
-# read on the worker becomes the same event (:meth:`StatusEvent.ended`), so both ways of waiting raise
-# the same error for the same outcome.
-
-
-class EventStatus(str, Enum):
-    """How a wait ended."""
-
-    #: The job is ``COMPLETED``: ``result`` holds the result dict.
-    SUCCESS = "success"
-    #: The job ended ``FAILED`` (charged, final): ``message`` holds the gateway's error text.
-    FAILED = "failed"
-    #: The job ended ``ERROR`` (not charged): ``message`` holds the gateway's error text.
-    ERROR = "error"
-    #: The deadline passed first: ``last_status``, ``timeout`` and ``deadline`` say when and where.
-    TIMEOUT = "timeout"
-    #: The job was still ``QUEUED`` at its start deadline: ``timeout`` and ``deadline`` are the start's.
-    START_TIMEOUT = "start_timeout"
-    #: The status could not be read: ``message``, ``retryable`` and ``http_status`` say why.
-    API_ERROR = "api_error"
-
-
-#: The keys each status puts on the wire, besides ``status`` and ``request_id``.
-FIELDS: dict[EventStatus, tuple[str, ...]] = {
-    EventStatus.SUCCESS: ("result",),
-    EventStatus.FAILED: ("message",),
-    EventStatus.ERROR: ("message",),
-    EventStatus.TIMEOUT: ("last_status", "timeout", "deadline"),
-    EventStatus.START_TIMEOUT: ("last_status", "timeout", "deadline"),
-    EventStatus.API_ERROR: ("message", "retryable", "http_status"),
-}
-#: The job statuses that end a wait in failure, and the event each becomes.
-_JOB_ENDS = {JobStatus.FAILED: EventStatus.FAILED, JobStatus.ERROR: EventStatus.ERROR}
-_ENDED_JOBS = {event: job for job, event in _JOB_ENDS.items()}
-
-
-@dataclass(frozen=True)
-class StatusEvent:
-    """
-    How waiting for one job ended.
-
-    :param status: how the wait ended; it decides which other fields are set (:data:`FIELDS`).
-    :param request_id: the job.
-    :param result: the result dict of a ``COMPLETED`` job.
-    :param message: the gateway's error text, or what went wrong reading the status.
-    :param retryable: whether an Airflow retry may help after an ``api_error``.
-    :param http_status: the gateway's HTTP status for an ``api_error``, when it answered.
-    :param last_status: the last status seen before the deadline.
-    :param timeout: the wait the deadline stood for, in seconds (for ``start_timeout``: the start's).
-    :param deadline: the deadline, in epoch seconds.
-    """
-
-    status: EventStatus
-    request_id: str
-    result: dict[str, Any] | None = None
-    message: str | None = None
-    retryable: bool = False
-    http_status: int | None = None
-    last_status: str | None = None
-    timeout: float | None = None
-    deadline: float | None = None
-
-    @classmethod
-    def ended(cls, job: JobStatusResult) -> StatusEvent:
-        """
-        The event for a job in a terminal status (``COMPLETED``, ``FAILED`` or ``ERROR``).
-
-        :param job: the status read.
-        """
-        if job.status is JobStatus.COMPLETED:
-            return cls(EventStatus.SUCCESS, job.request_id, result=job.to_dict())
-        if job.status not in _JOB_ENDS:
-            raise ValueError(f"job {job.request_id} has not ended: {job.raw_status}")
-        return cls(_JOB_ENDS[job.status], job.request_id, message=job.error)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The event as the trigger sends it: plain JSON values, only the keys of its status."""
-        fields = {name: getattr(self, name) for name in FIELDS[self.status]}
-        return {"status": self.status.value, "request_id": self.request_id, **fields}
-
-    @classmethod
-    def from_dict(cls, data: Any) -> StatusEvent:
-        """
-        Read an event back; anything unusable raises a :class:`FireRedError` (Airflow's retries apply).
-
-        :param data: the event payload, as Airflow hands it to ``execute_complete``.
-        """
-        try:
-            status = EventStatus(data["status"])
-        except (TypeError, KeyError, ValueError):
-            raise FireRedError(f"FireRed trigger sent an unusable event: {data!r}") from None
-        result = data.get("result")
-        if status is EventStatus.SUCCESS and not isinstance(result, dict):
-            raise FireRedError(f"FireRed trigger sent an unusable event: {data!r}")
-        return cls(
-            status=status,
-            request_id=str(data.get("request_id", "unknown")),
-            result=result if status is EventStatus.SUCCESS else None,
-            message=_text(data.get("message")),
-            retryable=bool(data.get("retryable")),
-            http_status=_int(data.get("http_status")),
-            last_status=_text(data.get("last_status")),
-            timeout=_float(data.get("timeout")),
-            deadline=_float(data.get("deadline")),
-        )
-
-    def job_result(self) -> dict[str, Any]:
-        """The job's result dict; for any other ending, raise the error it stands for."""
-        if self.status is EventStatus.SUCCESS and self.result is not None:
-            return dict(self.result)
-        raise self.error()
-
-    def error(self) -> FireRedError:
-        """
-        The error this ending stands for: the same type the worker path raises for the same outcome
-        (``FireRedJobFailedError``, ``FireRedJobErroredError``, ``FireRedStartTimeoutError``,
-        ``FireRedTimeoutError``, ``FireRedApiError``).
-        """
-        if self.status in _ENDED_JOBS:
-            job_status = _ENDED_JOBS[self.status].value
-            return FireRedJobEndedError.for_status(self.request_id, job_status, self.message)
-        if self.status is EventStatus.TIMEOUT:
-            return FireRedTimeoutError(self.request_id, self.timeout or 0.0, self.last_status)
-        if self.status is EventStatus.START_TIMEOUT:
-            return FireRedStartTimeoutError(self.request_id, self.timeout or 0.0)
-        if self.status is EventStatus.SUCCESS:  # only a success without its result gets here
-            return FireRedError(f"FireRed trigger sent an unusable event: {self.to_dict()!r}")
-        return FireRedApiError.reported(
-            f"{self.message} (request_id={self.request_id})",
-            status_code=self.http_status,
-            request_id=self.request_id,
-            retryable=self.retryable,
-        )
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 class FireRedStatusTrigger(BaseTrigger):
     """
     Poll ``GET /v2/requests/status/{request_id}`` until the job ends or a deadline passes.
 
     It never submits anything (a restarted triggerer must not post again), polls over the aiohttp
     session that all FireRed triggers in the triggerer's loop share, and yields exactly one
-    :class:`~airflow_provider_firered.triggers.firered.StatusEvent`: ``success``, ``failed`` /
+    :class:`~airflow_provider_firered.triggers.events.StatusEvent`: ``success``, ``failed`` /
     ``error``, ``start_timeout``, ``timeout``, or ``api_error`` (``retryable`` says whether an Airflow
     retry may help: a 404 is final; a key the gateway refuses even after the connection was looked up
     afresh is retryable, and the retry resumes the same request). Transient
@@ -414,28 +245,3 @@ STATE_KEY_HINT = "task_state_store key 'firered_request_id' (and XCom 'request_i
 AFTER_CLEAR = (
     "clearing it runs it again, and it collects the job instead of paying again if the edit is unchanged"
 )
-#: The most request ids a user's stop names in the log.
-MAX_IDS_NAMED = 3
-
-
-def stopped_by_user_text(request_ids: list[str], kept: str, after_clear: str) -> str:
-    """
-    The warning a trigger logs when a user stops its task: what runs on, what it costs, where the ids
-    are kept, and what Airflow does with them (Airflow 3.3's own behaviour, nothing more).
-
-    :param request_ids: the jobs still being waited for.
-    :param kept: where their request ids are kept.
-    :param after_clear: what a clear of the task then does with them (the operator's behaviour).
-    """
-    count = len(request_ids)
-    named = ", ".join(request_ids[:MAX_IDS_NAMED]) + (
-        f" and {count - MAX_IDS_NAMED} more" if count > MAX_IDS_NAMED else ""
-    )
-    jobs = "1 FireRed job is" if count == 1 else f"{count} FireRed jobs are"
-    return (
-        f"Stopped by a user while waiting: the FireRed gateway has no cancel endpoint, so {jobs} still "
-        f"running and will be charged ({named}). The request ids are kept in {kept}: Airflow "
-        "deletes no task_state_store entry when a task is marked failed or cleared, nor when it is "
-        "marked success unless [state_store] clear_on_success is set. A task marked failed or success "
-        f"is not retried by Airflow; {after_clear}"
-    )

@@ -12,7 +12,7 @@ from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, F
 from airflow_provider_firered.gateway.results import JobStatus
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.triggers.firered import KEY_REFUSED_STATUSES, grid_point, stopped_by_user_text
+from airflow_provider_firered.triggers.polling import KEY_REFUSED_STATUSES, grid_point, stopped_by_user_text
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

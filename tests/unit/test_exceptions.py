@@ -33,7 +33,8 @@ def test_a_final_error_keeps_its_type_and_skips_retries() -> None:
 
 def test_modules_import_on_their_own_before_airflow() -> None:
     # Airflow loads the provider's connection form while it starts: no import cycle through the errors.
-    for module in ("exceptions", "gateway.connection_extras", "utils.retry", "get_provider_info", "hooks.firered"):
+    modules = ("exceptions", "gateway.connection_extras", "utils.retry", "get_provider_info", "hooks.firered")
+    for module in modules:
         done = subprocess.run(
             [sys.executable, "-c", f"import airflow_provider_firered.{module}"],
             capture_output=True,

@@ -13,7 +13,8 @@ import pytest
 from airflow_provider_firered.emulator import Emulator, Fault
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.triggers.firered import DEFAULT_MAX_WAIT_SECONDS, FireRedStatusTrigger
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.triggers.polling import DEFAULT_MAX_WAIT_SECONDS
 from tests.conftest import TEST_KEY, conn_uri_json
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ from airflow_provider_firered.operators.firered import (
     FireRedEditOperator,
 )
 from airflow_provider_firered.sensors.firered import FireRedStatusSensor
-from airflow_provider_firered.triggers.firered import DEFER_SLACK, FireRedStatusTrigger
+from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
+from airflow_provider_firered.triggers.polling import DEFER_SLACK
 from tests.conftest import conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
 

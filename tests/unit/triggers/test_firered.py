@@ -21,7 +21,7 @@ from airflow_provider_firered.exceptions import (
     for_airflow,
 )
 from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
-from airflow_provider_firered.triggers.firered import FIELDS, EventStatus, StatusEvent
+from airflow_provider_firered.triggers.events import FIELDS, EventStatus, StatusEvent
 
 RID = "firered-image-edit-v1-1_abc"
 RESULT = {

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from airflow_provider_firered.triggers.firered import grid_point
+from airflow_provider_firered.triggers.polling import grid_point
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,166 @@
+"""
+Define the events the FireRed triggers send to the tasks they wake: typed, with plain JSON on the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from airflow_provider_firered.exceptions import (
+    FireRedApiError,
+    FireRedError,
+    FireRedJobEndedError,
+    FireRedStartTimeoutError,
+    FireRedTimeoutError,
+)
+from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
+
+# -- the event ------------------------------------------------------------------------------------
+# One typed payload, read back by the operator and the sensor. On the wire (Airflow stores it) it is a
+# dict of plain JSON values whose keys depend on its ``status`` (:data:`FIELDS`). A terminal status
+# read on the worker becomes the same event (:meth:`StatusEvent.ended`), so both ways of waiting raise
+# the same error for the same outcome.
+
+
+class EventStatus(str, Enum):
+    """How a wait ended."""
+
+    #: The job is ``COMPLETED``: ``result`` holds the result dict.
+    SUCCESS = "success"
+    #: The job ended ``FAILED`` (charged, final): ``message`` holds the gateway's error text.
+    FAILED = "failed"
+    #: The job ended ``ERROR`` (not charged): ``message`` holds the gateway's error text.
+    ERROR = "error"
+    #: The deadline passed first: ``last_status``, ``timeout`` and ``deadline`` say when and where.
+    TIMEOUT = "timeout"
+    #: The job was still ``QUEUED`` at its start deadline: ``timeout`` and ``deadline`` are the start's.
+    START_TIMEOUT = "start_timeout"
+    #: The status could not be read: ``message``, ``retryable`` and ``http_status`` say why.
+    API_ERROR = "api_error"
+
+
+#: The keys each status puts on the wire, besides ``status`` and ``request_id``.
+FIELDS: dict[EventStatus, tuple[str, ...]] = {
+    EventStatus.SUCCESS: ("result",),
+    EventStatus.FAILED: ("message",),
+    EventStatus.ERROR: ("message",),
+    EventStatus.TIMEOUT: ("last_status", "timeout", "deadline"),
+    EventStatus.START_TIMEOUT: ("last_status", "timeout", "deadline"),
+    EventStatus.API_ERROR: ("message", "retryable", "http_status"),
+}
+#: The job statuses that end a wait in failure, and the event each becomes.
+_JOB_ENDS = {JobStatus.FAILED: EventStatus.FAILED, JobStatus.ERROR: EventStatus.ERROR}
+_ENDED_JOBS = {event: job for job, event in _JOB_ENDS.items()}
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """
+    How waiting for one job ended.
+
+    :param status: how the wait ended; it decides which other fields are set (:data:`FIELDS`).
+    :param request_id: the job.
+    :param result: the result dict of a ``COMPLETED`` job.
+    :param message: the gateway's error text, or what went wrong reading the status.
+    :param retryable: whether an Airflow retry may help after an ``api_error``.
+    :param http_status: the gateway's HTTP status for an ``api_error``, when it answered.
+    :param last_status: the last status seen before the deadline.
+    :param timeout: the wait the deadline stood for, in seconds (for ``start_timeout``: the start's).
+    :param deadline: the deadline, in epoch seconds.
+    """
+
+    status: EventStatus
+    request_id: str
+    result: dict[str, Any] | None = None
+    message: str | None = None
+    retryable: bool = False
+    http_status: int | None = None
+    last_status: str | None = None
+    timeout: float | None = None
+    deadline: float | None = None
+
+    @classmethod
+    def ended(cls, job: JobStatusResult) -> StatusEvent:
+        """
+        The event for a job in a terminal status (``COMPLETED``, ``FAILED`` or ``ERROR``).
+
+        :param job: the status read.
+        """
+        if job.status is JobStatus.COMPLETED:
+            return cls(EventStatus.SUCCESS, job.request_id, result=job.to_dict())
+        if job.status not in _JOB_ENDS:
+            raise ValueError(f"job {job.request_id} has not ended: {job.raw_status}")
+        return cls(_JOB_ENDS[job.status], job.request_id, message=job.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as the trigger sends it: plain JSON values, only the keys of its status."""
+        fields = {name: getattr(self, name) for name in FIELDS[self.status]}
+        return {"status": self.status.value, "request_id": self.request_id, **fields}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> StatusEvent:
+        """
+        Read an event back; anything unusable raises a :class:`FireRedError` (Airflow's retries apply).
+
+        :param data: the event payload, as Airflow hands it to ``execute_complete``.
+        """
+        try:
+            status = EventStatus(data["status"])
+        except (TypeError, KeyError, ValueError):
+            raise FireRedError(f"FireRed trigger sent an unusable event: {data!r}") from None
+        result = data.get("result")
+        if status is EventStatus.SUCCESS and not isinstance(result, dict):
+            raise FireRedError(f"FireRed trigger sent an unusable event: {data!r}")
+        return cls(
+            status=status,
+            request_id=str(data.get("request_id", "unknown")),
+            result=result if status is EventStatus.SUCCESS else None,
+            message=_text(data.get("message")),
+            retryable=bool(data.get("retryable")),
+            http_status=_int(data.get("http_status")),
+            last_status=_text(data.get("last_status")),
+            timeout=_float(data.get("timeout")),
+            deadline=_float(data.get("deadline")),
+        )
+
+    def job_result(self) -> dict[str, Any]:
+        """The job's result dict; for any other ending, raise the error it stands for."""
+        if self.status is EventStatus.SUCCESS and self.result is not None:
+            return dict(self.result)
+        raise self.error()
+
+    def error(self) -> FireRedError:
+        """
+        The error this ending stands for: the same type the worker path raises for the same outcome
+        (``FireRedJobFailedError``, ``FireRedJobErroredError``, ``FireRedStartTimeoutError``,
+        ``FireRedTimeoutError``, ``FireRedApiError``).
+        """
+        if self.status in _ENDED_JOBS:
+            job_status = _ENDED_JOBS[self.status].value
+            return FireRedJobEndedError.for_status(self.request_id, job_status, self.message)
+        if self.status is EventStatus.TIMEOUT:
+            return FireRedTimeoutError(self.request_id, self.timeout or 0.0, self.last_status)
+        if self.status is EventStatus.START_TIMEOUT:
+            return FireRedStartTimeoutError(self.request_id, self.timeout or 0.0)
+        if self.status is EventStatus.SUCCESS:  # only a success without its result gets here
+            return FireRedError(f"FireRed trigger sent an unusable event: {self.to_dict()!r}")
+        return FireRedApiError.reported(
+            f"{self.message} (request_id={self.request_id})",
+            status_code=self.http_status,
+            request_id=self.request_id,
+            retryable=self.retryable,
+        )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
