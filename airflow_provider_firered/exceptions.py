@@ -1,10 +1,8 @@
 """
-Exceptions raised by the FireRed provider, and the one table of which of them Airflow retries.
+Define the exceptions raised by the FireRed provider, one type per outcome.
 
-``retryable`` says whether the hook may try the same request again; :data:`FINAL_KINDS` says whether
-an Airflow retry of the task can change the outcome, and :func:`airflow_errors` applies it where the
-operator and the sensor hand errors to Airflow: a final error is raised as itself, made an
-``AirflowFailException`` too, so the task log and ``on_failure_callback`` see the provider's own type.
+``retryable`` says whether the hook may try the same request again; which of them an Airflow retry
+of the task can change is decided in :mod:`airflow_provider_firered.utils.airflow_errors`.
 ``FireRedError`` is an ``AirflowException``, as provider errors are. Airflow imports the provider's
 connection form while it starts, so the modules that form needs (``connection_extras``, ``retry``)
 import these errors only where they raise them.
@@ -14,13 +12,7 @@ answer and from values the user passed, never from request headers.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, TypeVar, cast
-
 from airflow.providers.common.compat.sdk import AirflowException
-
-if TYPE_CHECKING:
-    from types import TracebackType
 
 
 class FireRedError(AirflowException):
@@ -81,7 +73,7 @@ class FireRedApiError(FireRedError):
         cls, text: str, *, status_code: int | None, request_id: str, retryable: bool
     ) -> FireRedApiError:
         """
-        The error a trigger reported in its event, as text: raised by the task with that text.
+        Return the error a trigger reported in its event, as text, for the task to raise with that text.
 
         :param text: the message, as the task shows it.
         :param status_code: the HTTP status, when the gateway answered.
@@ -134,9 +126,10 @@ class FireRedConnectionError(FireRedError):
 
 class FireRedSubmitUncertainError(FireRedError):
     """
-    A submit left for the gateway but no usable answer came back (a 5xx or 408 answer, a reset, a
-    read timeout, an unreadable 2xx answer): the gateway may have accepted, and charged for, the edit.
-    Not retried, so an edit is never paid for twice.
+    A submit left for the gateway but no usable answer came back: it may have been accepted.
+
+    A 5xx or 408 answer, a reset, a read timeout, an unreadable 2xx answer: the gateway may have
+    accepted, and charged for, the edit. Not retried, so an edit is never paid for twice.
 
     :param url_host: the gateway host.
     :param reason: what went wrong.
@@ -154,8 +147,9 @@ class FireRedSubmitUncertainError(FireRedError):
 
 class FireRedJobEndedError(FireRedError):
     """
-    The job ended ``FAILED`` or ``ERROR`` at the gateway: raised as one of the two kinds below, which
-    tell the outcomes apart (:meth:`for_status` picks it).
+    The job ended ``FAILED`` or ``ERROR`` at the gateway.
+
+    Raised as one of the two kinds below, which tell the outcomes apart (:meth:`for_status` picks it).
 
     :param request_id: the job.
     :param status: ``FAILED`` or ``ERROR``.
@@ -179,7 +173,7 @@ class FireRedJobEndedError(FireRedError):
     @staticmethod
     def for_status(request_id: str, status: str, error: str | None) -> FireRedJobEndedError:
         """
-        The error for a job that ended ``status``.
+        Return the error for a job that ended ``status``.
 
         :param request_id: the job.
         :param status: ``FAILED`` or ``ERROR``.
@@ -191,8 +185,10 @@ class FireRedJobEndedError(FireRedError):
 
 class FireRedJobFailedError(FireRedJobEndedError):
     """
-    The job ended ``FAILED``: a problem with the input. The gateway charged for it and the outcome is
-    final, so no retry is worth it (it would submit the same input and pay again).
+    The job ended ``FAILED``: a problem with the input.
+
+    The gateway charged for it and the outcome is final, so no retry is worth it (it would submit
+    the same input and pay again).
     """
 
     charged = True
@@ -210,8 +206,9 @@ class FireRedJobErroredError(FireRedJobEndedError):
 
 class FireRedStartTimeoutError(FireRedError):
     """
-    The gateway did not start the job (it stayed ``QUEUED``) within ``start_timeout``; it may still
-    start, complete and be charged later.
+    The gateway did not start the job (it stayed ``QUEUED``) within ``start_timeout``.
+
+    It may still start, complete and be charged later.
 
     :param request_id: the job, which can still be collected later (for example with the sensor).
     :param start_timeout: the start deadline that passed, in seconds.
@@ -288,83 +285,3 @@ class FireRedBatchFailedError(FireRedError):
             f"{len(failures)} item(s) of the batch failed, more than max_failed={max_failed} "
             f"(every other item was collected; see {manifest}): {shown}{more}"
         )
-
-
-#: Which failures no Airflow retry can change, by kind: ``True`` fails the task at once whatever its
-#: ``retries``; ``False`` leaves Airflow's ``retries`` to apply; ``None`` follows the error's own
-#: ``retryable``. The most specific kind listed wins; a kind not listed keeps Airflow's retries.
-FINAL_KINDS: dict[type[FireRedError], bool | None] = {
-    FireRedValidationError: True,  # the same input fails the same way on every try
-    FireRedSubmitUncertainError: True,  # a retry could pay for the edit twice
-    FireRedApiError: None,  # 400/401/402/403/404 are final; 408/429/5xx are not
-    FireRedDownloadError: None,  # not an image, too large, a refused host or a CDN 4xx are final
-    FireRedJobEndedError: None,  # FAILED was charged and is final; ERROR was not charged
-    # The gateway's queue is not moving: a retry could only wait again for the same queued job (a
-    # larger start_timeout does that) or, without task_state_store, pay for a second one.
-    FireRedStartTimeoutError: True,
-    FireRedConnectionError: False,
-    FireRedTimeoutError: False,  # the job may still complete: a retry resumes it with a fresh wait
-    FireRedBatchFailedError: None,  # a retry resumes ERROR, timed-out and undownloaded items only
-}
-
-E = TypeVar("E", bound=FireRedError)
-
-
-def fails_for_good(error: FireRedError) -> bool:
-    """Whether no Airflow retry can change ``error``'s outcome, by :data:`FINAL_KINDS`."""
-    for kind in type(error).__mro__:
-        if kind in FINAL_KINDS:
-            final = FINAL_KINDS[kind]
-            return not error.retryable if final is None else final
-    return False
-
-
-#: Each kind's final twin, made once (:func:`_final_kind`).
-_FINAL_TWINS: dict[type[FireRedError], type[FireRedError]] = {}
-
-
-def _final_kind(kind: type[E]) -> type[E]:
-    """``kind``, also an ``AirflowFailException``: same name and attributes, and no Airflow retries."""
-    from airflow.providers.common.compat.sdk import AirflowFailException
-
-    if kind not in _FINAL_TWINS:
-        namespace = {
-            "__module__": kind.__module__,
-            "__qualname__": kind.__qualname__,
-            "__doc__": kind.__doc__,
-        }
-        _FINAL_TWINS[kind] = type(kind.__name__, (kind, AirflowFailException), namespace)
-    return cast("type[E]", _FINAL_TWINS[kind])
-
-
-def as_final(error: E) -> E:
-    """
-    ``error`` itself, made an ``AirflowFailException``: the task fails without Airflow retries, and
-    the log and ``on_failure_callback`` still see the provider's own type, message and attributes.
-    """
-    if type(error) not in _FINAL_TWINS.values():
-        error.__class__ = _final_kind(type(error))
-    return error
-
-
-def for_airflow(error: E) -> E:
-    """``error`` as Airflow must see it: final (:func:`as_final`) when :func:`fails_for_good` says so."""
-    if type(error) in _FINAL_TWINS.values() or not fails_for_good(error):
-        return error
-    if isinstance(error, FireRedValidationError):
-        error.args = (f"Invalid input: {error}",)  # the task log says what kind of failure this is
-    return as_final(error)
-
-
-class airflow_errors(AbstractContextManager[None]):  # named like the function it replaced
-    """
-    Raise the provider's errors as Airflow must see them (:func:`for_airflow`), without the frames
-    they came through: those hold the key (a ``headers`` or ``secret`` local), and a task log may
-    print locals. A class, not ``@contextmanager``: that would put the original frames back.
-    """
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if isinstance(error, FireRedError):
-            raise for_airflow(error).with_traceback(None) from None

@@ -11,12 +11,17 @@ _INTEGRATION = "FireRed Image Edit"
 
 
 def get_provider_info() -> dict[str, Any]:
-    """Describe the provider: its modules, the ``firered`` connection type and its form."""
+    """
+    Describe the provider to Airflow: its modules, the ``firered`` connection type and its form.
+
+    Every module that defines a hook, an operator, a sensor or a trigger is listed (a test walks the
+    package to keep it so), and the whole validates against Airflow's ``provider_info.schema.json``.
+    """
     return {
         "package-name": "airflow-provider-firered",
         "name": "FireRed Image Edit",
-        "description": "Edit images with the FireRed Image Edit API from Airflow: a hook, a deferrable "
-        "operator, a trigger and a sensor.",
+        "description": "Edit images with the FireRed Image Edit API from Airflow: a hook, deferrable "
+        "operators for one edit and for a batch, their triggers and a sensor.",
         "versions": [__version__],
         "integrations": [
             {
@@ -31,7 +36,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_firered.operators.firered"],
+                "python-modules": [
+                    "airflow_provider_firered.operators.firered",
+                    "airflow_provider_firered.operators.firered_batch",
+                ],
             }
         ],
         "sensors": [
@@ -40,7 +48,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": _INTEGRATION,
-                "python-modules": ["airflow_provider_firered.triggers.firered"],
+                "python-modules": [
+                    "airflow_provider_firered.triggers.firered",
+                    "airflow_provider_firered.triggers.firered_batch",
+                ],
             }
         ],
         "connection-types": [
@@ -54,5 +65,13 @@ def get_provider_info() -> dict[str, Any]:
                 "conn-fields": conn_fields(),
             }
         ],
-        "extra-links": ["airflow_provider_firered.operators.firered.FireRedOutputLink"],
+        "extra-links": [
+            "airflow_provider_firered.operators.links.FireRedOutputLink",
+            "airflow_provider_firered.plugins.links.FireRedContactSheetLink",
+        ],
+        # The contact sheet in Airflow's UI. Airflow reads this entry only with [core]
+        # lazy_discover_providers = False; the "airflow.plugins" entry point loads it otherwise.
+        "plugins": [
+            {"name": "firered", "plugin-class": "airflow_provider_firered.plugins.firered.FireRedPlugin"}
+        ],
     }

@@ -1,12 +1,14 @@
 """
-Reading what an earlier run left on disk without trusting it: its manifests, its folders and the
-outputs a batch copies instead of paying for them again.
+Read what an earlier run left on disk without trusting it: its folders and the outputs a batch copies.
+
+A batch copies an earlier output instead of paying for the edit again. The earlier run's manifests
+are read by :mod:`~airflow_provider_firered.batch.manifest`, with the bounds defined here for all
+earlier runs together and for the folders looked at.
 
 An earlier run's folder may have been edited since, by anyone who can write there. Below the root
 the user named, no link is followed: every folder is opened with ``O_NOFOLLOW | O_DIRECTORY``
 relative to the one above it, the file itself with ``O_NOFOLLOW | O_NONBLOCK`` (a FIFO does not
-block the open) and must then be a regular file (``fstat``). What is read is bounded: per line, per
-manifest, in total, and in the number of subfolders looked at. An output is copied only when it is
+block the open) and must then be a regular file (``fstat``). An output is copied only when it is
 an image by its first bytes, within the connection's ``max_download_bytes``, and is saved under
 this run's own output name. On object storage there are no links: a location must lie inside the
 earlier root by its path alone.
@@ -21,7 +23,7 @@ import posixpath
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
 from airflow_provider_firered.media.downloads import image_suffix
@@ -33,18 +35,15 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-    from airflow_provider_firered.batch.manifest import ManifestEntry
-
 __all__ = [
     "MAX_EARLIER_BYTES",
     "MAX_EARLIER_FOLDERS",
-    "MAX_LINE_BYTES",
     "EarlierBatch",
+    "EarlierItem",
     "NotReusable",
-    "ReadBudget",
-    "TooLarge",
-    "bounded_lines",
     "copy_outputs",
+    "is_folder_below",
+    "list_folder",
     "open_regular_below",
 ]
 
@@ -53,12 +52,8 @@ __all__ = [
 MAX_EARLIER_FOLDERS = 1_000
 #: The most manifest bytes read from all earlier runs of one batch together.
 MAX_EARLIER_BYTES = 256 * 1024 * 1024
-#: The longest manifest line read; a line of a batch's own entry takes a few KB (a prompt is at most
-#: 5,000 characters, an item at most 8 image URLs of 2,048).
-MAX_LINE_BYTES = 1024 * 1024
 
 _CHUNK = 1024 * 1024
-_READ_CHUNK = 64 * 1024
 _SIGNATURE_BYTES = 12
 _MEDIA_TYPES = {suffix: media_type for media_type, suffix in EXTENSIONS.items()}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
@@ -70,64 +65,20 @@ class NotReusable(FireRedError):
     """An earlier output that is not copied: the item is edited instead."""
 
 
-class TooLarge(FireRedError):
-    """More was read than a bound allows."""
+class EarlierItem(Protocol):
+    """What :func:`copy_outputs` needs of an earlier item (a manifest entry)."""
 
+    @property
+    def key(self) -> str:
+        """Return the item's key: its folder in the earlier batch."""
 
-@dataclass
-class ReadBudget:
-    """
-    How many more bytes may be read.
+    @property
+    def request_id(self) -> str | None:
+        """Return the earlier request id, which names the copies."""
 
-    :param remaining: the bytes left.
-    """
-
-    remaining: int
-
-    def take(self, size: int) -> None:
-        """Count ``size`` bytes read; raise :class:`TooLarge` once past the budget."""
-        self.remaining -= size
-        if self.remaining < 0:
-            raise TooLarge("read past its bound")
-
-
-def bounded_lines(
-    handle: IO[bytes], budget: ReadBudget, *, max_line: int = MAX_LINE_BYTES
-) -> Iterator[bytes | None]:
-    """
-    Yield each line of ``handle`` without its line end, one at a time (memory stays about one line).
-
-    The file is read in fixed pieces with ``read(n)`` alone (object storage files have no bounded
-    ``readline``). A line longer than ``max_line`` bytes is yielded as ``None``, its rest skipped
-    without being kept.
-
-    :param handle: a file open for reading bytes.
-    :param budget: the bytes that may be read; :class:`TooLarge` is raised before a line past it.
-    :param max_line: the longest line yielded.
-    """
-    line = bytearray()
-    too_long = False
-    while chunk := handle.read(_READ_CHUNK):
-        start = 0
-        while start < len(chunk):
-            end = chunk.find(b"\n", start)
-            stop = len(chunk) if end < 0 else end
-            budget.take(stop - start + (end >= 0))
-            if not too_long and len(line) + stop - start > max_line:
-                too_long = True
-                line.clear()
-            elif not too_long:
-                line += chunk[start:stop]
-            if end < 0:
-                break
-            yield None if too_long else bytes(line).rstrip(b"\r")
-            line.clear()
-            too_long = False
-            start = end + 1
-    if too_long:
-        yield None
-    elif line:
-        yield bytes(line).rstrip(b"\r")
+    @property
+    def outputs(self) -> Sequence[str]:
+        """Return the earlier outputs' locations."""
 
 
 def _plain(part: str) -> bool:
@@ -168,9 +119,12 @@ def open_regular_below(root: str | os.PathLike[str], parts: Sequence[str]) -> IO
 
 def list_folder(root: str | os.PathLike[str], limit: int) -> list[str] | None:
     """
-    The names in the folder ``root`` (a link at ``root`` itself followed), sorted; None when it holds
-    more than ``limit`` entries (only ``limit + 1`` are ever listed).
+    Return the names in the folder ``root`` sorted, or None when it holds more than ``limit`` entries.
 
+    A link at ``root`` itself is followed; only ``limit + 1`` entries are ever listed.
+
+    :param root: the folder.
+    :param limit: the most entries returned.
     :raises OSError: when ``root`` cannot be opened as a folder.
     """
     fd = os.open(root, _DIR_FLAGS)
@@ -183,7 +137,12 @@ def list_folder(root: str | os.PathLike[str], limit: int) -> list[str] | None:
 
 
 def is_folder_below(root: str | os.PathLike[str], name: str) -> bool:
-    """Whether ``root/name`` is a folder itself, not a link to one."""
+    """
+    Return whether ``root/name`` is a folder itself, not a link to one.
+
+    :param root: the folder above it.
+    :param name: one plain name.
+    """
     if not _plain(name):
         return False
     try:
@@ -200,11 +159,10 @@ def is_folder_below(root: str | os.PathLike[str], name: str) -> bool:
 @dataclass(frozen=True)
 class EarlierBatch:
     """
-    Where an earlier batch's manifest was found: the earlier root the user named, and the batch folder
-    below it (``None`` when the root is the batch folder itself).
+    Locate an earlier batch's manifest: the earlier root the user named, and the batch folder below it.
 
     :param root: the earlier output root, as named (a link there is followed).
-    :param folder: the batch folder's name below ``root``, or ``None``.
+    :param folder: the batch folder's name below ``root``, or ``None`` when ``root`` is the batch folder.
     """
 
     root: Path | ObjectStoragePath
@@ -212,12 +170,12 @@ class EarlierBatch:
 
     @property
     def path(self) -> Path | ObjectStoragePath:
-        """The batch folder."""
+        """Return the batch folder."""
         return self.root if self.folder is None else self.root / self.folder
 
     @property
     def parts(self) -> tuple[str, ...]:
-        """The batch folder's path below ``root``."""
+        """Return the batch folder's path below ``root``."""
         return () if self.folder is None else (self.folder,)
 
 
@@ -225,7 +183,7 @@ class EarlierBatch:
 
 
 def copy_outputs(
-    entry: ManifestEntry,
+    entry: EarlierItem,
     batch: EarlierBatch,
     target_dir: Path | ObjectStoragePath,
     *,
@@ -293,7 +251,7 @@ def _open_output(batch: EarlierBatch, key: str, output: str) -> Iterator[IO[byte
 
 
 def _local_name(root: Path, parts: tuple[str, ...], key: str, source: Path) -> str:
-    """The output's file name, when it lies directly in the batch's ``<key>/`` folder (by its path)."""
+    """Return the output's file name, when it lies directly in the batch's ``<key>/`` folder (by its path)."""
     location = os.path.abspath(source)
     for base in {os.path.abspath(root), os.path.realpath(root)}:
         folder = os.path.join(base, *parts, key)
@@ -305,7 +263,7 @@ def _local_name(root: Path, parts: tuple[str, ...], key: str, source: Path) -> s
 def _copy(
     source: IO[bytes],
     output: str,
-    entry: ManifestEntry,
+    entry: EarlierItem,
     index: int,
     target_dir: Path | ObjectStoragePath,
     max_bytes: int,

@@ -1,6 +1,9 @@
 """
-The items of a batch edit: checked before anything is paid, and fingerprinted, so that an item whose
-model, prompt, parameters and input images did not change can reuse an earlier run's outputs.
+Check and fingerprint the items of a batch edit.
+
+Every item is checked before anything is paid, once, and carries its validated request to the submit;
+its fingerprint lets an item whose model, prompt, parameters and input images did not change reuse an
+earlier run's outputs.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import requests
 
 from airflow_provider_firered.exceptions import FireRedDownloadError, FireRedError, FireRedValidationError
-from airflow_provider_firered.gateway.options import validate_edit
+from airflow_provider_firered.gateway.options import EditRequest, expected_outputs, validate_edit
 from airflow_provider_firered.media.downloads import MAX_REDIRECTS, redirect_target
 from airflow_provider_firered.media.hosts import (
     HostRefused,
@@ -50,6 +53,9 @@ class BatchItem:
     :param prompt: its edit instruction.
     :param images: its input image URLs.
     :param parameters: its model options.
+    :param request: the validated request its submit sends (built once, when the item is checked).
+    :param max_outputs: the most media URLs its completed job may list
+        (:func:`~airflow_provider_firered.gateway.options.expected_outputs`).
     """
 
     index: int
@@ -58,6 +64,8 @@ class BatchItem:
     prompt: str
     images: tuple[str, ...]
     parameters: Mapping[str, Any]
+    request: EditRequest = field(compare=False, repr=False)
+    max_outputs: int = field(default=1, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,10 @@ def check_items(
     edits: Any, model: str, parameters: Mapping[str, Any] | None
 ) -> tuple[list[BatchItem], list[InvalidItem]]:
     """
-    Check every item as a single edit is checked, plus its ``key``: a plain path segment, unique in
-    the batch. Nothing is sent.
+    Check every item as a single edit is checked, plus its ``key``; nothing is sent.
+
+    A ``key`` must be a plain path segment, unique in the batch. Each valid item carries its
+    validated request, so that nothing checks it again before its submit.
 
     :param edits: the list of items: ``{"key", "prompt", "images"}`` and optionally ``model`` and
         ``parameters``, which replace the batch's own.
@@ -137,7 +147,16 @@ def _check_item(
     except FireRedValidationError as err:
         raise FireRedValidationError(f"{where}.{err.field}", err.message) from None
     images = tuple(request.body[request.model.image_field])
-    return BatchItem(index, key, item_model, request.body["prompt"], images, dict(item_parameters))
+    return BatchItem(
+        index,
+        key,
+        item_model,
+        request.body["prompt"],
+        images,
+        dict(item_parameters),
+        request,
+        expected_outputs(item_model, item_parameters),
+    )
 
 
 # -- fingerprints ---------------------------------------------------------------------------------
@@ -145,9 +164,10 @@ def _check_item(
 
 def fingerprint(item: BatchItem, identities: Mapping[str, dict[str, str] | None]) -> str | None:
     """
-    What the item's outputs depend on, as a digest: the model, the prompt, the parameters and each
-    input image's identity. None when an image's identity could not be read: such an item is never
-    taken for unchanged.
+    Return what the item's outputs depend on, as a digest.
+
+    The digest covers the model, the prompt, the parameters and each input image's identity. None
+    when an image's identity could not be read: such an item is never taken for unchanged.
 
     :param item: the item.
     :param identities: each image URL's identity (:func:`source_identities`).

@@ -1,6 +1,8 @@
 """
-Where a DAG run's params may point: only under path or URL prefixes an admin lists in an Airflow
-Variable, so that a user who may trigger a DAG cannot make the worker read or write wherever they like.
+Check where a DAG run's params may point: only under path or URL prefixes an admin allows.
+
+The prefixes are listed in an Airflow Variable, so that a user who may trigger a DAG cannot make the
+worker read or write wherever they like.
 
 The catalogue example DAGs check their ``manifest`` and ``output_root`` params with it; any DAG that
 takes a location from its params can do the same.
@@ -16,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 from airflow.providers.common.compat.sdk import AirflowFailException, Variable
 
+from airflow_provider_firered.utils.urls import url_scheme
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -24,14 +28,20 @@ ALLOWED_PREFIXES_VARIABLE = "firered_catalogue_allowed_prefixes"
 
 
 def is_url(text: str) -> bool:
-    """Whether ``text`` is a URL other than ``file://`` (which names a local path)."""
-    return "://" in text and urlsplit(text).scheme != "file"
+    """
+    Return whether ``text`` is a URL other than ``file://`` (which names a local path).
+
+    :param text: a path or a URL.
+    """
+    return url_scheme(text) not in (None, "file")
 
 
 def _place(text: str) -> tuple[tuple[str | int | None, ...], list[str]]:
     """
-    Where ``text`` points: its origin (``()`` for a local path; scheme, user, host and port for a URL)
-    and its path segments, the way the worker will open it.
+    Return where ``text`` points, the way the worker will open it.
+
+    That is its origin (``()`` for a local path; scheme, user, host and port for a URL) and its path
+    segments.
 
     A local path is resolved (``~``, ``..`` and symlinks), as the operating system would. A URL keeps
     its path as written: a ``.`` or ``..`` segment in it is refused, since an object store takes it
@@ -66,8 +76,9 @@ def _shown(text: str) -> str:
 
 def allowed_prefixes() -> list[str] | None:
     """
-    The path and URL prefixes an admin allows for the location params, from the Airflow Variable
-    ``firered_catalogue_allowed_prefixes`` (a JSON list of strings); None when it is unset.
+    Return the path and URL prefixes an admin allows for the location params; None when unset.
+
+    They come from the Airflow Variable ``firered_catalogue_allowed_prefixes`` (a JSON list of strings).
     """
     raw = Variable.get(ALLOWED_PREFIXES_VARIABLE, default=None)
     if raw is None or not str(raw).strip():
@@ -142,8 +153,7 @@ def check_location(name: str, value: str, default: str, prefixes: list[str] | No
 
 def location_param(params: Mapping[str, Any], name: str, default: str, prefixes: list[str] | None) -> str:
     """
-    Read a run's path or URL param: ``default`` when it is empty, else the param where
-    :func:`check_location` allows it.
+    Read a run's path or URL param: ``default`` when it is empty, else where :func:`check_location` allows.
 
     :param params: the run's params.
     :param name: the param.

@@ -1,7 +1,10 @@
 """
-A batch's result manifest: one JSON line per item at ``<output_root>/_manifest.jsonl``, written whole
-and atomically. While the batch runs it is also its progress: items still waiting are written with
-the outcome ``pending``, so a resumed task (a later wave, or a retry) knows what is done.
+Read and write a batch's result manifest: one JSON line per item at ``<output_root>/_manifest.jsonl``.
+
+The manifest is written whole and atomically. While the batch runs it is also its progress: items
+still waiting are written with the outcome ``pending``, so a resumed task (a later wave, or a retry)
+knows what is done. Every reader goes through here (the batch resuming its own progress, the search
+of earlier runs, the catalogue report): one line at a time, each line and the whole file bounded.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_firered.batch import earlier_runs
-from airflow_provider_firered.batch.earlier_runs import EarlierBatch, ReadBudget, TooLarge, bounded_lines
+from airflow_provider_firered.batch.earlier_runs import EarlierBatch, open_regular_below
 from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.media.output_paths import as_target
 from airflow_provider_firered.utils.atomic_files import atomic_writer
@@ -28,17 +31,52 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: The manifest's name in a batch's output folder.
 MANIFEST_NAME = "_manifest.jsonl"
-#: The most a manifest may hold when read back: a batch of 100,000 items with long prompts fits.
+#: The most read from one manifest: a batch of 100,000 items with long prompts fits.
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
-#: How an item ended (``pending``: not yet, in a progress snapshot).
-OUTCOMES = ("edited", "reused", "failed", "pending")
+#: The longest manifest line read; a batch's own line takes a few KB (a prompt is at most 5,000
+#: characters, an item at most 8 image URLs of 2,048).
+MAX_LINE_BYTES = 1024 * 1024
+#: How an item ended.
+ENDED_OUTCOMES = ("edited", "reused", "failed")
+#: The outcome of an item still waiting, in the progress snapshot a batch writes while it runs.
+PENDING = "pending"
+#: Every outcome a manifest line may hold.
+OUTCOMES = (*ENDED_OUTCOMES, PENDING)
+
+_READ_CHUNK = 64 * 1024
+
+
+class TooLarge(FireRedError):
+    """More was read than a bound allows."""
+
+
+@dataclass
+class ReadBudget:
+    """
+    Count how many more bytes may be read.
+
+    :param remaining: the bytes left.
+    """
+
+    remaining: int
+
+    def take(self, size: int) -> None:
+        """
+        Count ``size`` bytes read; raise :class:`TooLarge` once past the budget.
+
+        :param size: the bytes just read.
+        """
+        self.remaining -= size
+        if self.remaining < 0:
+            raise TooLarge("read past its bound")
 
 
 @dataclass
 class ManifestEntry:
     """
-    One item of a batch.
+    Hold one item of a batch.
 
     :param key: the item's key: its output folder under the output root.
     :param outcome: ``edited``, ``reused``, ``failed`` or ``pending``.
@@ -68,7 +106,12 @@ class ManifestEntry:
 
     @classmethod
     def from_json(cls, data: Any) -> ManifestEntry:
-        """An entry read back, every field checked for its type (a manifest may have been edited)."""
+        """
+        Return the entry read back, every field checked for its type (a manifest may have been edited).
+
+        :param data: one line's parsed JSON.
+        :raises ValueError: when it is not a valid entry.
+        """
         if (
             not isinstance(data, dict)
             or not isinstance(data.get("key"), str)
@@ -106,16 +149,24 @@ def _texts(data: dict[str, Any], name: str) -> list[str]:
     return value
 
 
+# -- writing -------------------------------------------------------------------------------------------
+
+
 def manifest_path(root: str | os.PathLike[str] | ObjectStoragePath) -> Path | ObjectStoragePath:
-    """Where the manifest of the batch writing to ``root`` lies."""
+    """
+    Return where the manifest of the batch writing to ``root`` lies.
+
+    :param root: the batch's output root.
+    """
     return as_target(root, field_name="output_root") / MANIFEST_NAME
 
 
 def write_manifest(root: str | os.PathLike[str] | ObjectStoragePath, entries: Iterable[ManifestEntry]) -> str:
     """
-    Write the manifest whole (see :mod:`~airflow_provider_firered.utils.atomic_files`): locally through a
-    fresh temporary file and a rename, to object storage as one upload. Readers never see half a
-    manifest, and a link planted at its name is replaced, not written through.
+    Write the manifest whole (see :mod:`~airflow_provider_firered.utils.atomic_files`).
+
+    Locally it goes through a fresh temporary file and a rename, to object storage as one upload.
+    Readers never see half a manifest, and a link planted at its name is replaced, not written through.
 
     :param root: the batch's output root.
     :param entries: every item, in batch order.
@@ -128,20 +179,97 @@ def write_manifest(root: str | os.PathLike[str] | ObjectStoragePath, entries: It
     return str(target)
 
 
-def parse_entries(lines: Iterable[bytes | None]) -> tuple[list[ManifestEntry], int]:
-    """
-    The valid entries among manifest lines, and how many lines were not valid entries (not JSON,
-    nested too deeply, too long, or failing :meth:`ManifestEntry.from_json`).
+# -- reading -------------------------------------------------------------------------------------------
 
-    :param lines: the lines, ``None`` for one that was too long to read.
+
+def bounded_lines(
+    handle: IO[bytes], budget: ReadBudget, *, max_line: int = MAX_LINE_BYTES
+) -> Iterator[bytes | None]:
+    """
+    Yield each line of ``handle`` without its line end, one at a time (memory stays about one line).
+
+    The file is read in fixed pieces with ``read(n)`` alone (object storage files have no bounded
+    ``readline``). A line longer than ``max_line`` bytes is yielded as ``None``, its rest skipped
+    without being kept.
+
+    :param handle: a file open for reading bytes.
+    :param budget: the bytes that may be read; :class:`TooLarge` is raised before a line past it.
+    :param max_line: the longest line yielded.
+    """
+    line = bytearray()
+    too_long = False
+    while chunk := handle.read(_READ_CHUNK):
+        start = 0
+        while start < len(chunk):
+            end = chunk.find(b"\n", start)
+            stop = len(chunk) if end < 0 else end
+            budget.take(stop - start + (end >= 0))
+            if not too_long and len(line) + stop - start > max_line:
+                too_long = True
+                line.clear()
+            elif not too_long:
+                line += chunk[start:stop]
+            if end < 0:
+                break
+            yield None if too_long else bytes(line).rstrip(b"\r")
+            line.clear()
+            too_long = False
+            start = end + 1
+    if too_long:
+        yield None
+    elif line:
+        yield bytes(line).rstrip(b"\r")
+
+
+def manifest_lines(handle: IO[bytes], budget: ReadBudget) -> Iterator[tuple[int, bytes | None]]:
+    """
+    Yield each non-blank line of a manifest with its number (the first is 1), within the bounds.
+
+    A line longer than :data:`MAX_LINE_BYTES` is yielded as ``None``: a bad line, for the caller to
+    count or report.
+
+    :param handle: the manifest, open for reading bytes.
+    :param budget: the bytes that may be read; :class:`TooLarge` is raised before a line past it.
+    """
+    for number, line in enumerate(bounded_lines(handle, budget), start=1):
+        if line is None or line.strip():
+            yield number, line
+
+
+@contextlib.contextmanager
+def open_manifest(root: Path | ObjectStoragePath, *parts: str) -> Iterator[IO[bytes]]:
+    """
+    Open the manifest in the batch folder ``root/<parts...>`` for reading bytes.
+
+    Locally it must be a regular file reached through no link below ``root`` (``root`` itself may be
+    one: it is what the user named), so a FIFO or a device never blocks or floods the reader.
+
+    :param root: the folder to stay within.
+    :param parts: the batch folder's path below ``root``, one plain name per part.
+    :raises OSError: when it is missing, a link, or not a regular file.
+    """
+    if isinstance(root, Path):
+        handle = open_regular_below(root, (*parts, MANIFEST_NAME))
+    else:
+        handle = root.joinpath(*parts, MANIFEST_NAME).open("rb")
+    with handle:
+        yield handle
+
+
+def parse_entries(lines: Iterable[tuple[int, bytes | None]]) -> tuple[list[ManifestEntry], int]:
+    """
+    Return the valid entries among manifest lines, and how many lines were not valid entries.
+
+    A line is not valid when it is not JSON, is nested too deeply, too long, or fails
+    :meth:`ManifestEntry.from_json`.
+
+    :param lines: the numbered lines of :func:`manifest_lines`.
     """
     entries = []
     bad = 0
-    for line in lines:
+    for _number, line in lines:
         if line is None:
             bad += 1
-            continue
-        if not line.strip():
             continue
         try:
             entries.append(ManifestEntry.from_json(json.loads(line)))
@@ -155,9 +283,9 @@ def read_manifest(root: str | os.PathLike[str] | ObjectStoragePath) -> list[Mani
     Read back the manifest a batch wrote under ``root`` (its own progress); None when there is none.
 
     The manifest is read one line at a time. A line that is not a valid entry, or is longer than
-    :data:`~airflow_provider_firered.batch.earlier_runs.MAX_LINE_BYTES`, is skipped (its item counts as
-    unknown); a manifest over :data:`MAX_MANIFEST_BYTES` is refused with an error. For an earlier
-    run's manifest, which is never an error, see :func:`previous_entries`.
+    :data:`MAX_LINE_BYTES`, is skipped (its item counts as unknown); a manifest over
+    :data:`MAX_MANIFEST_BYTES` is refused with an error. For an earlier run's manifest, which is never
+    an error, see :func:`previous_entries`.
 
     :param root: a batch's output root.
     :raises FireRedError: when the manifest is larger than :data:`MAX_MANIFEST_BYTES`.
@@ -165,7 +293,7 @@ def read_manifest(root: str | os.PathLike[str] | ObjectStoragePath) -> list[Mani
     target = manifest_path(root)
     try:
         with target.open("rb") as source:
-            entries, _bad = parse_entries(bounded_lines(source, ReadBudget(MAX_MANIFEST_BYTES)))
+            entries, _bad = parse_entries(manifest_lines(source, ReadBudget(MAX_MANIFEST_BYTES)))
     except (FileNotFoundError, NotADirectoryError):
         return None
     except TooLarge:
@@ -173,16 +301,21 @@ def read_manifest(root: str | os.PathLike[str] | ObjectStoragePath) -> list[Mani
     return entries
 
 
+# -- earlier runs --------------------------------------------------------------------------------------
+
+
 def previous_entries(roots: Iterable[str]) -> dict[str, tuple[ManifestEntry, EarlierBatch]]:
     """
-    The items of earlier runs, by key, each with the batch it was found in: each root's own
-    manifest, else those of its direct subfolders (a run split into batches). Later roots win.
+    Return the items of earlier runs by key, each with the batch it was found in.
+
+    Each root's own manifest is read, else those of its direct subfolders (a run split into
+    batches). Later roots win.
 
     An earlier run is read without trusting it, and nothing in it is an error: a manifest or folder
     that cannot be read, is a link below the root, is not a regular file, or is over its bound means
     nothing reused from it, logged once. Bounds: :data:`MAX_MANIFEST_BYTES` per manifest,
     :data:`~airflow_provider_firered.batch.earlier_runs.MAX_EARLIER_BYTES` for all together,
-    :data:`~airflow_provider_firered.batch.earlier_runs.MAX_LINE_BYTES` per line, and
+    :data:`MAX_LINE_BYTES` per line, and
     :data:`~airflow_provider_firered.batch.earlier_runs.MAX_EARLIER_FOLDERS` entries looked at per root.
 
     :param roots: earlier output roots (paths or URLs).
@@ -205,7 +338,7 @@ def previous_entries(roots: Iterable[str]) -> dict[str, tuple[ManifestEntry, Ear
 
 
 def _earlier_batches(base: Path | ObjectStoragePath) -> Iterator[EarlierBatch]:
-    """The batches of an earlier root: the root itself if it holds a manifest, else its subfolders."""
+    """Yield the batches of an earlier root: the root itself if it holds a manifest, else its subfolders."""
     own = EarlierBatch(base)
     try:
         if _manifest_exists(own):
@@ -239,7 +372,7 @@ def _manifest_exists(batch: EarlierBatch) -> bool:
 
 
 def _subfolders(base: Path | ObjectStoragePath) -> list[str] | None:
-    """The names of the batch folders below ``base`` (no links); None when it holds too many entries."""
+    """Return the names of the batch folders below ``base`` (no links); None when it holds too many."""
     limit = earlier_runs.MAX_EARLIER_FOLDERS
     if isinstance(base, Path):
         try:
@@ -258,13 +391,13 @@ def _subfolders(base: Path | ObjectStoragePath) -> list[str] | None:
 
 
 def _read_earlier(batch: EarlierBatch, total: ReadBudget) -> list[ManifestEntry]:
-    """The entries of an earlier batch's manifest; none (logged once) when it cannot be read whole."""
+    """Return the entries of an earlier batch's manifest; none (logged once) when it cannot be read whole."""
     where = f"{batch.path}/{MANIFEST_NAME}"
     allowed = min(MAX_MANIFEST_BYTES, total.remaining)
     budget = ReadBudget(allowed)
     try:
-        with _open_earlier(batch) as source:
-            entries, bad = parse_entries(bounded_lines(source, budget))
+        with open_manifest(batch.root, *batch.parts) as source:
+            entries, bad = parse_entries(manifest_lines(source, budget))
     except (FileNotFoundError, NotADirectoryError):
         return []
     except TooLarge:
@@ -284,13 +417,3 @@ def _read_earlier(batch: EarlierBatch, total: ReadBudget) -> list[ManifestEntry]
     if bad:
         log.warning("Earlier manifest %s: %d line(s) are not valid entries and were skipped", where, bad)
     return entries
-
-
-@contextlib.contextmanager
-def _open_earlier(batch: EarlierBatch) -> Iterator[IO[bytes]]:
-    if isinstance(batch.root, Path):
-        handle = earlier_runs.open_regular_below(batch.root, (*batch.parts, MANIFEST_NAME))
-    else:
-        handle = (batch.path / MANIFEST_NAME).open("rb")
-    with handle:
-        yield handle

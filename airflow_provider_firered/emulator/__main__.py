@@ -21,6 +21,11 @@ def _csv(value: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """
+    Parse the command line.
+
+    :param argv: the arguments, ``sys.argv[1:]`` when None.
+    """
     parser = argparse.ArgumentParser(
         prog="firered-emulator",
         description="Offline FireRed Image Edit gateway on 127.0.0.1. Prints its URLs as one JSON line.",

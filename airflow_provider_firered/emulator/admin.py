@@ -1,6 +1,8 @@
 """
-The admin API (``/_emulator/...`` on the gateway origin): the in-process controls over HTTP, for an
-emulator in another process. It needs no key, and the records it returns are redacted.
+Serve the admin API (``/_emulator/...`` on the gateway origin).
+
+The in-process controls over HTTP, for an emulator in another process. It needs no key, and the
+records it returns are redacted.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ class Cdn:
         self._recorder = recorder
 
     def app(self) -> web.Application:
+        """Return the CDN application: the sample images and the jobs' outputs."""
         app = web.Application(middlewares=[self._middleware])
         app.router.add_get("/samples/{name}", self._sample)
         app.router.add_get("/v1/{request_id}/{name}", self._media)

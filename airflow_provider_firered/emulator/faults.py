@@ -82,10 +82,12 @@ class FaultBook:
         self._rng = random.Random(seed)
 
     def add(self, fault: Fault) -> None:
+        """Inject ``fault``; faults are matched in the order they were added."""
         with self._lock:
             self._faults.append(fault)
 
     def clear(self) -> None:
+        """Remove every fault."""
         with self._lock:
             self._faults.clear()
 
@@ -135,7 +137,7 @@ async def answer_with_fault(
     fault: Fault | None, target: str, request: web.Request, normal: NormalAnswer
 ) -> web.StreamResponse:
     """
-    The answer to ``request`` with ``fault`` applied.
+    Answer ``request`` with ``fault`` applied.
 
     Kinds that replace the answer (``status``, ``drop``, ``reset_mid_body``, ``malformed_json`` and the
     CDN's ``wrong_content_type`` and ``oversized``) never call ``normal``, so they come before the
@@ -159,7 +161,7 @@ async def answer_with_fault(
 
 
 async def _replace(fault: Fault, request: web.Request) -> web.StreamResponse | None:
-    """The answer that replaces the normal one on every origin, if ``fault`` is of such a kind."""
+    """Return the answer that replaces the normal one on every origin, if ``fault`` is of such a kind."""
     if fault.kind == "status":
         body = fault.body if fault.body is not None else _default_error(fault.status_code)
         return web.json_response(body, status=fault.status_code, headers=fault.headers)
@@ -185,7 +187,7 @@ async def _replace(fault: Fault, request: web.Request) -> web.StreamResponse | N
 
 
 async def _cdn_answer(fault: Fault, request: web.Request, normal: NormalAnswer) -> web.StreamResponse:
-    """The CDN's own kinds: a wrong media type, too many bytes, fewer bytes than announced."""
+    """Apply the CDN's own kinds: a wrong media type, too many bytes, fewer bytes than announced."""
     if fault.kind == "wrong_content_type":
         return web.Response(status=200, text="<html>Access denied</html>", content_type="text/html")
     if fault.kind == "oversized":
@@ -204,7 +206,7 @@ async def _cdn_answer(fault: Fault, request: web.Request, normal: NormalAnswer) 
 
 
 def _alter(fault: Fault, target: str, answer: web.StreamResponse) -> web.StreamResponse:
-    """The gateway's kinds that bend a successful submit (202) or status (200) answer."""
+    """Apply the gateway's kinds that bend a successful submit (202) or status (200) answer."""
     if not isinstance(answer, web.Response) or answer.status not in (200, 202):
         return answer
     if target == "submit" and answer.status == 202:

@@ -1,6 +1,7 @@
 """
-The emulated gateway origin: the key check, the rate limits, both submit endpoints and the status
-endpoint. Each request is recorded, and may meet an injected fault before anything else.
+Emulate the gateway origin: the key check, the rate limits, both submit endpoints and the status endpoint.
+
+Each request is recorded, and may meet an injected fault before anything else.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Gateway:
         self._window: list[float] = []
 
     def app(self) -> web.Application:
-        """The gateway application (the admin API adds its routes to it)."""
+        """Return the gateway application (the admin API adds its routes to it)."""
         app = web.Application(middlewares=[self._middleware], client_max_size=2 * 1024 * 1024)
         for spec in MODELS.values():
             app.router.add_post(spec["path"], self._submit)
@@ -75,7 +76,7 @@ class Gateway:
             self._recorder.add("gateway", request, body, response)
 
     async def _checked(self, request: web.Request, handler: Handler, body: Any) -> web.StreamResponse:
-        """The key check, the rate limit, then the route (an unknown route is a JSON 404)."""
+        """Check the key, then the rate limit, then route (an unknown route is a JSON 404)."""
         refused = self._check_key(request)
         if refused is not None:
             return refused
@@ -177,14 +178,14 @@ class Gateway:
 
 
 def _target(path: str) -> str:
-    """What a request is, for the faults: ``submit``, ``status`` or ``any`` (another path)."""
+    """Name what a request is, for the faults: ``submit``, ``status`` or ``any`` (another path)."""
     if path in PATHS:
         return "submit"
     return "status" if path.startswith(STATUS_PREFIX) else "any"
 
 
 async def _read_body(request: web.Request) -> Any:
-    """A POST's JSON body (its text when it is not JSON), None for other methods."""
+    """Read a POST's JSON body (its text when it is not JSON); None for other methods."""
     if request.method != "POST":
         return None
     raw = await request.read()

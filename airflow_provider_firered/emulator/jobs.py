@@ -53,6 +53,7 @@ class Job:
     refunded: bool = False
 
     def status_at(self, now: float) -> str:
+        """Return the job's status at ``now``: QUEUED, PROCESSING, then its outcome once rendered."""
         if now < self.created + self.queued_seconds:
             return "QUEUED"
         if now < self.created + self.queued_seconds + self.processing_seconds or (
@@ -62,7 +63,7 @@ class Job:
         return self.outcome
 
     def status_body(self, now: float) -> dict[str, Any]:
-        """The status endpoint's answer for this job at ``now``."""
+        """Return the status endpoint's answer for this job at ``now``."""
         status = self.status_at(now)
         terminal = status in TERMINAL
         done_at = self.created + self.queued_seconds + self.processing_seconds
@@ -104,10 +105,12 @@ class Jobs:
     # -- lifecycle (on the emulator's loop) ---------------------------------------------------------
 
     async def open(self) -> None:
+        """Open the client that calls webhooks and start evicting old jobs (on the emulator's loop)."""
         self._client = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         self._spawn(self._evict_forever())
 
     async def close(self) -> None:
+        """Cancel the renders and the eviction, and close the webhook client."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -115,6 +118,7 @@ class Jobs:
             await self._client.close()
 
     def shutdown_pool(self) -> None:
+        """Stop the render threads without waiting for the renders in progress."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
@@ -126,17 +130,18 @@ class Jobs:
     # -- bookkeeping ---------------------------------------------------------------------------------
 
     def queue_outcomes(self, status: str, error: str, count: int) -> None:
+        """Make the next ``count`` jobs end ``status`` with ``error``."""
         with self.lock:
             self._outcomes.extend([(status, error)] * count)
 
     def unfinished(self, now: float) -> int:
-        """Jobs still QUEUED or PROCESSING (call with ``lock`` held)."""
+        """Count the jobs still QUEUED or PROCESSING (call with ``lock`` held)."""
         return sum(1 for j in self.by_id.values() if j.status_at(now) in UNFINISHED)
 
     def create(
         self, model: str, body: dict[str, Any], images: list[str], webhook_url: str | None, webhook_mode: str
     ) -> Job:
-        """A new job with the next queued outcome (call with ``lock`` held); :meth:`start` runs it."""
+        """Create a job with the next queued outcome (call with ``lock`` held); :meth:`start` runs it."""
         outcome, error = self._outcomes.pop(0) if self._outcomes else ("COMPLETED", None)
         request_id = f"{model}_{uuid.uuid5(_NAMESPACE, str(next(self._counter)))}"
         job = Job(
@@ -156,9 +161,11 @@ class Jobs:
         return job
 
     def start(self, job: Job) -> None:
+        """Run ``job`` in the background: its timings, its output and its webhook."""
         job.render = self._spawn(self._run(job))
 
     def clear(self) -> None:
+        """Forget every job, output and queued outcome."""
         with self.lock:
             self.by_id.clear()
             self.outputs.clear()

@@ -50,14 +50,17 @@ class EmulatorProcess:
 
     @property
     def gateway_url(self) -> str:
+        """Return the gateway's root URL."""
         return str(self.info["gateway_url"])
 
     @property
     def cdn_url(self) -> str:
+        """Return the CDN's root URL."""
         return str(self.info["cdn_url"])
 
     @property
     def sample_images(self) -> list[str]:
+        """Return the URLs of the sample images the CDN serves."""
         return list(self.info.get("sample_images") or [])
 
     def control(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
@@ -80,6 +83,7 @@ class EmulatorProcess:
         return json.loads(raw) if raw else None
 
     def running(self) -> bool:
+        """Tell whether the emulator's process is still running."""
         return self.popen.poll() is None
 
     def stop(self, grace: float = 15) -> int | None:
@@ -153,7 +157,7 @@ def start_emulator_process(
 
 
 def _first_line(popen: subprocess.Popen[str], timeout: float, where: str) -> dict[str, Any]:
-    """The JSON object the emulator prints first, read within ``timeout`` seconds."""
+    """Read the JSON object the emulator prints first, within ``timeout`` seconds."""
     stdout = popen.stdout
     assert stdout is not None
     lines: list[str] = []

@@ -19,7 +19,7 @@ TERMINAL = ("COMPLETED", "FAILED", "ERROR")
 def error_answer(
     status: int, error: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    """The gateway's documented error body: ``{"error": ..., "message": ...}``."""
+    """Answer with the gateway's documented error body: ``{"error": ..., "message": ...}``."""
     return web.json_response({"error": error, "message": message}, status=status, headers=headers)
 
 
@@ -29,5 +29,5 @@ def has_key(headers: Mapping[str, str]) -> bool:
 
 
 def iso(ts: float) -> str:
-    """A UTC timestamp as the gateway writes it: milliseconds and a ``Z``."""
+    """Format ``ts`` as the gateway writes a UTC timestamp: milliseconds and a ``Z``."""
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -64,6 +64,7 @@ class Recorder:
             return list(self._records)
 
     def clear(self) -> None:
+        """Forget every record."""
         with self._lock:
             self._records.clear()
 
@@ -83,7 +84,7 @@ def _is_secret(name: str, words: tuple[str, ...]) -> bool:
 
 
 def _redact_url(url: str) -> str:
-    """A URL without its query, fragment or user info, which may carry a token (webhook URLs)."""
+    """Drop a URL's query, fragment and user info, which may carry a token (webhook URLs)."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -122,10 +123,11 @@ def _redact_body(body: Any) -> Any:
 
 def record_json(record: RecordedRequest) -> dict[str, Any]:
     """
-    A recorded request for the admin API, secrets redacted: the subscription key and any other
-    credential-like header or body field become ``***`` (the name stays, so a test can still see that
-    one was sent), and a webhook URL loses its query. ``Emulator.requests`` keeps the raw values for
-    in-process tests.
+    Return a recorded request for the admin API, secrets redacted.
+
+    The subscription key and any other credential-like header or body field become ``***`` (the name
+    stays, so a test can still see that one was sent), and a webhook URL loses its query.
+    ``Emulator.requests`` keeps the raw values for in-process tests.
     """
     return {
         "origin": record.origin,

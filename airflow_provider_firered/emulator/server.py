@@ -181,7 +181,7 @@ class Emulator:
         return [r for r in self.requests if r.origin == "gateway" and r.method == "POST" and r.path in PATHS]
 
     def submissions(self, model: str | None = None) -> list[RecordedRequest]:
-        """The POSTs that created a job (answered 202), optionally for one model."""
+        """Return the POSTs that created a job (answered 202), optionally for one model."""
         return [
             r for r in self.submit_attempts() if r.status == 202 and (model is None or PATHS[r.path] == model)
         ]
@@ -215,7 +215,7 @@ class Emulator:
         self._jobs.queue_outcomes(status, error, count)
 
     def job(self, request_id: str) -> dict[str, Any]:
-        """The status body of a job, as the status endpoint would answer it now."""
+        """Return the status body of a job, as the status endpoint would answer it now."""
         return self._jobs.by_id[request_id].status_body(time.time())
 
     def reset(self) -> None:

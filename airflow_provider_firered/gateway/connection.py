@@ -24,6 +24,7 @@ from airflow_provider_firered.gateway.connection_extras import (
     retry_policy,
 )
 from airflow_provider_firered.utils.retry import RetryPolicy
+from airflow_provider_firered.utils.urls import http_url_parts
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -83,11 +84,11 @@ class GatewaySettings:
         return url_origin(self.base_url)
 
     def is_gateway_url(self, url: str) -> bool:
-        """Whether ``url`` is on the gateway's own origin."""
+        """Return whether ``url`` is on the gateway's own origin."""
         return url_origin(url) == self.origin
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The documented request headers, key included: for gateway URLs only."""
+        """Return the documented request headers, key included: for gateway URLs only."""
         return {**self.base_headers, **(extra or {})}
 
     @cached_property
@@ -140,7 +141,7 @@ def _check_type(conn: Connection) -> None:
 
 
 def _api_key(conn: Connection) -> str:
-    """The key without surrounding whitespace; one with a control or non-ASCII character is refused."""
+    """Return the key without surrounding whitespace; refuse one with a control or non-ASCII character."""
     raw = conn.password or ""
     key = raw.strip()
     field_name = f"connection {conn.conn_id!r} password"
@@ -196,8 +197,8 @@ def _gateway_root(host: str | None, schema: str | None, port: int | None) -> str
             f"must be an http(s) gateway URL of at most {MAX_GATEWAY_URL_CHARS} characters, got {len(host)}",
         )
     url = host if "://" in host else f"{schema or 'https'}://{host}"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    parts = http_url_parts(url)
+    if parts is None or not parts.hostname:
         raise FireRedValidationError("connection host", f"must be an http(s) gateway URL, got {clip(host)}")
     if len(parts.hostname) > MAX_HOST_CHARS:
         raise FireRedValidationError(
@@ -213,6 +214,11 @@ def _gateway_root(host: str | None, schema: str | None, port: int | None) -> str
 
 
 def url_origin(url: str) -> tuple[str, str, int | None]:
+    """
+    Return the origin of ``url``: its scheme, host and port (the scheme's default when not given).
+
+    :param url: an http(s) URL.
+    """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     try:
@@ -223,4 +229,9 @@ def url_origin(url: str) -> tuple[str, str, int | None]:
 
 
 def url_host(url: str) -> str:
+    """
+    Return the host of ``url`` for messages: never the full URL, which may carry credentials.
+
+    :param url: a URL.
+    """
     return urlsplit(url).hostname or "unknown host"

@@ -97,7 +97,7 @@ class Extra:
     maximum: float | None = None
 
     def allowed(self) -> str:
-        """The allowed values in words, for error messages and the README."""
+        """Return the allowed values in words, for error messages and the README."""
         if self.kind == "boolean":
             return "true or false"
         if self.kind == "host":
@@ -114,7 +114,7 @@ class Extra:
         return " ".join([noun, " and ".join(bounds)]) if bounds else noun
 
     def schema(self) -> dict[str, Any]:
-        """The JSON schema of the form field; null is allowed and means the default."""
+        """Return the JSON schema of the form field; null is allowed and means the default."""
         schema: dict[str, Any] = {"type": [_JSON_TYPE[self.kind], "null"]}
         if self.minimum is not None:
             schema["exclusiveMinimum" if self.exclusive else "minimum"] = self.minimum
@@ -233,7 +233,7 @@ def _retry(
     minimum: float = 0,
     maximum: float = MAX_RETRY_WAIT,
 ) -> Extra:
-    """A retry extra: ``retry_<field>``, its default taken from :class:`RetryPolicy`."""
+    """Return a retry extra: ``retry_<field>``, its default taken from :class:`RetryPolicy`."""
     return Extra(f"retry_{name}", kind, _RETRY_DEFAULTS[name], label, help, minimum=minimum, maximum=maximum)
 
 
@@ -346,7 +346,7 @@ def parse_extras(extras: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def retry_policy(values: Mapping[str, Any]) -> RetryPolicy:
-    """The retry policy from parsed extras (see :func:`parse_extras`)."""
+    """Return the retry policy of parsed extras (see :func:`parse_extras`)."""
     return RetryPolicy(**{field: values[name] for name, field in RETRY_EXTRAS.items()})
 
 
@@ -354,7 +354,7 @@ def retry_policy(values: Mapping[str, Any]) -> RetryPolicy:
 
 
 def conn_fields() -> dict[str, dict[str, Any]]:
-    """The ``conn-fields`` of provider info (Airflow 3.2+ builds the form's extra fields from it)."""
+    """Return the ``conn-fields`` of provider info (Airflow 3.2+ builds the form's extra fields from it)."""
     return {
         extra.name: {
             "label": extra.label,
@@ -367,7 +367,7 @@ def conn_fields() -> dict[str, dict[str, Any]]:
 
 
 def provider_field_behaviour() -> dict[str, Any]:
-    """The ``ui-field-behaviour`` of provider info (kebab-case keys)."""
+    """Return the ``ui-field-behaviour`` of provider info (kebab-case keys)."""
     return {
         "hidden-fields": list(HIDDEN_FIELDS),
         "relabeling": dict(RELABELING),
@@ -376,7 +376,7 @@ def provider_field_behaviour() -> dict[str, Any]:
 
 
 def legacy_field_behaviour() -> dict[str, Any]:
-    """What ``get_ui_field_behaviour`` returns (Airflow 3.0/3.1), with every extra's default as JSON."""
+    """Return what ``get_ui_field_behaviour`` gives Airflow 3.0/3.1, with every extra's default as JSON."""
     defaults = {extra.name: extra.default for extra in EXTRAS}
     return {
         "hidden_fields": list(HIDDEN_FIELDS),
@@ -397,7 +397,7 @@ def _default_text(extra: Extra) -> str:
 
 
 def extras_table_markdown() -> str:
-    """The README's extras table (the README embeds exactly this text)."""
+    """Return the README's extras table (the README embeds exactly this text)."""
     lines = [
         "| extra | form label | default | allowed | meaning |",
         "|---|---|---|---|---|",

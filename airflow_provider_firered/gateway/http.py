@@ -31,6 +31,7 @@ from airflow_provider_firered.exceptions import (
 from airflow_provider_firered.gateway.connection import url_host
 from airflow_provider_firered.gateway.results import (
     MAX_ANSWER_BYTES,
+    SubmitResult,
     answer_too_large,
     check_answer_length,
     content_length,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     from airflow_provider_firered.gateway.connection import GatewaySettings
+    from airflow_provider_firered.gateway.options import EditRequest
 
 #: Bytes asked for per read of a gateway answer: a read returns what has arrived, up to this.
 _READ_CHUNK = 64 * 1024
@@ -114,11 +116,36 @@ def gateway_call(
     )
 
 
+def submit_once(session: requests.Session, settings: GatewaySettings, request: EditRequest) -> SubmitResult:
+    """
+    POST a validated edit once; return the gateway's ``202`` answer.
+
+    Only what surely did not create a job comes out retryable: a ``429``, a connection that never
+    opened, and (``resend_submit_on_5xx``) a ``5xx``/``408`` answer. Any other failure raises
+    :class:`FireRedSubmitUncertainError`.
+
+    :param session: a session that carries no key.
+    :param settings: the gateway settings.
+    :param request: the edit, as :func:`~airflow_provider_firered.gateway.options.validate_edit` built it.
+    """
+    try:
+        status, data = gateway_call(
+            session, settings, "POST", request.model.submit_path, body=request.body, headers=request.headers
+        )
+        return SubmitResult.from_json(data, status)
+    except FireRedApiError as err:
+        if submit_refused(err, resend_on_5xx=settings.resend_submit_on_5xx):
+            raise  # the gateway answered, and did not take the edit (or asked for a retry)
+        raise FireRedSubmitUncertainError(url_host(settings.base_url), str(err)) from None
+
+
 @dataclass(frozen=True)
 class PreparedGet:
     """
-    A gateway GET as aiohttp takes it, built once and sent at every poll of a wait: the URL parsed
-    and the headers in aiohttp's own mapping, so that a poll parses and copies neither again.
+    A gateway GET as aiohttp takes it, built once and sent at every poll of a wait.
+
+    The URL is parsed and the headers are in aiohttp's own mapping, so that a poll parses and copies
+    neither again.
 
     :param url: the gateway URL of the endpoint.
     :param headers: the documented request headers, key included (see ``GatewaySettings.headers``).
@@ -132,7 +159,7 @@ class PreparedGet:
     @classmethod
     def build(cls, settings: GatewaySettings, path: str) -> PreparedGet:
         """
-        The GET of ``path`` under the gateway root of ``settings``.
+        Return the GET of ``path`` under the gateway root of ``settings``.
 
         :param settings: the gateway settings (root and headers).
         :param path: the endpoint path under the gateway root.
@@ -183,9 +210,10 @@ async def agateway_get(
 
 def never_sent(err: requests.RequestException) -> bool:
     """
-    Whether a failed request surely never reached the server, so sending it again is safe: the
-    connection was refused or timed out, or its TLS handshake failed (a plain-http server, a bad
-    certificate), before any byte of the request left.
+    Return whether a failed request surely never reached the server, so sending it again is safe.
+
+    That is when the connection was refused or timed out, or its TLS handshake failed (a plain-http
+    server, a bad certificate), before any byte of the request left.
     """
     if isinstance(err, requests.ConnectTimeout):
         return True
@@ -197,8 +225,9 @@ def never_sent(err: requests.RequestException) -> bool:
 
 def submit_refused(err: FireRedApiError, *, resend_on_5xx: bool) -> bool:
     """
-    Whether a submit's error answer means the gateway did not take the edit (so the error is passed
-    on as it is: retried if a ``429``, final if a ``4xx`` or a redirect).
+    Return whether a submit's error answer means the gateway did not take the edit.
+
+    Such an error is passed on as it is: retried if a ``429``, final if a ``4xx`` or a redirect.
 
     A ``5xx`` or ``408`` may come after the gateway queued (and charged) the job, and a ``2xx`` that
     cannot be read may be an accepted job whose id is lost: neither is sure, unless the connection

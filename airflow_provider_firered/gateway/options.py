@@ -15,9 +15,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.utils.urls import http_url_parts
 
 OptionType = Literal["integer", "number", "boolean", "string", "array"]
 
@@ -364,12 +364,8 @@ def _check_url(url: Any, field_name: str, *, schemes: tuple[str, ...]) -> None:
         raise FireRedValidationError(field_name, f"must be an {wanted} URL, got {type(url).__name__}")
     if len(url) > MAX_URL_CHARS:
         raise FireRedValidationError(field_name, f"must be at most {MAX_URL_CHARS} characters long")
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise FireRedValidationError(field_name, f"must be an {wanted} URL, got {_short(url)}") from None
-    if parts.scheme.lower() not in schemes or not parts.hostname or any(c.isspace() for c in url):
+    parts = http_url_parts(url, schemes)
+    if parts is None:
         raise FireRedValidationError(field_name, f"must be an {wanted} URL, got {_short(url)}")
     if parts.username or parts.password:
         raise FireRedValidationError(field_name, "must not embed credentials (user:password@) in the URL")
@@ -377,8 +373,10 @@ def _check_url(url: Any, field_name: str, *, schemes: tuple[str, ...]) -> None:
 
 def expected_outputs(model: str, parameters: Mapping[str, Any] | None = None) -> int:
     """
-    How many media URLs a completed edit may carry: its ``num_images`` when the model has that
-    option, else 1. A ``COMPLETED`` answer listing more is a bad answer.
+    Return how many media URLs a completed edit may carry.
+
+    That is its ``num_images`` when the model has that option, else 1. A ``COMPLETED`` answer
+    listing more is a bad answer.
 
     :param model: the model id.
     :param parameters: the edit's options, as validated by :func:`validate_edit`.

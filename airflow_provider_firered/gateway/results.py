@@ -1,6 +1,8 @@
 """
-The gateway's answers: read within bounds (size, the key scrubbed from their text), errors mapped to
-exceptions, then typed (``SubmitResult``, ``JobStatusResult``), trusting none of their fields.
+Read the gateway's answers within bounds, map errors to exceptions, then type them.
+
+Answers are bounded in size and the key is scrubbed from their text; the typed answers
+(``SubmitResult``, ``JobStatusResult``) trust none of their fields.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
@@ -22,6 +24,7 @@ from airflow_provider_firered.exceptions import (
 from airflow_provider_firered.gateway.connection import url_host
 from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES, STATUS_PATH
 from airflow_provider_firered.utils.retry import parse_retry_after
+from airflow_provider_firered.utils.urls import MAX_URL_LENGTH, is_http_url
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -39,7 +42,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def status_path(request_id: str) -> str:
-    """The status endpoint path for ``request_id``, which is checked to be a plain id first."""
+    """Return the status endpoint path for ``request_id``, which is checked to be a plain id first."""
     if not isinstance(request_id, str):
         raise FireRedValidationError("request_id", f"must be a string, got {request_id!r}")
     return _status_path(request_id)
@@ -77,7 +80,7 @@ def scrub(text: str, secret: str | None) -> str:
 
 
 def scrub_data(data: Any, secret: str | None) -> Any:
-    """Decoded JSON with the key scrubbed from every string in it (keys and values alike)."""
+    """Return decoded JSON with the key scrubbed from every string in it (keys and values alike)."""
     if not secret:
         return data
     if isinstance(data, str):
@@ -177,7 +180,7 @@ def check_answer_length(
 
 
 def content_length(headers: Mapping[str, str]) -> int | None:
-    """The announced ``Content-Length`` of an answer, or ``None`` when absent or not a number."""
+    """Return the announced ``Content-Length`` of an answer, or ``None`` when absent or not a number."""
     try:
         return int(headers["Content-Length"])
     except (KeyError, ValueError):
@@ -185,7 +188,7 @@ def content_length(headers: Mapping[str, str]) -> int | None:
 
 
 def answer_too_large(status: int, *, method: str, request_id: str | None) -> FireRedResponseError:
-    """The error for an answer over :data:`MAX_ANSWER_BYTES` (announced or counted while reading)."""
+    """Return the error for an answer over :data:`MAX_ANSWER_BYTES` (announced or counted while reading)."""
     return FireRedResponseError(
         status,
         f"answer larger than {MAX_ANSWER_BYTES} bytes; the documented answers are under 2 KB",
@@ -211,8 +214,6 @@ def check_media_type(url: str, content_type: str | None) -> None:
         raise FireRedDownloadError(url, f"unexpected Content-Type {content_type!r}; expected an image")
 
 
-#: Longest media URL accepted from a status answer.
-MAX_URL_LENGTH = 4096
 #: Longest kept text of the other fields (``error``, ``model_id``, ``media_type``, times, status).
 _TEXT_LIMITS = {"error": 2000, "model_id": 128, "media_type": 128, "time": 64, "status": 64}
 _STATUS_LIMIT, _MODEL_LIMIT, _ERROR_LIMIT, _MEDIA_TYPE_LIMIT, _TIME_LIMIT = (
@@ -268,8 +269,9 @@ class SubmitResult:
     @classmethod
     def from_json(cls, data: Any, status_code: int = 202) -> SubmitResult:
         """
-        Parse a submit answer; raise :class:`FireRedResponseError` (not retryable: the edit may have
-        been accepted) if it carries no plain request id.
+        Parse a submit answer; raise :class:`FireRedResponseError` if it carries no plain request id.
+
+        That error is not retryable: the edit may have been accepted.
         """
         request_id = data.get("request_id") if isinstance(data, dict) else None
         if not is_request_id(request_id):
@@ -286,6 +288,10 @@ class SubmitResult:
             if isinstance(polling_url, str) and len(polling_url) <= MAX_URL_LENGTH
             else None,
         )
+
+    def as_status(self) -> JobStatusResult:
+        """Return the status this answer states, as a status read would give it (no request is made)."""
+        return JobStatusResult(self.request_id, self.status, self.status.value)
 
 
 @dataclass(frozen=True)
@@ -361,7 +367,7 @@ class JobStatusResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The result shape the operator and the sensor return, before any output is downloaded."""
+        """Return the result shape the operator and the sensor return, before any output is downloaded."""
         return {
             "request_id": self.request_id,
             "model_id": self.model_id,
@@ -373,7 +379,7 @@ class JobStatusResult:
 
 
 def _media_urls(media: Any, bad: Callable[[str], FireRedResponseError]) -> list[str]:
-    """The media URLs of a ``COMPLETED`` answer: 1 to ``MAX_NUM_IMAGES`` http(s) URLs, else ``bad``."""
+    """Return the media URLs of a ``COMPLETED`` answer: 1 to ``MAX_NUM_IMAGES`` http(s) URLs, else ``bad``."""
     if isinstance(media, str):
         media = [media]
     if not isinstance(media, list) or not media:
@@ -381,24 +387,9 @@ def _media_urls(media: Any, bad: Callable[[str], FireRedResponseError]) -> list[
     if len(media) > MAX_NUM_IMAGES:
         raise bad(f"job is COMPLETED with {len(media)} media URLs; an edit makes at most {MAX_NUM_IMAGES}")
     for index, url in enumerate(media):
-        if not _is_http_url(url):
+        if not is_http_url(url):
             raise bad(f"output.media_url[{index}] is not an http(s) URL: {_preview(url, 120)}")
     return list(media)
-
-
-def _is_http_url(url: Any) -> bool:
-    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH or _has_control(url):
-        return False
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  (raises on a malformed port)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _has_control(text: str) -> bool:
-    return any(ord(c) < 0x21 or ord(c) == 0x7F for c in text)
 
 
 def _opt_str(value: Any, limit: int) -> str | None:

@@ -1,16 +1,28 @@
 """
-How a wait paces its status reads and when it stops waiting for a job to start: one policy for the
-trigger, the operator's worker path and the sensor, so that both ways of waiting behave alike.
+Pace a wait's status reads and decide when it stops waiting for a job to start.
+
+One policy for the trigger, the operator's worker path and the sensor, so that every way of waiting
+behaves alike.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_firered.exceptions import FireRedValidationError
+from airflow_provider_firered.exceptions import (
+    FireRedStartTimeoutError,
+    FireRedTimeoutError,
+    FireRedValidationError,
+)
 from airflow_provider_firered.gateway.results import JobStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow_provider_firered.gateway.results import JobStatusResult
 
 #: The shortest accepted ``poll_interval`` / ``poke_interval``, in seconds (the reference recommends 5-10).
 MIN_POLL_INTERVAL = 1.0
@@ -18,6 +30,8 @@ MIN_POLL_INTERVAL = 1.0
 #: interval this many times longer, up to the cap: a 10-minute job polled from 5 s reaches a 60 s cap
 #: after seven reads instead of making 120.
 BACKOFF_FACTOR = 1.5
+#: The most resubmissions of an ``ERROR`` job ``resubmit_on_error`` may ask for.
+MAX_RESUBMITS = 10
 
 
 def validate_poll_interval(name: str, value: Any) -> None:
@@ -44,10 +58,23 @@ def validate_timeout(value: Any) -> None:
         raise FireRedValidationError("timeout", f"must be a positive number of seconds, got {value!r}")
 
 
+def validate_resubmit_on_error(value: Any) -> None:
+    """
+    Check ``resubmit_on_error``, naming the field: a whole number from 0 to :data:`MAX_RESUBMITS`.
+
+    :param value: its value.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_RESUBMITS:
+        raise FireRedValidationError(
+            "resubmit_on_error", f"must be a whole number from 0 to {MAX_RESUBMITS}, got {value!r}"
+        )
+
+
 def validate_seconds(name: str, value: Any, *, at_least: float = 0.0) -> None:
     """
-    Check an optional duration, naming the field: None, or a finite number of seconds above
-    ``at_least`` (or equal to it when it is not 0).
+    Check an optional duration, naming the field: None, or a finite number of seconds.
+
+    The number must be above ``at_least``, or equal to it when it is not 0.
 
     :param name: the field, as the user spells it.
     :param value: its value.
@@ -86,7 +113,7 @@ class WaitPolicy:
 
     def next_interval(self, current: float, status: JobStatus | None) -> float:
         """
-        The interval before the next read, after a read found ``status`` (None: it could not be read).
+        Return the interval before the next read, after a read found ``status`` (None: it could not be read).
 
         :param current: the interval used before that read.
         :param status: the status read.
@@ -99,7 +126,7 @@ class WaitPolicy:
 
     def start_deadline(self, waiting_since: float) -> float | None:
         """
-        The epoch time by which the job must have left ``QUEUED``, for a wait that began then.
+        Return the epoch time by which the job must have left ``QUEUED``, for a wait that began then.
 
         :param waiting_since: when the wait began, in epoch seconds.
         """
@@ -108,10 +135,49 @@ class WaitPolicy:
 
 def not_started_in_time(status: JobStatus, start_deadline: float | None, now: float) -> bool:
     """
-    Whether a job read ``status`` at ``now`` is still ``QUEUED`` past its start deadline.
+    Return whether a job read ``status`` at ``now`` is still ``QUEUED`` past its start deadline.
 
     :param status: the status read.
     :param start_deadline: the start deadline in epoch seconds; None means none.
     :param now: when it was read, in epoch seconds.
     """
     return start_deadline is not None and status is JobStatus.QUEUED and now >= start_deadline
+
+
+def poll_until_done(
+    read: Callable[[str], JobStatusResult],
+    status: JobStatusResult,
+    policy: WaitPolicy,
+    *,
+    deadline: float,
+    start_deadline: float | None,
+    timeout: float,
+) -> JobStatusResult:
+    """
+    Read a job's status, blocking, until it ends: the trigger's policy, for a wait on the worker.
+
+    Raise :class:`FireRedStartTimeoutError` when the job is still ``QUEUED`` at ``start_deadline``,
+    and :class:`FireRedTimeoutError` once ``deadline`` passes.
+
+    :param read: reads the status of a request id (the hook's ``get_status``).
+    :param status: the status to start from.
+    :param policy: the wait's pace and start timeout.
+    :param deadline: the end of the wait, in epoch seconds.
+    :param start_deadline: when the job must have left ``QUEUED``, in epoch seconds (None: no limit).
+    :param timeout: the wait the deadline stands for, in seconds (for its message).
+    :return: the job's terminal status.
+    """
+    interval = policy.poll_interval
+    while not status.status.is_terminal:
+        now = time.time()
+        if not_started_in_time(status.status, start_deadline, now):
+            raise FireRedStartTimeoutError(status.request_id, policy.start_timeout or 0.0)
+        remaining = deadline - now
+        if remaining <= 0:
+            raise FireRedTimeoutError(status.request_id, timeout, status.raw_status)
+        if status.status is JobStatus.QUEUED and start_deadline is not None:
+            remaining = min(remaining, max(start_deadline - now, 0.0))  # read again right then
+        time.sleep(min(interval, remaining))
+        status = read(status.request_id)
+        interval = policy.next_interval(interval, status.status)
+    return status

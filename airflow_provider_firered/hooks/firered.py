@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import requests
-from airflow.providers.http.hooks.http import HttpHook
+from airflow.providers.common.compat.sdk import BaseHook
 from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
 
-from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedSubmitUncertainError
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedError
 from airflow_provider_firered.gateway.connection import (
     DEFAULT_GATEWAY,
     KEY_HEADER,
     GatewaySettings,
     url_host,
 )
-from airflow_provider_firered.gateway.http import PreparedGet, agateway_get, gateway_call, submit_refused
-from airflow_provider_firered.gateway.options import validate_edit
+from airflow_provider_firered.gateway.http import PreparedGet, agateway_get, gateway_call, submit_once
+from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES, EditRequest, validate_edit
 from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult, SubmitResult, status_path
 from airflow_provider_firered.media import downloads
 from airflow_provider_firered.media.hosts import new_media_session
 from airflow_provider_firered.utils import loop_shared
+from airflow_provider_firered.version_compat import aget_connection
 
 if TYPE_CHECKING:
     import os
@@ -33,21 +33,26 @@ if TYPE_CHECKING:
 
     import aiohttp
     from airflow.providers.common.compat.sdk import ObjectStoragePath
-    from airflow.sdk import Connection
 
     from airflow_provider_firered.utils.retry import RetryPolicy
 
 __all__ = ["DEFAULT_GATEWAY", "KEY_HEADER", "FireRedHook", "GatewaySettings"]
 
-#: HttpHook's default TCP keep-alive (its ``tcp_keep_alive_*`` arguments), for the worker's session.
-_HTTP_HOOK_KEEP_ALIVE = {
-    name.removeprefix("tcp_keep_alive_"): param.default
-    for name, param in inspect.signature(HttpHook.__init__).parameters.items()
-    if name.startswith("tcp_keep_alive_")
-}
+#: TCP keep-alive of the worker's session (the defaults of Airflow's ``HttpHook``): idle seconds before
+#: the first probe, probes before the connection is dropped, and seconds between probes.
+TCP_KEEP_ALIVE = {"idle": 120, "count": 20, "interval": 30}
 
 
-class FireRedHook(HttpHook):
+class _StatusGet(NamedTuple):
+    """The status GET a hook last built: for this request id, from these settings, at this path."""
+
+    request_id: str
+    settings: GatewaySettings
+    path: str
+    get: PreparedGet
+
+
+class FireRedHook(BaseHook):
     """
     Interact with the FireRed Image Edit gateway.
 
@@ -62,8 +67,8 @@ class FireRedHook(HttpHook):
     one event loop then share one aiohttp session (kept-alive connections, no key on it), given back
     on exit.
 
-    From :class:`HttpHook` it takes ``base_url``/``url_from_endpoint`` and the TCP keep-alive defaults,
-    not ``get_conn``/``run``: they put the password and extras on a session for any host and follow redirects.
+    It extends ``BaseHook``, not ``HttpHook``: every exchange is its own (bounded, key on the gateway's
+    origin only, no redirect followed), so ``HttpHook``'s ``run`` would only be a way around them.
 
     :param firered_conn_id: the id of a ``firered`` connection.
     :param retry_policy: overrides the retry policy read from the connection.
@@ -75,7 +80,6 @@ class FireRedHook(HttpHook):
     default_conn_name = "firered_default"
     conn_type = "firered"
     hook_name = "FireRed Image Edit"
-    default_host = DEFAULT_GATEWAY
 
     def __init__(
         self,
@@ -84,8 +88,7 @@ class FireRedHook(HttpHook):
         retry_policy: RetryPolicy | None = None,
         request_log_level: int = logging.INFO,
     ) -> None:
-        # No keep-alive adapter per hook: _session builds one for the worker path only.
-        super().__init__(method="GET", http_conn_id=firered_conn_id, tcp_keep_alive=False)
+        super().__init__()
         self.firered_conn_id = firered_conn_id
         #: The level of the lines logged per submit and per download; a batch of thousands logs them
         #: at DEBUG and writes one line per wave instead.
@@ -93,8 +96,8 @@ class FireRedHook(HttpHook):
         self._retry_override = retry_policy
         self._settings: GatewaySettings | None = None
         self._async_session: aiohttp.ClientSession | None = None
-        #: The status GET last sent: its request id, the settings it was built from, its path, the GET.
-        self._status_get: tuple[str, GatewaySettings, str, PreparedGet] | None = None
+        #: The status GET last sent, reused by the next poll of the same request.
+        self._status_get: _StatusGet | None = None
         self._shares_session = False
 
     def __repr__(self) -> str:
@@ -102,7 +105,7 @@ class FireRedHook(HttpHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Connection form for Airflow 3.0/3.1 (3.2+ reads ``conn-fields`` from provider info)."""
+        """Return the connection form for Airflow 3.0/3.1 (3.2+ reads ``conn-fields`` from provider info)."""
         from airflow_provider_firered.gateway.connection_extras import legacy_field_behaviour
 
         return legacy_field_behaviour()
@@ -111,14 +114,14 @@ class FireRedHook(HttpHook):
 
     @property
     def settings(self) -> GatewaySettings:
-        """The resolved connection (looked up once per hook)."""
+        """Return the resolved connection (looked up once per hook)."""
         if self._settings is None:
             return self.refresh_settings()
         return self._settings
 
     async def aget_settings(self) -> GatewaySettings:
         """
-        The resolved connection, looked up without blocking the event loop.
+        Return the resolved connection, looked up without blocking the event loop.
 
         Waits starting in the same loop within a minute reuse one lookup (see ``loop_shared``).
         """
@@ -147,43 +150,31 @@ class FireRedHook(HttpHook):
     async def _aresolve(self) -> GatewaySettings:
         from asgiref.sync import sync_to_async
 
-        conn = await self._aget_connection()
+        conn = await aget_connection(self, self.firered_conn_id)
         # from_connection masks the key, and mask_secret talks to the triggerer's supervisor with a
         # blocking call that Airflow 3.0 refuses on the event loop's thread: run it in a worker thread.
         return await sync_to_async(GatewaySettings.from_connection)(conn)
-
-    async def _aget_connection(self) -> Connection:
-        aget = getattr(super(), "aget_connection", None)
-        if aget is not None:  # Airflow 3.1+
-            return cast("Connection", await aget(self.firered_conn_id))
-        from asgiref.sync import sync_to_async
-
-        return await sync_to_async(self.get_connection)(self.firered_conn_id)
 
     def _use_settings(self, settings: GatewaySettings) -> GatewaySettings:
         """Use ``settings`` from now on (with the overriding retry policy, if any); return them."""
         if self._retry_override is not None:
             settings = dataclasses.replace(settings, retry=self._retry_override)
         self._settings = settings
-        self.base_url = settings.base_url  # HttpHook's url_from_endpoint() then needs no lookup of its own
         return settings
 
     # -- sync (workers) ---------------------------------------------------------------------------
 
     @cached_property
     def _session(self) -> requests.Session:
-        # One pooled session per hook; it carries no key: the key is added per gateway request.
+        # One pooled session per hook, built on first use (a triggerer builds thousands of hooks and
+        # never uses it); it carries no key: the key is added per gateway request.
         session = requests.Session()
-        adapter = TCPKeepAliveAdapter(**_HTTP_HOOK_KEEP_ALIVE)
+        adapter = TCPKeepAliveAdapter(**TCP_KEEP_ALIVE)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
 
-    def get_conn(
-        self,
-        headers: dict[Any, Any] | None = None,  # noqa: ARG002 - HttpHook.get_conn's signature
-        extra_options: dict[str, Any] | None = None,  # noqa: ARG002
-    ) -> requests.Session:
+    def get_conn(self) -> requests.Session:
         """Return the hook's pooled ``requests`` session (no credentials are set on it)."""
         return self._session
 
@@ -201,12 +192,8 @@ class FireRedHook(HttpHook):
         """
         Validate and submit an edit; return the gateway's ``202`` answer.
 
-        Bad input raises :class:`FireRedValidationError` before any request is made. A submit is paid,
-        so it is sent again only when the gateway surely did not take it: a ``429``, or a connection
-        that never opened (refused, connect timeout, failed TLS handshake). Any other failure after
-        it left (``5xx``, ``408``, a reset, a timeout, a malformed ``2xx``) raises
-        :class:`FireRedSubmitUncertainError` without retrying, unless the connection extra
-        ``resend_submit_on_5xx`` asks to send it again after a ``5xx``/``408`` answer.
+        Bad input raises :class:`FireRedValidationError` before any request is made; the edit is then
+        sent by :meth:`submit_request`.
 
         :param model: ``firered-image-edit`` or ``firered-image-edit-v1-1``.
         :param prompt: the edit instruction.
@@ -214,25 +201,41 @@ class FireRedHook(HttpHook):
         :param parameters: the model's documented options, by their API names.
         :param webhook_url: optional https URL the gateway calls back (``X-Webhook-URL``).
         :param webhook_mode: ``terminal`` (default at the gateway) or ``sync`` (``X-Webhook-Mode``).
-        :param retry: False raises a ``429`` (or a connection that never opened) at once instead of
-            waiting to send again: for a caller with other work to do meanwhile (a batch's next wave).
+        :param retry: see :meth:`submit_request`.
         """
         request = validate_edit(
             model, prompt, images, parameters, webhook_url=webhook_url, webhook_mode=webhook_mode
         )
+        return self.submit_request(request, retry=retry)
+
+    def submit_request(self, request: EditRequest, *, retry: bool = True) -> SubmitResult:
+        """
+        Submit an edit that :func:`~airflow_provider_firered.gateway.options.validate_edit` built.
+
+        The request is sent as it is, not validated again. A submit is paid, so it is sent again only
+        when the gateway surely did not take it: a ``429``, or a connection that never opened
+        (refused, connect timeout, failed TLS handshake). Any other failure after it left (``5xx``,
+        ``408``, a reset, a timeout, a malformed ``2xx``) raises :class:`FireRedSubmitUncertainError`
+        without retrying, unless the connection extra ``resend_submit_on_5xx`` asks to send it again
+        after a ``5xx``/``408`` answer.
+
+        :param request: the validated edit.
+        :param retry: False raises a ``429`` (or a connection that never opened) at once instead of
+            waiting to send again: for a caller with other work to do meanwhile (a batch's next wave).
+        :return: the gateway's ``202`` answer.
+        """
         settings = self.settings
         self.log.log(
             self.request_log_level,
             "Submitting a %s edit with %d image(s) to %s",
-            model,
+            request.model.model_id,
             len(request.body[request.model.image_field]),
             settings.base_url,
         )
-        submit = (request.model.submit_path, request.body, request.headers)
         if retry:
-            result = settings.retry.call(self._submit_once, settings, *submit)
+            result = settings.retry.call(submit_once, self._session, settings, request)
         else:
-            result = self._submit_once(settings, *submit)
+            result = submit_once(self._session, settings, request)
         self._check_polling_url(result)
         self.log.log(
             self.request_log_level,
@@ -241,21 +244,6 @@ class FireRedHook(HttpHook):
             result.status.value,
         )
         return result
-
-    def _submit_once(
-        self, settings: GatewaySettings, path: str, body: Any, headers: Mapping[str, str]
-    ) -> SubmitResult:
-        """
-        POST once. Only what surely did not create a job comes out retryable: a ``429``, a
-        connection that never opened, and (``resend_submit_on_5xx``) a ``5xx``/``408`` answer.
-        """
-        try:
-            status, data = gateway_call(self._session, settings, "POST", path, body=body, headers=headers)
-            return SubmitResult.from_json(data, status)
-        except FireRedApiError as err:
-            if submit_refused(err, resend_on_5xx=settings.resend_submit_on_5xx):
-                raise  # the gateway answered, and did not take the edit (or asked for a retry)
-            raise FireRedSubmitUncertainError(url_host(settings.base_url), str(err)) from None
 
     def get_status(self, request_id: str) -> JobStatusResult:
         """
@@ -336,9 +324,10 @@ class FireRedHook(HttpHook):
         suffix_from_content: bool = False,
     ) -> str:
         """
-        Download a media URL to a local path or an ``ObjectStoragePath``, atomically (see
-        :func:`airflow_provider_firered.media.downloads.download`). No credentials are sent; the host and
-        every redirect target must be public unless the gateway itself is local or the connection
+        Download a media URL to a local path or an ``ObjectStoragePath``, atomically.
+
+        See :func:`airflow_provider_firered.media.downloads.download`. No credentials are sent; the host
+        and every redirect target must be public unless the gateway itself is local or the connection
         sets ``allow_private_media_hosts``; the whole exchange gets ``request_timeout`` seconds.
 
         :param url: the media URL (CDN).
@@ -354,6 +343,35 @@ class FireRedHook(HttpHook):
             destination,
             max_bytes=max_bytes,
             suffix_from_content=suffix_from_content,
+            log_level=self.request_log_level,
+        )
+
+    def download_outputs(
+        self,
+        result: Mapping[str, Any],
+        output_dir: str | os.PathLike[str] | ObjectStoragePath | None,
+        *,
+        max_outputs: int | None = MAX_NUM_IMAGES,
+        session: requests.Session | None = None,
+    ) -> list[str]:
+        """
+        Download every media URL of a completed job into ``output_dir``.
+
+        See :func:`airflow_provider_firered.media.downloads.download_outputs`.
+
+        :param result: the job's result (``request_id``, ``media_urls``, ``media_type``).
+        :param output_dir: a local folder or an object storage URL; nothing is downloaded without it.
+        :param max_outputs: the most media URLs the edit asked for (``None``: no bound).
+        :param session: a media session of the calling thread's own, for downloads that run in several
+            threads; the hook's otherwise.
+        :return: the paths written, in media order.
+        """
+        return downloads.download_outputs(
+            session or self._media_session,
+            self.settings,
+            result,
+            output_dir,
+            max_outputs=max_outputs,
             log_level=self.request_log_level,
         )
 
@@ -374,12 +392,12 @@ class FireRedHook(HttpHook):
         if settings is None:
             settings = await self.aget_settings()
         prepared = self._status_get
-        if prepared is None or prepared[0] != request_id or prepared[1] is not settings:
+        if prepared is None or prepared.request_id != request_id or prepared.settings is not settings:
             # Built once per wait (and again after a lookup afresh): a trigger reads one job's status.
             path = status_path(request_id)
-            prepared = (request_id, settings, path, PreparedGet.build(settings, path))
+            prepared = _StatusGet(request_id, settings, path, PreparedGet.build(settings, path))
             self._status_get = prepared
-        path, target = prepared[2], prepared[3]
+        path, target = prepared.path, prepared.get
 
         async def read() -> JobStatusResult:
             status, data = await agateway_get(

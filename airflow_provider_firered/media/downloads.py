@@ -1,6 +1,5 @@
 """
-Media downloads: atomic writes to local paths and object storage, and the checks that keep a hostile
-CDN answer harmless.
+Download media to local paths and object storage, atomically, checked so a hostile CDN stays harmless.
 
 Connections go only to hosts the connection allows (see :mod:`airflow_provider_firered.media.hosts`),
 within a wall-clock limit per try. A body is saved only when its first bytes are a PNG, JPEG, WebP or
@@ -15,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 
@@ -29,15 +28,15 @@ from airflow_provider_firered.gateway.results import check_media_type, content_l
 from airflow_provider_firered.media.hosts import HostRefused, MediaExchange, MediaHostPolicy, media_exchange
 from airflow_provider_firered.media.output_paths import as_target, check_inside, output_name
 from airflow_provider_firered.utils.atomic_files import atomic_writer, local_part
+from airflow_provider_firered.utils.urls import http_url_parts, is_http_url
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     from airflow_provider_firered.gateway.connection import GatewaySettings
-    from airflow_provider_firered.hooks.firered import FireRedHook
 
 __all__ = ["MAX_REDIRECTS", "download", "download_outputs", "image_suffix"]
 
@@ -85,7 +84,7 @@ def download(
     :param log_level: the level of the "Downloaded" line.
     :return: the destination written, as a string.
     """
-    if not isinstance(url, str) or urlsplit(url).scheme.lower() not in ("http", "https"):
+    if not is_http_url(url):
         raise FireRedValidationError("url", f"must be an http(s) URL, got {url!r}")
     limit = max_bytes or settings.max_download_bytes
     policy = MediaHostPolicy.for_settings(settings)
@@ -175,13 +174,20 @@ def _follow(session: requests.Session, url: str, part: IO[bytes], limit: int, ex
 
 
 def redirect_target(url: str, current: str, location: str) -> str:
+    """
+    Return where a redirect points, if it may be followed: an http(s) URL, never from https to http.
+
+    :param url: the media URL first asked for (for messages).
+    :param current: the URL that answered with the redirect.
+    :param location: the answer's ``Location``.
+    """
     target = urljoin(current, location)
-    scheme = urlsplit(target).scheme.lower()
-    if scheme not in ("http", "https") or not urlsplit(target).hostname:
+    parts = http_url_parts(target)
+    if parts is None:
         raise FireRedDownloadError(url, f"redirected to a non-http(s) URL {target!r}")
-    if urlsplit(current).scheme.lower() == "https" and scheme == "http":
+    if current.lower().startswith("https:") and parts.scheme == "http":
         raise FireRedDownloadError(url, "redirected from https to plain http")
-    log.info("Media URL redirected to %s", urlsplit(target).hostname)
+    log.info("Media URL redirected to %s", parts.hostname)
     return target
 
 
@@ -223,7 +229,7 @@ _SIGNATURE_BYTES = 12
 
 
 def image_suffix(head: bytes) -> str | None:
-    """The extension of the image whose first bytes are ``head``, or ``None`` if it is none we save."""
+    """Return the extension of the image whose first bytes are ``head``, or ``None`` if it is none we save."""
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return ".png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -243,12 +249,13 @@ def _image_suffix(url: str, head: bytes) -> str:
 
 
 def download_outputs(
-    hook: FireRedHook,
-    result: dict[str, Any],
+    session: requests.Session,
+    settings: GatewaySettings,
+    result: Mapping[str, Any],
     output_dir: str | os.PathLike[str] | ObjectStoragePath | None,
     *,
     max_outputs: int | None = MAX_NUM_IMAGES,
-    session: requests.Session | None = None,
+    log_level: int = logging.INFO,
 ) -> list[str]:
     """
     Download every media URL of a completed job into ``output_dir`` (local path or object storage URL).
@@ -256,15 +263,15 @@ def download_outputs(
     Files are named ``<request_id>_<index><ext>``, the extension that of the image found in the body,
     and each is checked to lie inside ``output_dir`` before anything is written.
 
-    :param hook: the hook whose media session and connection settings are used.
+    :param session: a session from :func:`~airflow_provider_firered.media.hosts.new_media_session`,
+        used by one thread at a time.
+    :param settings: the gateway settings (size limit, timeout, retry policy, media host policy).
     :param result: the job's result (``request_id``, ``media_urls``, ``media_type``).
     :param output_dir: where to save; nothing is downloaded without it.
     :param max_outputs: the most media URLs the edit asked for (see
         :func:`airflow_provider_firered.gateway.options.expected_outputs`); an answer listing more is a bad
         answer, refused whether or not anything is downloaded. ``None`` for no bound.
-    :param session: a media session of this thread's own
-        (:func:`~airflow_provider_firered.media.hosts.new_media_session`), for downloads that run in
-        several threads; the hook's otherwise.
+    :param log_level: the level of the "Downloaded" lines.
     :return: the paths written, in media order.
     """
     request_id = result["request_id"]
@@ -282,17 +289,5 @@ def download_outputs(
     for index, url in enumerate(urls):
         target = base / output_name(request_id, index, result.get("media_type"))
         check_inside(target, base)
-        if session is None:
-            paths.append(hook.download(url, target, suffix_from_content=True))
-        else:
-            paths.append(
-                download(
-                    session,
-                    hook.settings,
-                    url,
-                    target,
-                    suffix_from_content=True,
-                    log_level=hook.request_log_level,
-                )
-            )
+        paths.append(download(session, settings, url, target, suffix_from_content=True, log_level=log_level))
     return paths

@@ -62,14 +62,14 @@ class MediaHostPolicy:
 
     @classmethod
     def for_settings(cls, settings: GatewaySettings) -> MediaHostPolicy:
-        """The policy of a connection: its ``allow_private_media_hosts`` extra and its gateway's host."""
+        """Return a connection's policy: its ``allow_private_media_hosts`` extra and its gateway's host."""
         return cls(
             allow_local=_is_local_host(urlsplit(settings.base_url).hostname or ""),
             allow_private=settings.allow_private_media_hosts,
         )
 
     def refusal(self, kind: str | None) -> str | None:
-        """Why an address of ``kind`` (see :func:`address_kind`) is refused, or ``None`` if allowed."""
+        """Return why an address of ``kind`` (see :func:`address_kind`) is refused, or ``None`` if allowed."""
         if kind is None or (kind in _LOCAL_KINDS and self.allow_local):
             return None
         if kind == "cloud metadata":
@@ -82,8 +82,10 @@ class MediaHostPolicy:
 
 def address_kind(address: str) -> str | None:
     """
-    Classify an IP address: ``None`` for a public one, else ``"cloud metadata"``, ``"loopback"``,
-    ``"link-local"``, ``"private"`` or ``"reserved"`` (multicast, unspecified, shared, documentation...).
+    Classify an IP address: ``None`` for a public one, else the kind of address it is.
+
+    The kinds are ``"cloud metadata"``, ``"loopback"``, ``"link-local"``, ``"private"`` and
+    ``"reserved"`` (multicast, unspecified, shared, documentation...).
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
     if isinstance(ip, ipaddress.IPv6Address):
@@ -164,7 +166,7 @@ class MediaExchange:
     _timer: threading.Timer | None = None
 
     def remaining(self) -> float:
-        """Seconds left before the deadline (negative once past it)."""
+        """Return the seconds left before the deadline (negative once past it)."""
         return self.deadline - time.monotonic()
 
     def start(self) -> None:
@@ -174,6 +176,7 @@ class MediaExchange:
         self._timer.start()
 
     def watch(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down at the deadline."""
         self._sockets.append(sock)
 
     def _expire(self) -> None:
@@ -184,6 +187,7 @@ class MediaExchange:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        """Stop the deadline's timer (the sockets stay as they are)."""
         if self._timer is not None:
             self._timer.cancel()
 
@@ -195,8 +199,10 @@ _STRICT = MediaHostPolicy()
 @contextlib.contextmanager
 def media_exchange(policy: MediaHostPolicy, timeout: float) -> Iterator[MediaExchange]:
     """
-    Run one download try under ``policy`` and a ``timeout``-second limit: connections opened by a
-    :func:`new_media_session` in this context go only to addresses the policy allows.
+    Run one download try under ``policy`` and a ``timeout``-second limit.
+
+    Connections opened by a :func:`new_media_session` in this context go only to addresses the policy
+    allows.
     """
     exchange = MediaExchange(policy, timeout, time.monotonic() + timeout)
     exchange.start()
@@ -272,8 +278,10 @@ class _MediaAdapter(HTTPAdapter):
 
 def new_media_session() -> requests.Session:
     """
-    A session for CDN downloads: no key, nothing from the environment (``.netrc``, proxy variables),
-    no cookies kept, unencoded bodies asked for, and connections only to checked addresses.
+    Return a new session for CDN downloads, which sends nothing it was not given.
+
+    No key, nothing from the environment (``.netrc``, proxy variables), no cookies kept, unencoded
+    bodies asked for, and connections only to checked addresses.
     """
     session = requests.Session()
     session.trust_env = False

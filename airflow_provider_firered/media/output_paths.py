@@ -28,7 +28,7 @@ def as_target(
     destination: str | os.PathLike[str] | ObjectStoragePath, *, field_name: str = "destination"
 ) -> Path | ObjectStoragePath:
     """
-    A local ``Path`` for plain paths and ``file://`` URLs, an ``ObjectStoragePath`` for other URLs.
+    Return a local ``Path`` for plain paths and ``file://`` URLs, an ``ObjectStoragePath`` for other URLs.
 
     ``file:///x`` and ``file://localhost/x`` are the local path ``/x``; a ``file://`` URL naming
     another host is refused.

@@ -2,37 +2,48 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
-from airflow.providers.common.compat.sdk import BaseOperator, BaseOperatorLink, XCom, conf
+from airflow.providers.common.compat.sdk import BaseOperator, conf
 
-from airflow_provider_firered.exceptions import (
-    FireRedApiError,
-    FireRedError,
-    FireRedJobFailedError,
-    FireRedStartTimeoutError,
-    FireRedTimeoutError,
-    FireRedValidationError,
-    airflow_errors,
+from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedJobFailedError
+from airflow_provider_firered.gateway.options import (
+    DEFAULT_MODEL,
+    EditRequest,
+    expected_outputs,
+    validate_edit,
 )
-from airflow_provider_firered.gateway.options import DEFAULT_MODEL, expected_outputs, validate_edit
 from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult, SubmitResult
-from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time, validate_timeout
+from airflow_provider_firered.gateway.wait_policy import (
+    WaitPolicy,
+    poll_until_done,
+    validate_resubmit_on_error,
+    validate_timeout,
+)
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.media.downloads import download_outputs
+from airflow_provider_firered.operators.firered_resume import (
+    REQUEST_ID_STATE_KEY,
+    REQUEST_ID_XCOM_KEY,
+    Start,
+    edit_fingerprint,
+    previous_status,
+    refuse_retry_that_would_resubmit,
+    remember_request,
+    resume,
+)
+from airflow_provider_firered.operators.links import FireRedOutputLink, web_link
 from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from airflow_provider_firered.triggers.polling import DEFER_SLACK
+from airflow_provider_firered.utils.airflow_errors import AirflowErrorAdapter
 from airflow_provider_firered.utils.saturation import (
     MIN_DEFERRAL_SECONDS,
+    SATURATED,
+    Saturation,
+    saturated_error,
     saturation_delay,
     saturation_trigger,
 )
@@ -40,84 +51,21 @@ from airflow_provider_firered.utils.saturation import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from airflow.providers.common.compat.sdk import TaskInstanceKey
     from airflow.sdk import Context
 
-#: XCom key holding the request id, pushed right after the gateway accepts a job.
-REQUEST_ID_XCOM_KEY = "request_id"
-#: task_state_store key holding the request id across tries (Airflow 3.3+).
-REQUEST_ID_STATE_KEY = "firered_request_id"
+__all__ = [
+    "REQUEST_ID_STATE_KEY",
+    "REQUEST_ID_XCOM_KEY",
+    "RESUBMISSIONS_XCOM_KEY",
+    "SATURATION_XCOM_KEY",
+    "FireRedEditOperator",
+    "FireRedOutputLink",
+]
+
 #: XCom key counting the resubmissions of ERROR jobs within a try.
 RESUBMISSIONS_XCOM_KEY = "resubmissions"
-#: The most resubmissions of an ERROR job ``resubmit_on_error`` may ask for.
-MAX_RESUBMITS = 10
 #: XCom key holding the saturation wait (its deadline, the 429s so far) of a deferred submit.
 SATURATION_XCOM_KEY = "saturation"
-#: HTTP status of a gateway that is saturated (too many jobs at once): it created no job.
-SATURATED = 429
-
-
-def validate_wait(timeout: Any, resubmit_on_error: Any) -> None:
-    """Check the waiting arguments the wait policy does not cover, naming the field."""
-    validate_timeout(timeout)
-    if (
-        isinstance(resubmit_on_error, bool)
-        or not isinstance(resubmit_on_error, int)
-        or not 0 <= resubmit_on_error <= MAX_RESUBMITS
-    ):
-        raise FireRedValidationError(
-            "resubmit_on_error",
-            f"must be a whole number from 0 to {MAX_RESUBMITS}, got {resubmit_on_error!r}",
-        )
-
-
-def web_link(url: Any) -> str:
-    """
-    ``url`` if it is a plain http(s) URL with a host, else ``""``.
-
-    The URL comes from the gateway's answer and the UI turns it into a link: a ``javascript:``,
-    ``data:`` or ``file:`` URL must not become one.
-    """
-    if not isinstance(url, str) or any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        return ""
-    parts = urlsplit(url)
-    return url if parts.scheme.lower() in ("http", "https") and parts.hostname else ""
-
-
-class FireRedOutputLink(BaseOperatorLink):
-    """Extra link to the first output image of the edit (http and https URLs only)."""
-
-    name = "FireRed output"
-
-    # BaseOperatorLink's signature: the link needs only the task instance's key.
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:  # noqa: ARG002
-        return web_link(XCom.get_value(key=self.xcom_key, ti_key=ti_key))
-
-
-@dataclass(frozen=True)
-class Saturation:
-    """
-    How long a deferrable submit may keep meeting a saturated gateway (``429``), and how often it did.
-
-    :param deadline: epoch seconds past which a ``429`` fails the try instead of deferring again.
-    :param refusals: the ``429`` answers this submit got so far.
-    """
-
-    deadline: float
-    refusals: int = 0
-
-
-@dataclass(frozen=True)
-class Start:
-    """
-    Where a try starts: the job's latest known status, and whether the try waits for it.
-
-    :param status: the job's status (a fresh submit's own answer, or a resumed job's last read).
-    :param wait: False when the try returns right after the submit (``wait_for_completion=False``).
-    """
-
-    status: JobStatusResult
-    wait: bool
 
 
 class FireRedEditOperator(BaseOperator):
@@ -202,28 +150,39 @@ class FireRedEditOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> FireRedHook:
-        """The FireRed hook (created on first use, never in ``__init__``)."""
+        """Return the FireRed hook (created on first use, never in ``__init__``)."""
         return FireRedHook(self.firered_conn_id)
 
     @cached_property
     def policy(self) -> WaitPolicy:
-        """How the wait paces its reads; built (and checked) from the arguments on first use."""
+        """Return how the wait paces its reads; built (and checked) from the arguments on first use."""
         return WaitPolicy(self.poll_interval, self.max_poll_interval, self.start_timeout)
 
+    @cached_property
+    def edit_request(self) -> EditRequest:
+        """Return the rendered edit, validated once (on first use) and ready to send."""
+        return validate_edit(
+            self.model,
+            self.prompt,
+            self.images,
+            self.parameters,
+            webhook_url=self.webhook_url,
+            webhook_mode=self.webhook_mode,
+        )
+
     def execute(self, context: Context) -> dict[str, Any]:
+        """
+        Submit the edit (or take up the one an earlier try submitted) and wait for it.
+
+        :param context: the task's context.
+        """
         # A deferrable submit refused with 429 waits for the gateway at most `timeout` from here.
         self._try_started = time.time()
-        with airflow_errors():
+        with AirflowErrorAdapter():
             # Validated after rendering and before any request: a bad task fails alone, without retries.
-            validate_edit(
-                self.model,
-                self.prompt,
-                self.images,
-                self.parameters,
-                webhook_url=self.webhook_url,
-                webhook_mode=self.webhook_mode,
-            )
-            validate_wait(self.timeout, self.resubmit_on_error)
+            _ = self.edit_request
+            validate_timeout(self.timeout)
+            validate_resubmit_on_error(self.resubmit_on_error)
             _ = self.policy  # checks poll_interval, max_poll_interval and start_timeout
             return self._go(context, self._resume_or_submit(context))
 
@@ -242,7 +201,7 @@ class FireRedEditOperator(BaseOperator):
         :param saturation_deadline: epoch seconds past which another ``429`` fails the try.
         :param refusals: the ``429`` answers the submit got so far.
         """
-        with airflow_errors():
+        with AirflowErrorAdapter():
             if saturation_deadline is None:
                 # dag.test() hands the method the event alone, not the deferral's kwargs (Airflow
                 # merges them): the same values, kept in XCom for the try, stand in.
@@ -250,7 +209,7 @@ class FireRedEditOperator(BaseOperator):
                 kept = ti.xcom_pull(task_ids=ti.task_id, map_indexes=ti.map_index, key=SATURATION_XCOM_KEY)
                 if isinstance(kept, dict):
                     saturation_deadline, refusals = kept.get("deadline"), kept.get("refusals")
-            saturation = Saturation(_number(saturation_deadline, time.time()), int(_number(refusals, 1)))
+            saturation = Saturation.from_kwargs(saturation_deadline, refusals, time.time())
             return self._go(context, self._started(self._submit(context, saturation)))
 
     def _go(self, context: Context, start: Start) -> dict[str, Any]:
@@ -264,14 +223,14 @@ class FireRedEditOperator(BaseOperator):
 
     def _resume_or_submit(self, context: Context) -> Start:
         """Resume the request an earlier try of this task submitted, if it can be; else submit."""
-        previous = self._previous_status(context)
+        previous = previous_status(context, self.hook, self._edit_fingerprint(), self.log)
         if previous is not None:
             if previous.status is JobStatus.FAILED:
                 # Charged and final (an earlier try stopped before it saw the outcome): posting the
                 # same input again would pay again, so this try fails for good too.
                 raise FireRedJobFailedError(previous.request_id, "FAILED", previous.error)
             if previous.status is not JobStatus.ERROR:
-                return self._resume(context, previous)
+                return resume(context, previous, wait=self.wait_for_completion, log=self.log)
             self.log.info(
                 "Previous request %s ended %s: submitting a fresh edit",
                 previous.request_id,
@@ -280,124 +239,41 @@ class FireRedEditOperator(BaseOperator):
         return self._started(self._submit(context))
 
     def _started(self, submitted: SubmitResult) -> Start:
-        """Where the try goes on from an accepted submit."""
+        """Return where the try goes on from an accepted submit."""
         if not self.wait_for_completion:
-            return Start(_answered(submitted), wait=False)
+            return Start(submitted.as_status(), wait=False)
         return Start(self._first_status(submitted), wait=True)
 
-    def _resume(self, context: Context, previous: JobStatusResult) -> Start:
-        """Take up a request that is COMPLETED (collected, waiting or not) or still running."""
-        context["ti"].xcom_push(key=REQUEST_ID_XCOM_KEY, value=previous.request_id)
-        if previous.status is JobStatus.COMPLETED:
-            self.log.info(
-                "Request %s already COMPLETED: collecting it without posting again", previous.request_id
-            )
-            return Start(previous, wait=True)
-        self.log.info(
-            "Resuming request %s (%s) instead of posting again", previous.request_id, previous.raw_status
-        )
-        return Start(previous, wait=self.wait_for_completion)
-
-    def _previous_status(self, context: Context) -> JobStatusResult | None:
-        """The status of the request an earlier try submitted, unless there is none to resume."""
-        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
-        if store is None:
-            self.log.info(
-                "This Airflow has no task_state_store (3.3+): crash recovery is off, "
-                "a retry submits a new edit"
-            )
-            return None
-        stored = store.get(REQUEST_ID_STATE_KEY)
-        if not isinstance(stored, dict) or not stored.get("request_id"):
-            return None
-        request_id = str(stored["request_id"])
-        if stored.get("max_tries") == context["ti"].max_tries:
-            return self._stored_status(request_id)
-        return self._still_running_after_clear(request_id, stored.get("edit"))
-
-    def _still_running_after_clear(self, request_id: str, edit: Any) -> JobStatusResult | None:
-        """
-        After a user's clear, the stored request only if it is this same edit and still running.
-
-        A clear asks for a new edit, but a job of the same edit still ``QUEUED``/``PROCESSING`` was
-        never collected (its task was stopped by the user while deferred, or crashed): it is paid
-        for and still running, so it is collected instead of paying again. A finished one is not
-        reused: the clear submits afresh, as asked.
-        """
-        if edit != self._edit_fingerprint():
-            self.log.info(
-                "The task was cleared after request %s was submitted: submitting a fresh edit, as asked",
-                request_id,
-            )
-            return None
-        status = self._stored_status(request_id)
-        if status is None or status.status.is_terminal:
-            self.log.info(
-                "The task was cleared after request %s ended: submitting a fresh edit, as asked", request_id
-            )
-            return None
-        self.log.info(
-            "The task was cleared while request %s (this same edit) was still %s: collecting it "
-            "instead of paying for it again",
-            request_id,
-            status.raw_status,
-        )
-        return status
-
     def _edit_fingerprint(self) -> str:
-        """A digest of what is submitted (rendered): a stored request is resumed only for the same edit."""
-        edit = [self.model, self.prompt, self.images, self.parameters, self.webhook_url, self.webhook_mode]
-        text = json.dumps(edit, sort_keys=True, default=str, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
-
-    def _stored_status(self, request_id: str) -> JobStatusResult | None:
-        try:
-            return self.hook.get_status(request_id)
-        except FireRedApiError as err:
-            if err.status_code == 404:  # forgotten by the gateway: nothing left to resume
-                self.log.info(
-                    "Stored request %s is unknown to the gateway: submitting a fresh edit", request_id
-                )
-                return None
-            raise
+        """Return a digest of the rendered edit: a stored request is resumed only for the same edit."""
+        return edit_fingerprint(
+            [self.model, self.prompt, self.images, self.parameters, self.webhook_url, self.webhook_mode]
+        )
 
     def _submit(self, context: Context, saturation: Saturation | None = None) -> SubmitResult:
         """
-        Post the edit; record its request id (XCom, and task_state_store where Airflow has it).
+        Post the edit; keep its request id for later tries (see :func:`remember_request`).
 
         :param context: the task's context.
         :param saturation: the ``429`` answers met so far, when this submit comes after a deferral.
         """
         submitted = self._post(context, saturation)
-        ti = context["ti"]
-        store = context.get("task_state_store")  # type: ignore[call-overload,unused-ignore]  # 3.3+ key
-        if store is not None:
-            # Stored first, the job is paid for: if anything after this fails (the XCom push
-            # included), a retry still finds the request and resumes it instead of posting again.
-            # max_tries changes only when the task is cleared: it tells a retry from a user's clear.
-            # The digest lets a clear collect this job if it is stopped before it ends.
-            store.set(
-                REQUEST_ID_STATE_KEY,
-                {
-                    "request_id": submitted.request_id,
-                    "max_tries": ti.max_tries,
-                    "edit": self._edit_fingerprint(),
-                },
-            )
-        ti.xcom_push(key=REQUEST_ID_XCOM_KEY, value=submitted.request_id)
+        remember_request(context, submitted.request_id, self._edit_fingerprint())
         return submitted
 
     def _post(self, context: Context, saturation: Saturation | None) -> SubmitResult:
         """
-        Send the edit. On the worker path the hook waits out a ``429`` itself (its retry policy).
-        Deferrable, a ``429`` defers the task on a timer instead (no worker slot held while the
-        gateway is saturated) and :meth:`execute_after_saturation` sends it again: a ``429`` created
-        no job, so nothing is paid twice.
+        Send the edit; deferrable, wait out a saturated gateway in the triggerer.
+
+        On the worker path the hook waits out a ``429`` itself (its retry policy). Deferrable, a
+        ``429`` defers the task on a timer instead (no worker slot held while the gateway is
+        saturated) and :meth:`execute_after_saturation` sends it again: a ``429`` created no job, so
+        nothing is paid twice.
         """
         if not self.deferrable:
-            return self._send(retry=True)
+            return self.hook.submit_request(self.edit_request, retry=True)
         try:
-            return self._send(retry=False)
+            return self.hook.submit_request(self.edit_request, retry=False)
         except FireRedApiError as err:
             if err.status_code != SATURATED:
                 raise
@@ -406,72 +282,54 @@ class FireRedEditOperator(BaseOperator):
             if not err.retryable:
                 raise
             # A connection that never opened sent nothing: the hook's own retries deal with it.
-            return self._send(retry=True)
+            return self.hook.submit_request(self.edit_request, retry=True)
         raise AssertionError("unreachable: deferring raises")  # pragma: no cover
-
-    def _send(self, *, retry: bool) -> SubmitResult:
-        return self.hook.submit_edit(
-            self.model,
-            self.prompt,
-            self.images,
-            self.parameters,
-            webhook_url=self.webhook_url,
-            webhook_mode=self.webhook_mode,
-            retry=retry,
-        )
 
     def _defer_until_unsaturated(
         self, context: Context, err: FireRedApiError, saturation: Saturation | None
     ) -> None:
         """
-        Defer on a timer until the gateway's ``Retry-After`` (capped, with jitter; at least
-        :data:`~airflow_provider_firered.utils.saturation.MIN_DEFERRAL_SECONDS`), within the deadline.
+        Defer on a timer until the gateway's ``Retry-After``, within the try's deadline.
+
+        The wait is capped, with jitter, and at least
+        :data:`~airflow_provider_firered.utils.saturation.MIN_DEFERRAL_SECONDS`.
         """
         now = time.time()
         if saturation is None:
             saturation = Saturation(getattr(self, "_try_started", now) + self.timeout)
-        refusals = saturation.refusals + 1
+        saturation = saturation.refused_again()
         remaining = saturation.deadline - now
         if remaining <= 0:
-            raise self._saturated_error(err, refusals)
+            raise saturated_error(err, saturation.refusals, self.timeout)
         delay = saturation_delay(err, self.hook.settings.retry.max_retry_after)
         delay = min(max(delay, MIN_DEFERRAL_SECONDS), remaining)
         self.log.warning(
             "The gateway is saturated (HTTP 429 to submit #%d, Retry-After %s): no job was created. "
             "Deferring %.1f s without holding a worker slot, then submitting again (until %.0f s "
             "from now)",
-            refusals,
+            saturation.refusals,
             "not given" if err.retry_after is None else f"{err.retry_after:g} s",
             delay,
             remaining,
         )
-        kept = {"deadline": saturation.deadline, "refusals": refusals}
-        context["ti"].xcom_push(key=SATURATION_XCOM_KEY, value=kept)
+        context["ti"].xcom_push(key=SATURATION_XCOM_KEY, value=saturation.to_dict())
         self.defer(
             trigger=saturation_trigger(delay),
             method_name="execute_after_saturation",
-            kwargs={"saturation_deadline": saturation.deadline, "refusals": refusals},
+            kwargs={"saturation_deadline": saturation.deadline, "refusals": saturation.refusals},
             timeout=timedelta(seconds=delay + DEFER_SLACK),
         )
 
-    def _saturated_error(self, err: FireRedApiError, refusals: int) -> FireRedApiError:
-        """The retryable error of a submit the gateway refused with ``429`` until the deadline."""
-        error = FireRedApiError(SATURATED, err.error, err.message, retry_after=err.retry_after)
-        error.args = (
-            f"The FireRed gateway answered HTTP 429 (saturated: too many jobs at once) to all {refusals} "
-            f"submits of this edit within its timeout of {self.timeout:g} s; no job was created and "
-            "nothing was paid. A retry of the task submits it again",
-        )
-        return error
-
     def _first_status(self, submitted: SubmitResult) -> JobStatusResult:
         """
-        The status to start waiting from: the submit answer's own (``QUEUED``), which saves a status
-        read per edit (a trigger polls as soon as it starts). An unexpected terminal answer is read back.
+        Return the status to start waiting from: the submit answer's own (``QUEUED``).
+
+        That saves a status read per edit (a trigger polls as soon as it starts). An unexpected
+        terminal answer is read back.
         """
         if submitted.status.is_terminal:
             return self.hook.get_status(submitted.request_id)
-        return _answered(submitted)
+        return submitted.as_status()
 
     # -- 2. wait, in the triggerer or here; resubmit an ERROR job while allowed ---------------------
 
@@ -500,60 +358,31 @@ class FireRedEditOperator(BaseOperator):
                     method_name="execute_complete",
                     timeout=timedelta(seconds=self.timeout + DEFER_SLACK),
                 )
-            status = self._poll(status, deadline, start_deadline)
-
-    def _poll(
-        self, status: JobStatusResult, deadline: float, start_deadline: float | None
-    ) -> JobStatusResult:
-        """
-        Read the status on the worker until the job ends, or it is still ``QUEUED`` at
-        ``start_deadline``, or ``deadline`` passes (epoch seconds): the trigger's policy, on the worker.
-        """
-        interval = self.policy.poll_interval
-        while not status.status.is_terminal:
-            now = time.time()
-            if not_started_in_time(status.status, start_deadline, now):
-                raise FireRedStartTimeoutError(status.request_id, self.start_timeout or 0.0)
-            remaining = deadline - now
-            if remaining <= 0:
-                raise FireRedTimeoutError(status.request_id, self.timeout, status.raw_status)
-            if status.status is JobStatus.QUEUED and start_deadline is not None:
-                remaining = min(remaining, max(start_deadline - now, 0.0))  # read again right then
-            time.sleep(min(interval, remaining))
-            status = self.hook.get_status(status.request_id)
-            interval = self.policy.next_interval(interval, status.status)
-        return status
+            status = poll_until_done(
+                self.hook.get_status,
+                status,
+                self.policy,
+                deadline=deadline,
+                start_deadline=start_deadline,
+                timeout=self.timeout,
+            )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger fired: collect the outputs or fail with the request id."""
-        with airflow_errors():
+        """
+        Resume after the trigger fired: collect the outputs or fail with the request id.
+
+        :param context: the task's context.
+        :param event: the trigger's :class:`~airflow_provider_firered.triggers.events.StatusEvent`.
+        """
+        with AirflowErrorAdapter():
             ended = StatusEvent.from_dict(event)
             if ended.status is EventStatus.ERROR and (left := self._resubmissions_left(context)):
                 return self._wait(context, self._resubmit(context, ended.request_id, ended.message, left))
-            self._refuse_retry_that_would_resubmit(context, ended)
+            refuse_retry_that_would_resubmit(context, ended)
             return self._collect(context, ended.job_result())
 
-    def _refuse_retry_that_would_resubmit(self, context: Context, ended: StatusEvent) -> None:
-        """
-        A retryable trigger failure (a key refused even after a fresh look-up) relies on the retry
-        resuming the request from ``task_state_store``. Without it (Airflow before 3.3) a retry would
-        post the edit again and pay twice: fail for good instead, naming the request to collect.
-        """
-        if ended.status is not EventStatus.API_ERROR or not ended.retryable:
-            return
-        if context.get("task_state_store") is not None:  # type: ignore[call-overload,unused-ignore]  # 3.3+
-            return
-        raise FireRedApiError.reported(
-            f"{ended.message} (request_id={ended.request_id}). This Airflow has no "
-            "task_state_store, so a retry would submit the edit again: not retried. Collect the "
-            f"request with FireRedStatusSensor(request_id={ended.request_id!r}) once the key is fixed",
-            status_code=ended.http_status,
-            request_id=ended.request_id,
-            retryable=False,
-        )
-
     def _resubmissions_left(self, context: Context) -> int:
-        """How many more times an ERROR job may be resubmitted in this try."""
+        """Return how many more times an ERROR job may be resubmitted in this try."""
         if not self.resubmit_on_error:
             return 0
         # Counted in XCom, which lasts for the try and across its deferrals.
@@ -562,6 +391,7 @@ class FireRedEditOperator(BaseOperator):
         return max(self.resubmit_on_error - int(done or 0), 0)
 
     def _resubmit(self, context: Context, request_id: str, error: str | None, left: int) -> JobStatusResult:
+        """Submit the edit again after its job ended ``ERROR`` (not charged); count it for the try."""
         self.log.warning(
             "Request %s ended ERROR (%s), which the gateway does not charge: submitting the edit again "
             "(%d of %d resubmissions left)",
@@ -577,11 +407,8 @@ class FireRedEditOperator(BaseOperator):
 
     def _collect(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
         """Download the outputs (when asked), show the first as the extra link, return the result."""
-        result["output_paths"] = download_outputs(
-            self.hook,
-            result,
-            self.output_dir,
-            max_outputs=expected_outputs(self.model, self.parameters),
+        result["output_paths"] = self.hook.download_outputs(
+            result, self.output_dir, max_outputs=expected_outputs(self.model, self.parameters)
         )
         if result["media_urls"] and (link := web_link(result["media_urls"][0])):
             context["ti"].xcom_push(key=FireRedOutputLink().xcom_key, value=link)
@@ -592,15 +419,3 @@ class FireRedEditOperator(BaseOperator):
             f", saved to {self.output_dir}" if result["output_paths"] else "",
         )
         return result
-
-
-def _number(value: Any, default: float) -> float:
-    """A finite number from a deferral's kwargs, else ``default``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return default
-
-
-def _answered(submitted: SubmitResult) -> JobStatusResult:
-    """The status a submit answer states, as a status read (no request made)."""
-    return JobStatusResult(submitted.request_id, submitted.status, submitted.status.value)

@@ -14,21 +14,14 @@ from airflow.providers.common.compat.sdk import (
     conf,
 )
 
-from airflow_provider_firered.exceptions import (
-    FireRedError,
-    FireRedStartTimeoutError,
-    FireRedValidationError,
-    airflow_errors,
-    as_final,
-    for_airflow,
-)
+from airflow_provider_firered.exceptions import FireRedError, FireRedStartTimeoutError, FireRedValidationError
 from airflow_provider_firered.gateway.results import JobStatusResult, status_path
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.media.downloads import download_outputs
 from airflow_provider_firered.triggers.events import StatusEvent
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from airflow_provider_firered.triggers.polling import DEFER_SLACK
+from airflow_provider_firered.utils.airflow_errors import AirflowErrorAdapter, as_final, for_airflow
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -83,16 +76,16 @@ class FireRedStatusSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> FireRedHook:
-        """The FireRed hook (created on first use)."""
+        """Return the FireRed hook (created on first use)."""
         return FireRedHook(self.firered_conn_id)
 
     @cached_property
     def policy(self) -> WaitPolicy:
-        """How the wait paces its reads; built (and checked) from the arguments on first use."""
+        """Return how the wait paces its reads; built (and checked) from the arguments on first use."""
         return WaitPolicy(self.poke_interval, self.max_poll_interval, self.start_timeout, "poke_interval")
 
     def _check_arguments(self) -> None:
-        with airflow_errors():
+        with AirflowErrorAdapter():
             status_path(self.request_id)
             if self.max_poll_interval is not None and not self.deferrable:
                 raise FireRedValidationError(
@@ -103,6 +96,11 @@ class FireRedStatusSensor(BaseSensorOperator):
             _ = self.policy  # checks poke_interval, max_poll_interval and start_timeout
 
     def execute(self, context: Context) -> Any:
+        """
+        Wait for the job: poke or reschedule as Airflow's sensors do, or in the triggerer (deferrable).
+
+        :param context: the task's context.
+        """
         self._check_arguments()
         now = time.time()
         if not self.deferrable:
@@ -112,7 +110,7 @@ class FireRedStatusSensor(BaseSensorOperator):
                 now = _epoch(first)
             self._start_deadline = self.policy.start_deadline(now)
             return super().execute(context)
-        with airflow_errors():
+        with AirflowErrorAdapter():
             status = self.hook.get_status(self.request_id)
         if status.status.is_terminal:
             return self._done(status)
@@ -133,7 +131,12 @@ class FireRedStatusSensor(BaseSensorOperator):
 
     # Airflow's signature: a poke needs only the request id, not the context.
     def poke(self, context: Context) -> PokeReturnValue | bool:  # noqa: ARG002
-        with airflow_errors():
+        """
+        Read the job's status once: done with its result once it ended, else not yet.
+
+        :param context: the task's context.
+        """
+        with AirflowErrorAdapter():
             status = self.hook.get_status(self.request_id)
             if not_started_in_time(status.status, self._start_deadline, time.time()):
                 raise FireRedStartTimeoutError(self.request_id, self.start_timeout or 0.0)
@@ -144,7 +147,12 @@ class FireRedStatusSensor(BaseSensorOperator):
 
     # Airflow resumes with context= and event=: the event alone carries the outcome.
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:  # noqa: ARG002
-        """Resume after the trigger fired (soft_fail turns failures into a skip)."""
+        """
+        Resume after the trigger fired (soft_fail turns failures into a skip).
+
+        :param context: the task's context.
+        :param event: the trigger's :class:`~airflow_provider_firered.triggers.events.StatusEvent`.
+        """
         try:
             result = StatusEvent.from_dict(event).job_result()
         except FireRedError as err:
@@ -160,18 +168,18 @@ class FireRedStatusSensor(BaseSensorOperator):
         return self._collect(result)
 
     def _failure(self, err: FireRedError) -> Exception:
-        """``err`` as the task raises it; ``soft_fail`` turns it into a skip."""
+        """Return ``err`` as the task raises it; ``soft_fail`` turns it into a skip."""
         # Airflow 3.3 applies soft_fail to deferred sensors itself; 3.0-3.2 do not.
         if self.soft_fail:
             return AirflowSkipException(f"Skipping due to soft_fail: {err}")
         return for_airflow(err)
 
     def _collect(self, result: dict[str, Any]) -> dict[str, Any]:
-        with airflow_errors():
-            result["output_paths"] = download_outputs(self.hook, result, self.output_dir)
+        with AirflowErrorAdapter():
+            result["output_paths"] = self.hook.download_outputs(result, self.output_dir)
         return result
 
 
 def _epoch(when: datetime | str) -> float:
-    """A date from Airflow as epoch seconds (Airflow 3.0 hands the first reschedule date as ISO text)."""
+    """Return a date from Airflow as epoch seconds (Airflow 3.0 gives the first reschedule date as text)."""
     return (datetime.fromisoformat(when) if isinstance(when, str) else when).timestamp()

@@ -1,10 +1,8 @@
-"""
-Define the events the FireRed triggers send to the tasks they wake: typed, with plain JSON on the wire.
-"""
+"""Define the events the FireRed triggers send to the tasks they wake: typed, with plain JSON on the wire."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -84,7 +82,7 @@ class StatusEvent:
     @classmethod
     def ended(cls, job: JobStatusResult) -> StatusEvent:
         """
-        The event for a job in a terminal status (``COMPLETED``, ``FAILED`` or ``ERROR``).
+        Return the event for a job in a terminal status (``COMPLETED``, ``FAILED`` or ``ERROR``).
 
         :param job: the status read.
         """
@@ -95,7 +93,7 @@ class StatusEvent:
         return cls(_JOB_ENDS[job.status], job.request_id, message=job.error)
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as the trigger sends it: plain JSON values, only the keys of its status."""
+        """Return the event as the trigger sends it: plain JSON values, only the keys of its status."""
         fields = {name: getattr(self, name) for name in FIELDS[self.status]}
         return {"status": self.status.value, "request_id": self.request_id, **fields}
 
@@ -126,16 +124,18 @@ class StatusEvent:
         )
 
     def job_result(self) -> dict[str, Any]:
-        """The job's result dict; for any other ending, raise the error it stands for."""
+        """Return the job's result dict; for any other ending, raise the error it stands for."""
         if self.status is EventStatus.SUCCESS and self.result is not None:
             return dict(self.result)
         raise self.error()
 
     def error(self) -> FireRedError:
         """
-        The error this ending stands for: the same type the worker path raises for the same outcome
-        (``FireRedJobFailedError``, ``FireRedJobErroredError``, ``FireRedStartTimeoutError``,
-        ``FireRedTimeoutError``, ``FireRedApiError``).
+        Return the error this ending stands for.
+
+        It is the same type the worker path raises for the same outcome (``FireRedJobFailedError``,
+        ``FireRedJobErroredError``, ``FireRedStartTimeoutError``, ``FireRedTimeoutError``,
+        ``FireRedApiError``).
         """
         if self.status in _ENDED_JOBS:
             job_status = _ENDED_JOBS[self.status].value
@@ -164,3 +164,150 @@ def _int(value: Any) -> int | None:
 
 def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+# -- the batch event ------------------------------------------------------------------------------
+# The batch trigger waits for many jobs and sends one event per wait. On the wire it is
+# ``{"ended": {request_id: {"status", ...}}, "pending": [request_id, ...], "starts": {request_id:
+# start deadline}, "deadline": ...}``; each ended entry holds only the keys of its status
+# (:data:`ENDED_FIELDS`). Its statuses are spelt as the gateway spells a job's (the manifest records them).
+
+
+class EndedStatus(str, Enum):
+    """How one job of a batch ended."""
+
+    #: The job is ``COMPLETED``: ``media_urls`` and ``media_type`` hold its outputs.
+    COMPLETED = "COMPLETED"
+    #: The job ended ``FAILED`` (charged, final): ``error`` holds the gateway's error text.
+    FAILED = "FAILED"
+    #: The job ended ``ERROR`` (not charged): ``error`` holds the gateway's error text.
+    ERROR = "ERROR"
+    #: The job was still ``QUEUED`` at its start deadline: ``error`` says so.
+    START_TIMEOUT = "START_TIMEOUT"
+    #: The gateway refused to tell (e.g. a ``404``): ``error`` and ``http_status`` say why.
+    API_ERROR = "API_ERROR"
+
+
+#: The keys each ended status puts on the wire, besides ``status``.
+ENDED_FIELDS: dict[EndedStatus, tuple[str, ...]] = {
+    EndedStatus.COMPLETED: ("media_urls", "media_type"),
+    EndedStatus.FAILED: ("error",),
+    EndedStatus.ERROR: ("error",),
+    EndedStatus.START_TIMEOUT: ("error",),
+    EndedStatus.API_ERROR: ("error", "http_status"),
+}
+
+
+@dataclass(frozen=True)
+class EndedJob:
+    """
+    How one job of a batch ended.
+
+    :param status: how it ended; it decides which other fields are set (:data:`ENDED_FIELDS`).
+    :param media_urls: the outputs of a ``COMPLETED`` job.
+    :param media_type: their MIME type, when the gateway gave it.
+    :param error: the gateway's error text, or what went wrong reading the status.
+    :param http_status: the gateway's HTTP status for an ``API_ERROR``, when it answered.
+    """
+
+    status: EndedStatus
+    media_urls: tuple[str, ...] = ()
+    media_type: str | None = None
+    error: str | None = None
+    http_status: int | None = None
+
+    @classmethod
+    def ended(cls, job: JobStatusResult) -> EndedJob:
+        """
+        Return the entry of a job in a terminal status (``COMPLETED``, ``FAILED`` or ``ERROR``).
+
+        :param job: the status read.
+        """
+        if job.status is JobStatus.COMPLETED:
+            return cls(EndedStatus.COMPLETED, media_urls=tuple(job.media_urls), media_type=job.media_type)
+        if job.status not in _JOB_ENDS:
+            raise ValueError(f"job {job.request_id} has not ended: {job.raw_status}")
+        return cls(EndedStatus(job.status.value), error=job.error)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the entry as the trigger sends it: plain JSON values, only the keys of its status."""
+        fields = {name: getattr(self, name) for name in ENDED_FIELDS[self.status]}
+        if "media_urls" in fields:
+            fields["media_urls"] = list(self.media_urls)
+        return {"status": self.status.value, **fields}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> EndedJob | None:
+        """
+        Read an entry back; None when it is unusable (not a mapping, an unknown status, bad URLs).
+
+        :param data: one value of the event's ``ended``.
+        """
+        try:
+            status = EndedStatus(data["status"])
+        except (TypeError, KeyError, ValueError):
+            return None
+        urls = data.get("media_urls") or []
+        if not isinstance(urls, list) or not all(isinstance(url, str) for url in urls):
+            return None
+        return cls(
+            status=status,
+            media_urls=tuple(urls) if status is EndedStatus.COMPLETED else (),
+            media_type=_text(data.get("media_type")),
+            error=_text(data.get("error")),
+            http_status=_int(data.get("http_status")),
+        )
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """
+    How one wait of a batch ended: the jobs that ended, and those still pending.
+
+    :param ended: request id -> how its job ended.
+    :param pending: the request ids still running.
+    :param starts: request id -> start deadline (epoch seconds), for the pending jobs that have one.
+    :param deadline: the deadline of the batch's try (epoch seconds); 0 when unknown.
+    """
+
+    ended: dict[str, EndedJob]
+    pending: tuple[str, ...] = ()
+    starts: dict[str, float] = field(default_factory=dict)
+    deadline: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the event as the trigger sends it: plain JSON values."""
+        return {
+            "ended": {rid: job.to_dict() for rid, job in self.ended.items()},
+            "pending": list(self.pending),
+            "starts": dict(self.starts),
+            "deadline": self.deadline,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BatchEvent:
+        """
+        Read an event back; anything unusable raises a :class:`FireRedError` (Airflow's retries apply).
+
+        :param data: the event payload, as Airflow hands it to ``execute_complete``.
+        """
+        unusable = FireRedError(f"FireRed batch trigger sent an unusable event: {str(data)[:200]!r}")
+        if not isinstance(data, dict) or not isinstance(data.get("ended"), dict):
+            raise unusable
+        ended = {}
+        for rid, entry in data["ended"].items():
+            job = EndedJob.from_dict(entry)
+            if job is None:
+                raise unusable
+            ended[str(rid)] = job
+        pending, starts = data.get("pending"), data.get("starts")
+        return cls(
+            ended=ended,
+            pending=tuple(str(rid) for rid in pending) if isinstance(pending, list) else (),
+            starts={
+                str(rid): start
+                for rid, value in (starts.items() if isinstance(starts, dict) else ())
+                if (start := _float(value)) is not None
+            },
+            deadline=_float(data.get("deadline")) or 0.0,
+        )

@@ -99,6 +99,7 @@ class FireRedStatusTrigger(BaseTrigger):
         self.start_deadline = None if start_deadline is None else float(start_deadline)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the trigger's class path and kwargs: plain values, no key, no connection object."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -117,6 +118,7 @@ class FireRedStatusTrigger(BaseTrigger):
         return TriggerEvent(StatusEvent(status, self.request_id, **fields).to_dict())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll the status until the job ends or a deadline passes; yield exactly one event."""
         last_status: str | None = None
         policy = self.policy
         interval = poll_interval = policy.poll_interval
@@ -187,8 +189,10 @@ class FireRedStatusTrigger(BaseTrigger):
 
     async def _read(self, hook: FireRedHook) -> JobStatusResult:
         """
-        Read the status. A refused key (401/403) may have been rotated since the wait started: look the
-        connection up afresh once, past the loop's cache, and read again.
+        Read the status; after a refused key, look the connection up afresh once and read again.
+
+        A refused key (401/403) may have been rotated since the wait started: the lookup goes past
+        the loop's cache.
         """
         try:
             return await hook.aget_status(self.request_id)
@@ -231,10 +235,11 @@ class FireRedStatusTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """
-        Say what a user's stop leaves behind (Airflow 3.3+ calls this on mark failed, mark success
-        or clear of the deferred task). The gateway has no cancel endpoint: the job runs on and is
-        charged. Nothing is sent and nothing is deleted: the stored request id lets the task collect
-        the job instead of paying again.
+        Say what a user's stop leaves behind.
+
+        Airflow 3.3+ calls this on mark failed, mark success or clear of the deferred task. The
+        gateway has no cancel endpoint: the job runs on and is charged. Nothing is sent and nothing
+        is deleted: the stored request id lets the task collect the job instead of paying again.
         """
         self.log.warning(stopped_by_user_text([self.request_id], STATE_KEY_HINT, AFTER_CLEAR))
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_firered.exceptions import FireRedApiError, FireRedError, FireRedValidationError
-from airflow_provider_firered.gateway.results import JobStatus
 from airflow_provider_firered.gateway.wait_policy import WaitPolicy, not_started_in_time
 from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.triggers.events import BatchEvent, EndedJob, EndedStatus
 from airflow_provider_firered.triggers.polling import KEY_REFUSED_STATUSES, grid_point, stopped_by_user_text
 
 if TYPE_CHECKING:
@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_firered.gateway.results import JobStatusResult
 
-#: The statuses an item's wait can end with besides the job's own (``COMPLETED``, ``FAILED``, ``ERROR``).
-START_TIMEOUT = "START_TIMEOUT"
-API_ERROR = "API_ERROR"
 #: What a clear of a batch does with the jobs a user's stop left running (``FireRedBatchEditOperator``).
 AFTER_CLEAR = (
     "clearing it runs the batch again: it collects the jobs still running of items left unchanged "
@@ -33,25 +30,16 @@ AFTER_CLEAR = (
 RESUME_AFTER = 5.0
 
 
-def ended_entry(job: JobStatusResult) -> dict[str, Any]:
-    """How one job ended, as the event carries it: plain JSON values only."""
-    if job.status is JobStatus.COMPLETED:
-        return {"status": job.status.value, "media_urls": list(job.media_urls), "media_type": job.media_type}
-    return {"status": job.status.value, "error": job.error}
-
-
 class FireRedBatchStatusTrigger(BaseTrigger):
     """
-    Poll the status of many requests, on the shared session and the wake-up grid, until at least
-    ``min_ended`` of them ended (or all did, or the deadline passed), then yield one event:
-    ``{"ended": {request_id: {"status", ...}}, "pending": [request_id, ...], "starts": {request_id:
-    start deadline}, "deadline": ...}`` (``starts`` carries the pending requests' start deadlines on).
+    Poll the status of many requests until enough of them ended, then yield one event.
 
-    An ended entry's ``status`` is ``COMPLETED`` (with ``media_urls`` and ``media_type``), ``FAILED``
-    or ``ERROR`` (with ``error``), ``START_TIMEOUT`` (still ``QUEUED`` at its start deadline), or
-    ``API_ERROR`` (with ``error`` and ``http_status``: the gateway refused to tell, e.g. a 404). A read
-    whose retries ran out leaves its request pending. It never submits anything; its kwargs are
-    plain values: request ids, no key.
+    Reads go on the shared session and the wake-up grid until at least ``min_ended`` requests ended
+    (or all did, or the deadline passed); the event is a
+    :class:`~airflow_provider_firered.triggers.events.BatchEvent`: how each ended job ended
+    (:class:`~airflow_provider_firered.triggers.events.EndedStatus`), the requests still pending and
+    their start deadlines. A read whose retries ran out leaves its request pending. It never submits
+    anything; its kwargs are plain values: request ids, no key.
 
     :param requests: ``[request_id, start_deadline or None]`` pairs.
     :param firered_conn_id: the FireRed connection.
@@ -96,6 +84,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         self.manifest = manifest
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Return the classpath and the plain kwargs that rebuild this trigger."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
@@ -110,8 +99,9 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Wait until enough requests ended, then yield the one :class:`BatchEvent`."""
         pending: dict[str, float | None] = {str(rid): start for rid, start in self.requests}
-        ended: dict[str, dict[str, Any]] = {}
+        ended: dict[str, EndedJob] = {}
         interval = self.policy.poll_interval
         hold = min(self.not_before, self.deadline) - time.time()
         if hold > 0:
@@ -137,29 +127,25 @@ class FireRedBatchStatusTrigger(BaseTrigger):
                     if read is None:
                         continue  # unavailable for now: still pending
                     if isinstance(read, FireRedApiError):
-                        read = {
-                            "status": API_ERROR,
-                            "error": f"{read}: the key was refused again",
-                            "http_status": read.status_code,
-                        }
-                    if isinstance(read, dict):
+                        read = EndedJob(
+                            EndedStatus.API_ERROR,
+                            error=f"{read}: the key was refused again",
+                            http_status=read.status_code,
+                        )
+                    if isinstance(read, EndedJob):
                         ended[rid] = read
                     elif read.status.is_terminal:
-                        ended[rid] = ended_entry(read)
+                        ended[rid] = EndedJob.ended(read)
                     elif not_started_in_time(read.status, pending[rid], now):
-                        ended[rid] = {"status": START_TIMEOUT, "error": "still QUEUED at its start deadline"}
+                        ended[rid] = EndedJob(
+                            EndedStatus.START_TIMEOUT, error="still QUEUED at its start deadline"
+                        )
                     else:
                         continue
                     del pending[rid]
                 if len(ended) >= self.min_ended or not pending or now >= self.deadline:
                     starts = {rid: start for rid, start in pending.items() if start is not None}
-                    event = {
-                        "ended": ended,
-                        "pending": list(pending),
-                        "starts": starts,
-                        "deadline": self.deadline,
-                    }
-                    yield TriggerEvent(event)
+                    yield TriggerEvent(BatchEvent(ended, tuple(pending), starts, self.deadline).to_dict())
                     return
                 planned += interval
                 now_loop = loop.time()
@@ -177,10 +163,12 @@ class FireRedBatchStatusTrigger(BaseTrigger):
 
     async def _read(
         self, hook: FireRedHook, request_id: str
-    ) -> JobStatusResult | dict[str, Any] | FireRedApiError | None:
+    ) -> JobStatusResult | EndedJob | FireRedApiError | None:
         """
-        One request's status; a final refusal as an ended entry; a refused key as its error; None
-        while the status cannot be read.
+        Read one request's status.
+
+        Return a final refusal as its ended entry, a refused key as its error, and None while the
+        status cannot be read.
         """
         try:
             return await hook.aget_status(request_id)
@@ -189,17 +177,19 @@ class FireRedBatchStatusTrigger(BaseTrigger):
                 return err
             if err.retryable:
                 return None
-            return {"status": API_ERROR, "error": str(err), "http_status": err.status_code}
+            return EndedJob(EndedStatus.API_ERROR, error=str(err), http_status=err.status_code)
         except FireRedError as err:
             if err.retryable:
                 return None
-            return {"status": API_ERROR, "error": str(err), "http_status": None}
+            return EndedJob(EndedStatus.API_ERROR, error=str(err))
 
     async def on_kill(self) -> None:
         """
-        Say what a user's stop leaves behind (Airflow 3.3+ calls this on mark failed, mark success
-        or clear of the deferred task). The gateway has no cancel endpoint: the jobs run on and are
-        charged. Nothing is sent and nothing is deleted.
+        Log what a user's stop leaves behind.
+
+        Airflow 3.3+ calls this on mark failed, mark success or clear of the deferred task. The
+        gateway has no cancel endpoint: the jobs run on and are charged. Nothing is sent and nothing
+        is deleted.
         """
         kept = "task_state_store keys 'firered_batch:<key>'"
         kept += f" and the manifest {self.manifest}" if self.manifest else " and the batch's manifest"

@@ -22,8 +22,14 @@ DEFER_SLACK = 60.0
 
 def grid_point(when: float, poll_interval: float) -> float:
     """
-    The wake-up grid point nearest to ``when`` (on the loop's clock): at most half a grid step
-    away, so that polls planned a fixed interval apart keep that interval on average.
+    Return the wake-up grid point nearest to ``when`` (on the loop's clock).
+
+    It is at most half a grid step away, so that polls planned a fixed interval apart keep that
+    interval on average.
+
+    :param when: the planned wake-up, on the loop's clock.
+    :param poll_interval: the wait's poll interval, in seconds (the grid step is a tenth of it, at most
+        :data:`MAX_GRID_SECONDS`).
     """
     grid = min(poll_interval * GRID_FRACTION, MAX_GRID_SECONDS)
     return when if grid <= 0 else round(when / grid) * grid
@@ -35,8 +41,10 @@ MAX_IDS_NAMED = 3
 
 def stopped_by_user_text(request_ids: list[str], kept: str, after_clear: str) -> str:
     """
-    The warning a trigger logs when a user stops its task: what runs on, what it costs, where the ids
-    are kept, and what Airflow does with them (Airflow 3.3's own behaviour, nothing more).
+    Return the warning a trigger logs when a user stops its task.
+
+    It says what runs on, what it costs, where the ids are kept, and what Airflow does with them
+    (Airflow 3.3's own behaviour, nothing more).
 
     :param request_ids: the jobs still being waited for.
     :param kept: where their request ids are kept.

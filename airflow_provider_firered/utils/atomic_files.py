@@ -1,6 +1,8 @@
 """
-Every file the package writes goes through here: readers never see half a file, and a name planted
-beside the target (a symlink to elsewhere) is never written through.
+Write files atomically: every file the package writes goes through here.
+
+Readers never see half a file, and a name planted beside the target (a symlink to elsewhere) is never
+written through.
 
 Locally the bytes go to a fresh temporary file created exclusively (``O_CREAT | O_EXCL``: a planted
 link at that name makes the creation fail rather than be followed) in the target's folder, which is
@@ -29,7 +31,7 @@ PART_SUFFIX = ".part"
 
 
 def _file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (``0o666`` less the umask), not ``0o600``."""
+    """Return the mode a plain ``open()`` would give a new file (``0o666`` less the umask), not ``0o600``."""
     # Read, not set: os.umask() would change it for every thread of the worker meanwhile.
     with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as status:
         for line in status:

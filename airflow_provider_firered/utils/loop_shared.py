@@ -1,6 +1,5 @@
 """
-What the FireRed triggers running in one event loop share: one aiohttp session and recently resolved
-connections.
+Share one aiohttp session and recently resolved connections among the FireRed triggers of an event loop.
 
 A triggerer runs thousands of waits in one loop. A session (with its own connection pool) and a
 connection lookup per wait cost more than the status polls themselves; shared, every poll reuses a
@@ -15,7 +14,7 @@ import asyncio
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import aiohttp
 
@@ -35,11 +34,18 @@ POOL_LIMIT = 256
 S = TypeVar("S")
 
 
+class _Lookup(NamedTuple):
+    """A connection lookup of the loop: when it started (``time.monotonic()``) and its outcome."""
+
+    started: float
+    outcome: asyncio.Future[Any]
+
+
 @dataclass
 class _LoopShared:
     session: aiohttp.ClientSession | None = None
     users: int = 0
-    settings: dict[str, tuple[float, asyncio.Future[Any]]] = field(default_factory=dict)
+    settings: dict[str, _Lookup] = field(default_factory=dict)
 
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopShared] = weakref.WeakKeyDictionary()
@@ -54,7 +60,7 @@ def _shared() -> _LoopShared:
 
 
 def acquire_session() -> aiohttp.ClientSession:
-    """The loop's session, opened if needed; every call needs a matching :func:`release_session`."""
+    """Return the loop's session, opened if needed; every call needs a matching :func:`release_session`."""
     shared = _shared()
     if shared.session is None or shared.session.closed:
         shared.session = new_session()
@@ -64,7 +70,7 @@ def acquire_session() -> aiohttp.ClientSession:
 
 def new_session() -> aiohttp.ClientSession:
     """
-    An aiohttp session for gateway reads: a bounded pool (:data:`POOL_LIMIT`) and no cookie jar.
+    Return a new aiohttp session for gateway reads: a bounded pool (:data:`POOL_LIMIT`), no cookie jar.
 
     The gateway needs no cookies; a jar that keeps none means no cookie set by one gateway (or a
     forged answer) is ever sent with another request. Idle connections are kept for the next polls.
@@ -85,8 +91,10 @@ async def release_session() -> None:
 
 async def cached_settings(conn_id: str, resolve: Callable[[], Awaitable[S]], *, refresh: bool = False) -> S:
     """
-    The settings of ``conn_id`` looked up in this loop less than :data:`SETTINGS_TTL_SECONDS` ago,
-    else ``resolve()``. Waits that start together share one lookup; a failed one is not kept.
+    Return the settings of ``conn_id`` looked up in this loop lately, else ``resolve()``.
+
+    A lookup is reused for :data:`SETTINGS_TTL_SECONDS`. Waits that start together share one lookup;
+    a failed one is not kept.
 
     :param conn_id: the connection id (the cache key).
     :param resolve: looks the connection up (without blocking the loop).
@@ -97,16 +105,17 @@ async def cached_settings(conn_id: str, resolve: Callable[[], Awaitable[S]], *, 
     shared = _shared()
     hit = shared.settings.get(conn_id)
     if hit is not None and (
-        not hit[1].done() if refresh else time.monotonic() - hit[0] < SETTINGS_TTL_SECONDS
+        not hit.outcome.done() if refresh else time.monotonic() - hit.started < SETTINGS_TTL_SECONDS
     ):
-        lookup = hit[1]
+        lookup = hit.outcome
     else:
         lookup = asyncio.ensure_future(resolve())
-        shared.settings[conn_id] = (time.monotonic(), lookup)
+        shared.settings[conn_id] = _Lookup(time.monotonic(), lookup)
     try:
         # shield: one waiter being cancelled must not cancel the lookup the others wait for.
         return await asyncio.shield(lookup)
     except Exception:
-        if shared.settings.get(conn_id, (0.0, None))[1] is lookup:
+        kept = shared.settings.get(conn_id)
+        if kept is not None and kept.outcome is lookup:
             del shared.settings[conn_id]
         raise

@@ -159,7 +159,7 @@ class RetryPolicy:
 
     def _after_first_try(self, started: float) -> dict[str, Any]:
         """
-        The tenacity settings for a call whose first try failed with a retryable error.
+        Return the tenacity settings for a call whose first try failed with a retryable error.
 
         That try ran outside tenacity (a status poll builds no retrier when it succeeds, as nearly
         all do); tenacity's first attempt re-raises its error, so the attempt numbers, the stops

@@ -12,17 +12,22 @@ from __future__ import annotations
 import datetime
 import math
 import random
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 # The one place that names the timer trigger: the same import and signature on Airflow 3.0 to 3.3
 # (apache-airflow-providers-standard, which apache-airflow-core itself requires).
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+from airflow_provider_firered.exceptions import FireRedApiError
 
 if TYPE_CHECKING:
     from airflow.triggers.base import BaseTrigger
 
     from airflow_provider_firered.exceptions import FireRedError
 
+#: HTTP status of a gateway that is saturated (too many jobs at once): it created no job.
+SATURATED = 429
 #: Seconds to wait when a ``429`` carries no (usable) ``Retry-After``.
 DEFAULT_SATURATION_DELAY = 5.0
 #: Random jitter added to every delay: up to this fraction of it ...
@@ -73,3 +78,61 @@ def saturation_trigger(delay: float) -> BaseTrigger:
     seconds = min(delay, MAX_TRIGGER_DELAY) if delay > 0 else 0.0
     moment = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
     return DateTimeTrigger(moment=moment)
+
+
+@dataclass(frozen=True)
+class Saturation:
+    """
+    How long a deferrable submit may keep meeting a saturated gateway (``429``), and how often it did.
+
+    :param deadline: epoch seconds past which a ``429`` fails the try instead of deferring again.
+    :param refusals: the ``429`` answers this submit got so far.
+    """
+
+    deadline: float
+    refusals: int = 0
+
+    @classmethod
+    def from_kwargs(cls, deadline: Any, refusals: Any, now: float) -> Saturation:
+        """
+        Return the saturation a deferral carried in its kwargs.
+
+        A value that is not a finite number counts as ``now`` for the deadline and 1 for the refusals.
+
+        :param deadline: the deferral's ``saturation_deadline``.
+        :param refusals: the deferral's ``refusals``.
+        :param now: the current epoch time.
+        """
+        return cls(_finite(deadline, now), int(_finite(refusals, 1)))
+
+    def refused_again(self) -> Saturation:
+        """Return this saturation with one more ``429`` counted."""
+        return Saturation(self.deadline, self.refusals + 1)
+
+    def to_dict(self) -> dict[str, float]:
+        """Return the saturation as plain JSON values (kept in XCom for the try)."""
+        return {"deadline": self.deadline, "refusals": self.refusals}
+
+
+def saturated_error(error: FireRedApiError, refusals: int, timeout: float) -> FireRedApiError:
+    """
+    Return the retryable error of a submit the gateway refused with ``429`` until its deadline.
+
+    :param error: the last ``429``.
+    :param refusals: how many ``429`` answers the submit got.
+    :param timeout: the wait the deadline stood for, in seconds.
+    """
+    saturated = FireRedApiError(SATURATED, error.error, error.message, retry_after=error.retry_after)
+    saturated.args = (
+        f"The FireRed gateway answered HTTP 429 (saturated: too many jobs at once) to all {refusals} "
+        f"submits of this edit within its timeout of {timeout:g} s; no job was created and "
+        "nothing was paid. A retry of the task submits it again",
+    )
+    return saturated
+
+
+def _finite(value: Any, default: float) -> float:
+    """Return ``value`` if it is a finite number (not a bool), else ``default``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return default

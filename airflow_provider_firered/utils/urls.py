@@ -7,7 +7,7 @@ character and a bounded length; the callers add their own rules (credentials, ht
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import SplitResult, urlsplit
 
 #: Longer URLs are refused: no real media or gateway URL comes near it.
@@ -34,7 +34,7 @@ def http_url_parts(url: Any, schemes: tuple[str, ...] = HTTP_SCHEMES) -> SplitRe
     return parts
 
 
-def is_http_url(url: Any) -> bool:
+def is_http_url(url: Any) -> TypeGuard[str]:
     """
     Return whether ``url`` is a plain http(s) URL with a host.
 
@@ -50,3 +50,12 @@ def has_space_or_control(text: str) -> bool:
     :param text: the text to check.
     """
     return any(ord(c) <= 0x20 or ord(c) == 0x7F or c.isspace() for c in text)
+
+
+def url_scheme(text: str) -> str | None:
+    """
+    Return the scheme of ``text`` written as a URL (``scheme://...``), or ``None`` for a path.
+
+    :param text: a path or a URL, such as ``/data/x``, ``file:///data/x`` or ``s3://bucket/x``.
+    """
+    return urlsplit(text).scheme if "://" in text else None

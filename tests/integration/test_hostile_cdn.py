@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_firered.exceptions import FireRedDownloadError, FireRedError, FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.media.downloads import MAX_REDIRECTS, download_outputs
+from airflow_provider_firered.media.downloads import MAX_REDIRECTS
 from tests.conftest import conn_uri_json
 from tests.hostile import Answer, HostileServer, Seen, serving
 
@@ -117,7 +117,7 @@ def test_octet_stream_image_is_saved_with_its_real_extension(
         "media_urls": [f"{cdn.url}/evil.py"],
         "media_type": "application/octet-stream",
     }
-    (path,) = download_outputs(hook, result, str(tmp_path / "out"), max_outputs=1)
+    (path,) = hook.download_outputs(result, str(tmp_path / "out"), max_outputs=1)
     assert path == str(tmp_path / "out" / f"{RID}_0.png")
     assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{RID}_0.png"]
 
@@ -133,7 +133,7 @@ def test_outputs_to_object_storage_get_checked_names(
         pytest.skip(f"this Airflow cannot build a file:// ObjectStoragePath: {err}")
     cdn.route("/o", Answer(200, {"Content-Type": "application/octet-stream"}, PNG))
     result = {"request_id": RID, "media_urls": [f"{cdn.url}/o"], "media_type": "application/octet-stream"}
-    (path,) = download_outputs(hook, result, base, max_outputs=1)
+    (path,) = hook.download_outputs(result, base, max_outputs=1)
     assert path == str(base / f"{RID}_0.png")
     assert (tmp_path / "store" / f"{RID}_0.png").read_bytes() == PNG
 
@@ -145,7 +145,7 @@ def test_a_path_in_the_request_id_is_never_written(
     out = tmp_path / "dags" / "out"
     result = {"request_id": "../../x", "media_urls": [f"{cdn.url}/x.py"], "media_type": None}
     with pytest.raises(FireRedValidationError, match="request_id"):
-        download_outputs(hook, result, str(out))
+        hook.download_outputs(result, str(out))
     assert gets(cdn) == []
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 
@@ -156,8 +156,8 @@ def test_more_media_urls_than_asked_for_downloads_nothing(
     cdn.route("/", Answer(200, PNG_HEADERS, PNG))
     urls = [f"{cdn.url}/{i}.png" for i in range(3)]
     with pytest.raises(FireRedError, match="lists 3 media URLs, more than the 2"):
-        download_outputs(
-            hook, {"request_id": RID, "media_urls": urls, "media_type": "image/png"}, tmp_path, max_outputs=2
+        hook.download_outputs(
+            {"request_id": RID, "media_urls": urls, "media_type": "image/png"}, tmp_path, max_outputs=2
         )
     assert gets(cdn) == []
     assert list(tmp_path.iterdir()) == []

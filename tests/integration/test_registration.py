@@ -69,20 +69,23 @@ def test_cli_connection_add_and_test(airflow_env: dict[str, str]) -> None:
         assert emulator.submit_attempts() == []
 
 
-#: What Airflow's providers manager makes of the connection type: the form the UI is built from.
-FORM_PROBE = """
+#: What Airflow's providers manager makes of the provider: the connection form the UI is built from and
+#: the trigger modules it registers.
+PROBE = """
 import json
 from airflow.providers_manager import ProvidersManager
 manager = ProvidersManager()
 prefix = "extra__firered__"
 widgets = [key[len(prefix):] for key in manager.connection_form_widgets if key.startswith(prefix)]
-print(json.dumps({"behaviour": manager.field_behaviours.get("firered"), "widgets": widgets}))
+triggers = [t.trigger_class_name for t in manager.trigger if t.package_name == "airflow-provider-firered"]
+behaviour = manager.field_behaviours.get("firered")
+print(json.dumps({"behaviour": behaviour, "widgets": widgets, "triggers": triggers}))
 """
 
 
-def test_airflow_builds_the_form_from_the_declaration(airflow_env: dict[str, str]) -> None:
+def test_airflow_builds_the_form_and_registers_the_triggers(airflow_env: dict[str, str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-c", FORM_PROBE],
+        [sys.executable, "-c", PROBE],
         env=airflow_env,
         capture_output=True,
         text=True,
@@ -91,6 +94,10 @@ def test_airflow_builds_the_form_from_the_declaration(airflow_env: dict[str, str
     )
     assert done.returncode == 0, done.stderr
     form = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(form["triggers"]) == [
+        "airflow_provider_firered.triggers.firered",
+        "airflow_provider_firered.triggers.firered_batch",
+    ]
     behaviour = form["behaviour"]
     assert behaviour is not None, "Airflow applied no form behaviour to the firered type"
     assert behaviour["hidden_fields"] == ["schema", "port", "login"]

@@ -12,14 +12,11 @@ from urllib.parse import unquote
 
 import pytest
 
-from airflow_provider_firered.batch import report as report_mod
-from airflow_provider_firered.batch.report import (
-    read_batch_manifest,
-    read_run,
-    relative_link,
-    write_contact_sheet,
-    write_summary,
-)
+from airflow_provider_firered.batch import run_results
+from airflow_provider_firered.batch.contact_sheet import relative_link, write_contact_sheet
+from airflow_provider_firered.batch.manifest import ManifestEntry, write_manifest
+from airflow_provider_firered.batch.report import write_summary
+from airflow_provider_firered.batch.run_results import read_batch_manifest, read_run
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -77,6 +74,26 @@ def test_a_manifest_is_read_with_its_counts(tmp_path: Path) -> None:
     assert by_key["A"].outputs == (str(folder / "A" / "req-A_0.png"),)
     assert by_key["C"].error == "NSFW content detected"
     assert by_key["B"].batch == "batch-0000"
+
+
+def test_the_report_reads_what_the_batch_writes(tmp_path: Path) -> None:
+    # One manifest format: every entry a batch writes, its progress snapshot included, passes the checks.
+    folder = tmp_path / "batch-0000"
+    output = folder / "A" / "rid-A_0.png"
+    entries = [
+        ManifestEntry("A", "edited", "COMPLETED", "rid-A", [str(output)], images=[INPUT], prompt="white"),
+        ManifestEntry("B", "failed", "FAILED", "rid-B", error="NSFW content detected", images=[INPUT]),
+        ManifestEntry("C", "pending", images=[INPUT], prompt="white", attempt=1),
+    ]
+    write_manifest(folder, entries)
+
+    batch = read_batch_manifest(folder)
+
+    assert batch.problems == []
+    assert batch.counts() == {"total": 3, "edited": 1, "reused": 0, "failed": 2}
+    first = batch.items[0]
+    assert (first.key, first.outputs, first.images) == ("A", (str(output),), (INPUT,))
+    assert batch.items[2].error == "unfinished: its batch stopped before this item ended"
 
 
 @pytest.mark.parametrize(
@@ -305,18 +322,21 @@ def test_relative_link_only_inside_the_run_folder(tmp_path: Path) -> None:
 
 
 def test_plain_segments_and_web_urls() -> None:
-    assert report_mod.is_plain_segment("SKU-1.2_a b")
+    assert run_results.is_plain_segment("SKU-1.2_a b")
     for bad in ("", ".", "..", "a/b", "a\\b", "a\nb", "a\0b", "x" * 256, 5, None):
-        assert not report_mod.is_plain_segment(bad), bad
-    assert report_mod.is_web_url("http://127.0.0.1:8/a.png")
+        assert not run_results.is_plain_segment(bad), bad
+    assert run_results.is_web_url("http://127.0.0.1:8/a.png")
     for bad in (
         "javascript:alert(1)",
         "file:///etc/passwd",
         "//host/x",
         "data:image/png;base64,x",
         "https://",
+        "https://images.example.test/a b.png",  # the shared check: no whitespace
+        "https://images.example.test:99999/a.png",  # nor a port out of range
+        "https://images.example.test/\u202egnp.exe",  # and the page's own: printable only
     ):
-        assert not report_mod.is_web_url(bad), bad
+        assert not run_results.is_web_url(bad), bad
 
 
 def _memory_path(url: str) -> Any:
@@ -403,7 +423,7 @@ def test_a_manifest_that_is_a_link_or_a_fifo_is_a_problem_not_a_hang(tmp_path: P
 def test_an_over_long_line_is_a_problem_and_the_lines_after_it_are_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(report_mod, "MAX_PROBLEMS", 3)
+    monkeypatch.setattr(run_results, "MAX_PROBLEMS", 3)
     folder = write_batch(
         tmp_path, "batch-0000", [line("A"), "x" * (2 * 1024 * 1024), line("B"), *["{bad"] * 5]
     )

@@ -236,16 +236,16 @@ def test_more_media_urls_than_asked_for_is_a_bad_answer(
 ) -> None:
     target = str(tmp_path / output_dir) if output_dir else None
     with pytest.raises(FireRedResponseError, match=f"lists {MAX_NUM_IMAGES + 1} media URLs") as info:
-        downloads.download_outputs(public_hook, result(count=MAX_NUM_IMAGES + 1), target)
+        public_hook.download_outputs(result(count=MAX_NUM_IMAGES + 1), target)
     assert not info.value.retryable
     with pytest.raises(FireRedResponseError, match="more than the 2 the edit asked for"):
-        downloads.download_outputs(public_hook, result(count=3), target, max_outputs=2)
+        public_hook.download_outputs(result(count=3), target, max_outputs=2)
     assert connects == []
     assert list(tmp_path.iterdir()) == []
 
 
 def test_no_bound_when_max_outputs_is_none(public_hook: FireRedHook) -> None:
-    assert downloads.download_outputs(public_hook, result(count=20), None, max_outputs=None) == []
+    assert public_hook.download_outputs(result(count=20), None, max_outputs=None) == []
 
 
 @pytest.mark.parametrize("request_id", ["../../dags/x", "/tmp/x", "..", "a/../../b"])
@@ -254,7 +254,7 @@ def test_a_path_in_the_request_id_writes_nothing(
 ) -> None:
     out = tmp_path / "a" / "b" / "out"
     with pytest.raises(FireRedValidationError, match="request_id"):
-        downloads.download_outputs(public_hook, result(request_id, url="https://cdn.example.test/x.py"), out)
+        public_hook.download_outputs(result(request_id, url="https://cdn.example.test/x.py"), out)
     assert connects == []
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 

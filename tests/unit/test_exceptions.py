@@ -13,8 +13,8 @@ from airflow_provider_firered.exceptions import (
     FireRedJobFailedError,
     FireRedTimeoutError,
     FireRedValidationError,
-    for_airflow,
 )
+from airflow_provider_firered.utils.airflow_errors import for_airflow
 
 
 def test_every_provider_error_is_an_airflow_exception() -> None:

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("triggers",),
     ("batch",),
     ("operators", "sensors"),
+    ("plugins",),
     ("get_provider_info",),
 ]
 MAX_LINES = 450

@@ -14,17 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from airflow_provider_firered.batch.earlier_runs import (
-    EarlierBatch,
-    NotReusable,
-    ReadBudget,
-    TooLarge,
-    bounded_lines,
-    copy_outputs,
-)
+from airflow_provider_firered.batch.earlier_runs import EarlierBatch, NotReusable, copy_outputs
 from airflow_provider_firered.batch.manifest import (
     MANIFEST_NAME,
     ManifestEntry,
+    ReadBudget,
+    TooLarge,
+    bounded_lines,
     previous_entries,
     read_manifest,
     write_manifest,

@@ -10,7 +10,6 @@ import pytest
 
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.hooks.firered import FireRedHook
-from airflow_provider_firered.media.downloads import download_outputs
 from airflow_provider_firered.media.output_paths import (
     MAX_ID_IN_NAME,
     MAX_OUTPUT_INDEX,
@@ -107,7 +106,7 @@ def test_a_240_character_id_is_downloaded_end_to_end(
     submitted = hook.submit_edit(V11, "Make it blue", ["https://img.example.test/a.png"])
     assert submitted.request_id == LONG_ID
     result = hook.get_status(LONG_ID).to_dict()
-    (path,) = download_outputs(hook, result, tmp_path)
+    (path,) = hook.download_outputs(result, tmp_path)
 
     assert path == str(tmp_path / f"{shortened(LONG_ID)}_0.png")
     assert [p.name for p in tmp_path.iterdir()] == [f"{shortened(LONG_ID)}_0.png"]  # no .part left

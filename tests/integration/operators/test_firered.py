@@ -499,7 +499,7 @@ def test_failed_xcom_push_after_submit_still_resumes(
     ],
 )
 def test_output_link_is_http_or_https_only(url: Any, link: str) -> None:
-    from airflow_provider_firered.operators.firered import web_link
+    from airflow_provider_firered.operators.links import web_link
 
     assert web_link(url) == link
 

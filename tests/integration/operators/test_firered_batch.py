@@ -300,7 +300,7 @@ class CrashingBatch(FireRedBatchEditOperator):
     # The worker is lost right after the gateway accepted two edits, before the wave was recorded.
     def execute(self, context):
         if context["ti"].try_number == 1:
-            submit, calls, lock = self.hook.submit_edit, [], threading.Lock()
+            submit, calls, lock = self.hook.submit_request, [], threading.Lock()
 
             def submit_then_crash(*args, **kwargs):
                 with lock:  # submits run in threads: the third call is the one that crashes
@@ -310,7 +310,7 @@ class CrashingBatch(FireRedBatchEditOperator):
                     raise RuntimeError("worker lost")
                 return submit(*args, **kwargs)
 
-            self.hook.submit_edit = submit_then_crash
+            self.hook.submit_request = submit_then_crash
         return super().execute(context)
 """
 
@@ -463,14 +463,14 @@ def test_an_uncertain_submit_stays_recorded_when_the_wave_fails(
 #: Try 1's items all end ERROR; on try 2 the worker is lost after two resubmits were accepted and
 #: stored, before any manifest recorded them (a lost worker writes nothing more).
 DIES_WHILE_RESUBMITTING = """
-import airflow_provider_firered.operators.firered_batch as batch_module
+import airflow_provider_firered.batch.run as batch_module
 
 
 class DiesWhileResubmitting(FireRedBatchEditOperator):
     def execute(self, context):
         if context["ti"].try_number != 2:
             return super().execute(context)
-        submit, calls = self.hook.submit_edit, []
+        submit, calls = self.hook.submit_request, []
 
         def submit_then_die(*args, **kwargs):
             calls.append(None)
@@ -478,7 +478,7 @@ class DiesWhileResubmitting(FireRedBatchEditOperator):
                 raise RuntimeError("worker lost")
             return submit(*args, **kwargs)
 
-        self.hook.submit_edit = submit_then_die
+        self.hook.submit_request = submit_then_die
         write_manifest = batch_module.write_manifest
         batch_module.write_manifest = lambda root, entries: str(root)
         try:
@@ -519,24 +519,28 @@ from pathlib import Path
 class KilledWhileDownloading(FireRedBatchEditOperator):
     lose_disk = False
 
-    def _start(self, context):
+    def execute(self, context):
         if not self.use_store:
             context.pop("task_state_store", None)  # the manifest alone, as before Airflow 3.3
         if context["ti"].try_number == 2 and self.lose_disk:
             # The retry runs on another worker: the local output_root it finds is empty.
             root = Path(self.output_root)
             root.rename(root.with_name(root.name + "-first-worker"))
-        batch = super()._start(context)
-        if context["ti"].try_number == 1:
-            download = batch.download
+        self.first_try = context["ti"].try_number == 1
+        return super().execute(context)
 
-            def lost(completed):
+    def _run(self):
+        run = super()._run()
+        if self.first_try:
+            download = run.download
+
+            def lost(batch, completed):
                 if completed:
                     raise RuntimeError("worker lost")
-                return download(completed)
+                return download(batch, completed)
 
-            batch.download = lost
-        return batch
+            run.download = lost
+        return run
 
 
 class ManifestAlone(KilledWhileDownloading):

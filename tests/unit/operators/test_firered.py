@@ -330,6 +330,29 @@ def test_resubmission_counts_on_the_worker(
     assert ti.xcom[REQUEST_ID_XCOM_KEY] == rid(100 + posts - 1)  # the XCom names the last request
 
 
+def test_an_edit_is_validated_once_however_often_it_is_sent(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator validates the rendered edit before any request; the hook sends it as it is.
+    import airflow_provider_firered.gateway.options as options
+    import airflow_provider_firered.hooks.firered as hook_module
+    import airflow_provider_firered.operators.firered as operator_module
+
+    checks: list[tuple[Any, ...]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checks.append(args)
+        return options.validate_edit(*args, **kwargs)
+
+    monkeypatch.setattr(operator_module, "validate_edit", counted)
+    monkeypatch.setattr(hook_module, "validate_edit", counted)
+    gateway.submits = ["ERROR", "ERROR", "COMPLETED"]
+    result = edit(deferrable=False, resubmit_on_error=2).execute(context(TaskInstance(), StateStore()))
+    assert result["status"] == "COMPLETED"
+    assert gateway.server.posts() == 3
+    assert len(checks) == 1
+
+
 def test_resubmission_counts_across_deferrals(gateway: Gateway) -> None:
     ti, store = TaskInstance(), StateStore()
     operator = edit(deferrable=True, resubmit_on_error=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_firered.operators.firered_batch import wake_after
+from airflow_provider_firered.batch.waves import wake_after
 
 
 @pytest.mark.parametrize(

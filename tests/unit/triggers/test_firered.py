@@ -16,12 +16,10 @@ from airflow_provider_firered.exceptions import (
     FireRedStartTimeoutError,
     FireRedTimeoutError,
     FireRedValidationError,
-    airflow_errors,
-    fails_for_good,
-    for_airflow,
 )
 from airflow_provider_firered.gateway.results import JobStatus, JobStatusResult
 from airflow_provider_firered.triggers.events import FIELDS, EventStatus, StatusEvent
+from airflow_provider_firered.utils.airflow_errors import AirflowErrorAdapter, fails_for_good, for_airflow
 
 RID = "firered-image-edit-v1-1_abc"
 RESULT = {
@@ -146,7 +144,7 @@ def test_a_success_gives_a_copy_of_the_result() -> None:
 def test_each_ending_raises_its_own_type_and_outcome(
     status: EventStatus, kind: type[FireRedError], final: bool, text: str
 ) -> None:
-    with pytest.raises(kind) as info, airflow_errors():
+    with pytest.raises(kind) as info, AirflowErrorAdapter():
         StatusEvent.from_dict(WIRE[status]).job_result()
     assert str(info.value).startswith(text)
     assert isinstance(info.value, AirflowFailException) is final
@@ -184,7 +182,7 @@ def test_the_worker_path_raises_the_same_types(error: FireRedError, final: bool)
 
 
 def test_bad_input_says_so_in_the_task_log() -> None:
-    with pytest.raises(FireRedValidationError) as info, airflow_errors():
+    with pytest.raises(FireRedValidationError) as info, AirflowErrorAdapter():
         raise FireRedValidationError("poll_interval", "must be at least 1 second")
     assert str(info.value) == "Invalid input: poll_interval: must be at least 1 second"
     assert isinstance(info.value, AirflowFailException)

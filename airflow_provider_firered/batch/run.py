@@ -1,0 +1,269 @@
+"""
+Run a batch within one try: start or carry on, then wave after wave until it waits or finishes.
+
+A wave frees the slots of what ended, submits the next items into them, records every accepted request
+id, then downloads what completed. Waiting (deferred or on the worker) is the operator's part.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_firered.batch.collect import download_completed, still_running_after_clear
+from airflow_provider_firered.batch.manifest import ManifestEntry, read_manifest, write_manifest
+from airflow_provider_firered.batch.progress import read_progress, resumable, task_of, write_progress
+from airflow_provider_firered.batch.reuse import fingerprint_items, reuse_unchanged
+from airflow_provider_firered.batch.state import RESUBMITTED_STATUSES, RESUMED_STATUSES, BatchState
+from airflow_provider_firered.batch.store import (
+    StoredRequest,
+    cleared_request,
+    edit_digest,
+    keep_request,
+    retry_store,
+    stored_request,
+    stored_value,
+)
+from airflow_provider_firered.batch.waves import SaturatedError, WaveAnswers, submit_wave
+from airflow_provider_firered.exceptions import FireRedBatchFailedError
+from airflow_provider_firered.utils.saturation import MIN_DEFERRAL_SECONDS, saturation_delay
+from airflow_provider_firered.version_compat import task_state_store
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_firered.batch.items import BatchItem, InvalidItem
+    from airflow_provider_firered.batch.settings import BatchLog, BatchSettings
+    from airflow_provider_firered.batch.state import Completed
+    from airflow_provider_firered.exceptions import FireRedApiError
+    from airflow_provider_firered.hooks.firered import FireRedHook
+
+
+class BatchRun:
+    """
+    Drive one batch within a try: its state from the manifest and the store, its waves, its end.
+
+    :param settings: the batch's checked arguments.
+    :param items: the checked items (built once, when the task starts or resumes).
+    :param invalid: the items that failed their checks: reported, never sent.
+    :param hook: the FireRed hook.
+    :param log: the operator's logger.
+    """
+
+    def __init__(
+        self,
+        settings: BatchSettings,
+        items: list[BatchItem],
+        invalid: list[InvalidItem],
+        hook: FireRedHook,
+        log: BatchLog,
+    ) -> None:
+        self.settings = settings
+        self.items = items
+        self.invalid = {
+            bad.key: ManifestEntry(bad.key, "failed", "INVALID", error=bad.error) for bad in invalid
+        }
+        for bad in invalid:
+            log.warning("Item %s is invalid and is not sent: %s", bad.key, bad.error)
+        self.hook = hook
+        self.log = log
+        self.root = settings.root()
+
+    def _state(self, deadline: float) -> BatchState:
+        return BatchState(
+            self.items,
+            self.invalid,
+            deadline=deadline,
+            timeout=self.settings.timeout,
+            start_timeout=self.settings.start_timeout,
+        )
+
+    # -- building the batch's state ------------------------------------------------------------------
+
+    def start(self, context: Context) -> BatchState:
+        """
+        Start a new try: resume the manifest this task's earlier try wrote, else start afresh.
+
+        :param context: the task's context.
+        """
+        ti = context["ti"]
+        progress = {"task": task_of(ti), "max_tries": ti.max_tries}
+        earlier = resumable(self.root, progress, self.log)
+        batch = self._state(time.time() + self.settings.timeout)
+        store = retry_store(context, self.log)
+        stored: dict[str, StoredRequest | None] = {}
+        cleared: dict[str, StoredRequest] = {}
+        for item in self.items:
+            value = stored_value(store, item)
+            stored[item.key] = stored_request(value, ti.max_tries)
+            if not (earlier and item.key in earlier):  # what this try series recorded comes first
+                found = cleared_request(value, ti.max_tries, edit_digest(item))
+                if found is not None:
+                    cleared[item.key] = found
+        running = still_running_after_clear(cleared, self.hook, self.settings.download_threads, self.log)
+        for item in self.items:
+            entry = earlier.get(item.key) if earlier else None
+            batch.resume(item, entry, stored[item.key] or running.get(item.key))
+        for key, request in running.items():
+            if batch.entries[key].request_id == request.request_id:
+                batch.collected_after_clear.append(batch.items[key])
+                if store is not None:  # (always: only a stored request is found running)
+                    # Stored again as this try's own: a retry of it then resumes the job as any retry does.
+                    keep_request(store, batch.items[key], request, ti.max_tries)
+        write_progress(self.root, {**progress, "deadline": batch.deadline})
+        if self.settings.previous and not self.settings.force:
+            # Compared with the earlier run before anything is submitted; otherwise the fingerprints
+            # (for the next night) are read after each wave's submits, never delaying one.
+            self.fingerprint(batch, batch.queue)
+            reuse_unchanged(
+                batch,
+                self.settings.previous,
+                self.root,
+                max_bytes=self.hook.settings.max_download_bytes,
+                threads=self.settings.download_threads,
+                log=self.log,
+            )
+        self.log.info(
+            "Batch of %d item(s): %d invalid, %d done before, %d reused, %d to wait for, %d to submit",
+            len(self.items) + len(self.invalid),
+            len(self.invalid),
+            batch.count("edited") + batch.count("reused") - batch.reused_now,
+            batch.reused_now,
+            len(batch.in_flight),
+            len(batch.queue),
+        )
+        return batch
+
+    def carry_on(self) -> BatchState:
+        """Take up a later wave of the same try: the manifest written before deferring holds the state."""
+        by_key = {entry.key: entry for entry in read_manifest(self.settings.output_root) or []}
+        batch = self._state(0.0)
+        for item in self.items:
+            batch.carry(item, by_key.get(item.key))
+        return batch
+
+    def kept_deadline(self) -> float:
+        """Return the try's deadline the progress file keeps; 0 when it keeps none."""
+        kept = read_progress(self.root).get("deadline")
+        return kept if isinstance(kept, float) else 0.0
+
+    # -- waves ---------------------------------------------------------------------------------------
+
+    def wave(self, context: Context, batch: BatchState) -> FireRedApiError | None:
+        """
+        Free the slots of what ended, submit the next wave into them, then download what completed.
+
+        Submitting before downloading keeps the gateway busy while the outputs come in. Return the
+        ``429`` of a deferrable batch that found the gateway saturated with nothing of its own in
+        flight (the caller waits for room, nothing downloaded yet); None otherwise.
+
+        :param context: the task's context.
+        :param batch: the batch's state.
+        """
+        completed = batch.settle()
+        answers = WaveAnswers()
+        if batch.timed_out():
+            batch.give_up_waiting()
+        else:
+            try:
+                submit_wave(
+                    batch,
+                    answers,
+                    settings=self.settings,
+                    hook=self.hook,
+                    store=task_state_store(context),
+                    max_tries=context["ti"].max_tries,
+                    log=self.log,
+                )
+            except SaturatedError as saturated:
+                return saturated.error
+            except Exception:
+                # What this wave learnt survives any failure (the gateway's, or Airflow's store):
+                # an accepted or uncertain submit must stay recorded, or the retry would pay for it
+                # again. Completed jobs stay pending with their request id: the retry collects them.
+                self.save(batch)
+                raise
+            if answers.answered:
+                # Every accepted request id is recorded before anything else can fail or wait:
+                # a worker lost during the downloads below leaves its retry nothing to pay again.
+                self.save(batch)
+            self.fingerprint(batch, answers.accepted + batch.collected_after_clear)
+            batch.collected_after_clear = []
+        self.download(batch, completed)
+        self.log.info(
+            "Wave: %d output(s) collected, %d submitted; %d edited, %d reused, %d failed so far; "
+            "%d unfinished at the gateway, %d still to submit",
+            len(completed),
+            len(answers.accepted),
+            batch.count("edited"),
+            batch.count("reused"),
+            batch.count("failed"),
+            len(batch.in_flight),
+            len(batch.queue),
+        )
+        return None
+
+    def fingerprint(self, batch: BatchState, items: list[BatchItem]) -> None:
+        """
+        Fingerprint those of ``items`` not fingerprinted yet, within a budget and the try's deadline.
+
+        :param batch: the batch's state.
+        :param items: the items to fingerprint.
+        """
+        fingerprint_items(batch, items, self.hook.settings, self.settings.download_threads)
+
+    def download(self, batch: BatchState, completed: list[Completed]) -> None:
+        """
+        Download the completed jobs' outputs, several at once.
+
+        :param batch: the batch's state.
+        :param completed: the completed jobs.
+        """
+        download_completed(batch, completed, self.hook, self.root, self.settings.download_threads)
+
+    def room_delay(self, error: FireRedApiError) -> float:
+        """
+        Return how long to wait out a saturated gateway: its ``Retry-After``, capped, with jitter.
+
+        :param error: the gateway's ``429``.
+        """
+        return max(saturation_delay(error, self.hook.settings.retry.max_retry_after), MIN_DEFERRAL_SECONDS)
+
+    # -- the end -------------------------------------------------------------------------------------
+
+    def save(self, batch: BatchState) -> str:
+        """
+        Write the manifest: the batch's progress, and what a retry takes up; return its path.
+
+        :param batch: the batch's state.
+        """
+        return write_manifest(self.settings.output_root, batch.manifest())
+
+    def finish(self, batch: BatchState) -> dict[str, Any]:
+        """
+        End the batch: count what is unfinished as failed, write the manifest, return the summary.
+
+        :param batch: the batch's state.
+        :raises FireRedBatchFailedError: when more than ``max_failed`` items failed.
+        """
+        batch.close_unfinished()
+        manifest = self.save(batch)
+        counts = {outcome: batch.count(outcome) for outcome in ("edited", "reused", "failed")}
+        self.log.info(
+            "Batch done: %d edited, %d reused, %d failed; manifest %s",
+            counts["edited"],
+            counts["reused"],
+            counts["failed"],
+            manifest,
+        )
+        failed = [entry for entry in batch.manifest() if entry.outcome == "failed"]
+        if len(failed) > self.settings.max_failed:
+            retryable = any(entry.status in RESUMED_STATUSES | RESUBMITTED_STATUSES for entry in failed)
+            raise FireRedBatchFailedError(
+                [(entry.key, entry.status or "", entry.error or "") for entry in failed],
+                self.settings.max_failed,
+                manifest,
+                retryable=retryable,
+            )
+        output_root = self.settings.output_root
+        return {"total": len(batch.entries), **counts, "manifest": manifest, "output_root": output_root}

@@ -1,0 +1,169 @@
+"""
+Keep each item's request id in Airflow's ``task_state_store``, so that a retry resumes it.
+
+An id is stored as soon as the gateway accepts the item's submit, with the item's submit count (which
+of the stored id and the manifest's is newer) and its edit's digest (a clear collects a job still
+running only for the same edit). Every access goes through
+:func:`airflow_provider_firered.version_compat.task_state_store`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_firered.version_compat import task_state_store
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_firered.batch.items import BatchItem
+    from airflow_provider_firered.batch.manifest import ManifestEntry
+    from airflow_provider_firered.batch.settings import BatchLog
+    from airflow_provider_firered.version_compat import TaskStateStore
+
+#: task_state_store key of an item's request id: ``<prefix><key>``.
+STATE_KEY_PREFIX = "firered_batch:"
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """
+    An item's request id as ``task_state_store`` keeps it.
+
+    :param request_id: the gateway's request id.
+    :param attempt: the item's submit count when it was accepted (see ``ManifestEntry.attempt``).
+    """
+
+    request_id: str
+    attempt: int
+
+
+def stored_request(value: Any, max_tries: int) -> StoredRequest | None:
+    """
+    Read a stored ``{"request_id", "max_tries", "attempt"}`` of this task instance.
+
+    None unless it is this task instance's (a clear changes ``max_tries``) and well formed (a value
+    from before ``attempt`` counts as 0).
+
+    :param value: what the store holds for the item.
+    :param max_tries: the task instance's ``max_tries``.
+    """
+    if not isinstance(value, dict) or value.get("max_tries") != max_tries:
+        return None
+    return _well_formed(value)
+
+
+def cleared_request(value: Any, max_tries: int, edit: str) -> StoredRequest | None:
+    """
+    Read a stored request from before a user's clear (another ``max_tries``) of the same edit.
+
+    Such a job may still be running. None for this try's own values, another edit, a value stored
+    without its edit's digest, or one not well formed.
+
+    :param value: what the store holds for the item.
+    :param max_tries: the task instance's ``max_tries``.
+    :param edit: the item's :func:`edit_digest` now.
+    """
+    if not isinstance(value, dict) or value.get("max_tries") == max_tries or value.get("edit") != edit:
+        return None
+    return _well_formed(value)
+
+
+def _well_formed(value: dict[str, Any]) -> StoredRequest | None:
+    request_id, attempt = value.get("request_id"), value.get("attempt", 0)
+    if not isinstance(request_id, str) or not request_id:
+        return None
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
+        return None
+    return StoredRequest(request_id, attempt)
+
+
+def edit_digest(item: BatchItem) -> str:
+    """
+    Return a SHA-256 of what an item submits (model, prompt, images, parameters).
+
+    It is stored with the item's request id: a clear collects a stored job only for the same edit.
+    Not the item's fingerprint, which also holds what its images' hosts answer (and may not be known
+    yet).
+
+    :param item: the checked item.
+    """
+    edit = [item.model, item.prompt, list(item.images), dict(item.parameters)]
+    text = json.dumps(edit, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_newer(stored: StoredRequest | None, earlier: ManifestEntry | None) -> bool:
+    """
+    Tell whether the stored request id is newer than what the manifest records of the item.
+
+    It is when it was submitted more times than the manifest counts (its id was stored, then the
+    worker was lost before the manifest was written). An id equal to the manifest's, or counted
+    lower, adds nothing.
+
+    :param stored: the item's stored request, if any.
+    :param earlier: the item's manifest entry from an earlier try, if any.
+    """
+    if stored is None:
+        return False
+    if earlier is None:
+        return True
+    return stored.attempt > earlier.attempt and stored.request_id != earlier.request_id
+
+
+def retry_store(context: Context, log: BatchLog) -> TaskStateStore | None:
+    """
+    Return the ``task_state_store`` to read stored request ids from, on a retry only.
+
+    A first try has none to read (and each read is a call to Airflow); a retry reads it whether or
+    not this worker finds the manifest. Before Airflow 3.3 the log says once that crash recovery
+    rests on the manifest alone.
+
+    :param context: the task's context.
+    :param log: where to say it.
+    """
+    store = task_state_store(context)
+    if store is None:
+        log.info(
+            "This Airflow has no task_state_store (3.3+): crash recovery for batches rests on the "
+            "manifest alone; a retry that cannot read it (a local output_root on another worker) "
+            "submits the unfinished items again"
+        )
+        return None
+    return store if context["ti"].try_number > 1 else None
+
+
+def stored_value(store: TaskStateStore | None, item: BatchItem) -> Any:
+    """
+    Return what the store holds for an item (None without a store).
+
+    :param store: the task's store, if any.
+    :param item: the item.
+    """
+    return None if store is None else store.get(STATE_KEY_PREFIX + item.key)
+
+
+def keep_request(store: TaskStateStore, item: BatchItem, request: StoredRequest, max_tries: int) -> None:
+    """
+    Store an item's request id as this try's own: a crash from here on resumes it.
+
+    The submit count tells a retry which of this id and the manifest's is newer; the edit's digest
+    lets a clear collect the job if a user stops the task before it ends.
+
+    :param store: the task's store.
+    :param item: the item.
+    :param request: its request id and submit count.
+    :param max_tries: the task instance's ``max_tries`` (a clear changes it).
+    """
+    store.set(
+        STATE_KEY_PREFIX + item.key,
+        {
+            "request_id": request.request_id,
+            "max_tries": max_tries,
+            "attempt": request.attempt,
+            "edit": edit_digest(item),
+        },
+    )

@@ -1,0 +1,193 @@
+"""
+Submit a wave of a batch's items into the free slots, and decide how long the next wait lasts.
+
+Submits run ``download_threads`` at a time; every answer is recorded (in the batch's state, and the
+accepted request ids in ``task_state_store``) before a failure that ends the try is raised.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeGuard
+
+from airflow_provider_firered.batch.store import StoredRequest, keep_request
+from airflow_provider_firered.exceptions import (
+    FireRedApiError,
+    FireRedConnectionError,
+    FireRedError,
+    FireRedSubmitUncertainError,
+)
+from airflow_provider_firered.gateway.results import SubmitResult
+
+if TYPE_CHECKING:
+    from airflow_provider_firered.batch.items import BatchItem
+    from airflow_provider_firered.batch.settings import BatchLog, BatchSettings
+    from airflow_provider_firered.batch.state import BatchState
+    from airflow_provider_firered.hooks.firered import FireRedHook
+    from airflow_provider_firered.version_compat import TaskStateStore
+
+#: Answers that refuse every submit of the batch alike (the key, the subscription).
+BATCH_REFUSALS = frozenset({401, 402, 403})
+
+
+@dataclass
+class WaveAnswers:
+    """What one wave of submits brought back."""
+
+    #: The items the gateway accepted, in the order their answers came.
+    accepted: list[BatchItem] = field(default_factory=list)
+    #: How many submits got an answer (accepted or not).
+    answered: int = 0
+    paused: FireRedError | None = None
+    refused: FireRedApiError | None = None
+    fatal: Exception | None = None
+    #: Set when a failure means the rest of the wave is not sent.
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class SaturatedError(Exception):
+    """A ``429`` with nothing of the batch in flight: the deferrable batch waits on a timer."""
+
+    def __init__(self, error: FireRedApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def saturated(err: Any) -> TypeGuard[FireRedApiError]:
+    """
+    Tell whether a submit's failure is the gateway's ``429`` (saturated: surely not taken).
+
+    :param err: the failure.
+    """
+    return isinstance(err, FireRedApiError) and err.status_code == 429
+
+
+def wake_after(in_flight: int, queued: int) -> int:
+    """
+    Return how many ended jobs the trigger waits for before the task resumes.
+
+    All of them once nothing is left to submit; otherwise half of those in flight (or the rest of the
+    queue, if smaller), so the next wave goes in while the other half still keeps the gateway busy.
+    A batch of N then costs about N / max_in_flight + 1 task starts where jobs end together, at most
+    twice that where they end spread out.
+
+    :param in_flight: the jobs of the batch unfinished at the gateway.
+    :param queued: the items still to submit.
+    """
+    if not queued:
+        return in_flight
+    return max(1, min(queued, in_flight // 2))
+
+
+def _stops_wave(err: Exception) -> bool:
+    """Tell whether a submit's failure stops the rest of its wave from being sent."""
+    if isinstance(err, FireRedSubmitUncertainError):
+        return False
+    if isinstance(err, FireRedApiError) and not err.retryable:
+        return err.status_code in BATCH_REFUSALS
+    return True  # saturated or unreachable (paused), or a failure that ends the try
+
+
+def submit_wave(
+    batch: BatchState,
+    answers: WaveAnswers,
+    *,
+    settings: BatchSettings,
+    hook: FireRedHook,
+    store: TaskStateStore | None,
+    max_tries: int,
+    log: BatchLog,
+) -> None:
+    """
+    Submit queued items into the free slots (fewer than ``max_in_flight`` jobs unfinished).
+
+    Submits run ``download_threads`` at a time; their answers are collected into ``answers``. Each
+    accepted request id is stored (``task_state_store``) and recorded as its answer comes in; an id
+    the gateway already gave to another item fails the later item as ``UNCERTAIN``. A saturated or
+    unreachable gateway pauses the wave (the rest stay queued for the next one); a refused key or
+    subscription fails every queued item; an uncertain submit fails its item for good. A failure
+    that ends the try is raised only after every answer is recorded; a ``429`` with nothing in
+    flight raises :class:`SaturatedError` in a deferrable batch.
+
+    :param batch: the batch's state.
+    :param answers: where the wave's answers go.
+    :param settings: the batch's settings.
+    :param hook: the FireRed hook.
+    :param store: the task's ``task_state_store``, if this Airflow has one.
+    :param max_tries: the task instance's ``max_tries``, stored with each id.
+    :param log: where to say what failed or paused.
+    """
+    wave = batch.queue[: max(0, settings.max_in_flight - len(batch.in_flight))]
+    if not wave:
+        return
+    hook.settings  # noqa: B018  resolved once here, not in every thread
+
+    def send(item: BatchItem, retry: bool) -> SubmitResult | Exception | None:
+        if answers.stop.is_set():
+            return None  # stays queued for the next wave
+        try:
+            return hook.submit_request(item.request, retry=retry)  # checked once, when items were read
+        except Exception as err:  # recorded by the caller, after every other answer
+            if _stops_wave(err):
+                answers.stop.set()
+            return err
+
+    def record(item: BatchItem, answer: SubmitResult | Exception | None) -> None:
+        if answer is not None:
+            answers.answered += 1
+        if isinstance(answer, SubmitResult):
+            # Recorded in the batch (and so in the manifest, even if this try fails) before
+            # anything else can fail.
+            attempt = batch.submitted(item, answer.request_id)
+            if not attempt:
+                log.warning("Item %s failed: %s", item.key, batch.entries[item.key].error)
+                return
+            answers.accepted.append(item)
+            if store is None:
+                return
+            try:
+                keep_request(store, item, StoredRequest(answer.request_id, attempt), max_tries)
+            except Exception as err:  # Airflow's API refused (e.g. the try was failed meanwhile)
+                answers.stop.set()
+                answers.fatal = answers.fatal or err
+        elif isinstance(answer, FireRedSubmitUncertainError):
+            batch.fail(item, "UNCERTAIN", str(answer))  # may have been accepted: never sent again
+        elif isinstance(answer, FireRedApiError) and not answer.retryable:
+            if answer.status_code in BATCH_REFUSALS:
+                answers.refused = answers.refused or answer
+            else:
+                batch.fail(item, "REFUSED", str(answer))
+        elif isinstance(answer, FireRedError) and answer.retryable:
+            answers.paused = answers.paused or answer  # saturated or unreachable: the next wave tries
+        elif isinstance(answer, Exception):
+            answers.fatal = answers.fatal or answer
+
+    if not batch.in_flight:
+        # Nothing to wait for: the first submit waits out a 429's Retry-After here, as the hook
+        # does, unless the batch is deferrable (it then waits on a timer, holding no slot). With
+        # jobs in flight a 429 pauses the submits at once instead: waiting in the slot would
+        # hold it for nothing.
+        first = send(wave[0], not settings.deferrable)
+        if settings.deferrable and isinstance(first, FireRedConnectionError):
+            # Never opened, so surely not taken: sent again with the hook's own retries, as before.
+            answers.stop.clear()
+            first = send(wave[0], True)
+        record(wave[0], first)
+        wave = wave[1:]
+    if wave and not answers.stop.is_set():
+        with ThreadPoolExecutor(max_workers=min(settings.download_threads, len(wave))) as pool:
+            sent = {pool.submit(send, item, False): item for item in wave}
+            for done in as_completed(sent):
+                record(sent[done], done.result())
+    if answers.refused is not None:
+        batch.fail_queue("REFUSED", str(answers.refused))  # the same answer awaits every item
+    if answers.fatal is not None:
+        raise answers.fatal
+    if answers.paused is not None:
+        if not batch.in_flight:
+            if settings.deferrable and saturated(answers.paused):
+                raise SaturatedError(answers.paused)
+            raise answers.paused  # nothing to wait for: the try fails, and Airflow's retry tries again
+        log.warning("Submits paused until jobs finish: %s", answers.paused)
