@@ -17,12 +17,12 @@ from airflow_provider_firered.emulator.protocol import error_answer
 from airflow_provider_firered.emulator.records import record_json
 
 if TYPE_CHECKING:
-    from airflow_provider_firered.emulator.server import Emulator
+    from airflow_provider_firered.emulator.roles import AdminHost
 
 _OK = {"ok": True}
 
 
-def add_admin_routes(app: web.Application, emulator: Emulator) -> None:
+def add_admin_routes(app: web.Application, emulator: AdminHost) -> None:
     """Add the admin routes to the gateway application ``app``."""
     admin = _Admin(emulator)
     app.router.add_get(ADMIN_PREFIX + "requests", admin.requests)
@@ -37,7 +37,7 @@ def add_admin_routes(app: web.Application, emulator: Emulator) -> None:
 class _Admin:
     """Each route calls the emulator's in-process control of the same name."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: AdminHost) -> None:
         self._emulator = emulator
 
     async def requests(self, _request: web.Request) -> web.Response:

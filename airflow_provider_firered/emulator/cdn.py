@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from airflow_provider_firered.emulator.gateway import Handler
     from airflow_provider_firered.emulator.jobs import Jobs
     from airflow_provider_firered.emulator.records import Recorder
-    from airflow_provider_firered.emulator.server import Emulator
+    from airflow_provider_firered.emulator.roles import CdnHost
 
 
 class Cdn:
@@ -26,7 +26,7 @@ class Cdn:
     :param recorder: where every request is recorded.
     """
 
-    def __init__(self, emulator: Emulator, jobs: Jobs, recorder: Recorder) -> None:
+    def __init__(self, emulator: CdnHost, jobs: Jobs, recorder: Recorder) -> None:
         self._emulator = emulator
         self._jobs = jobs
         self._recorder = recorder

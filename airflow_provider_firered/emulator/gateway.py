@@ -21,7 +21,7 @@ from airflow_provider_firered.emulator.validation import MODELS, PATHS, Invalid,
 if TYPE_CHECKING:
     from airflow_provider_firered.emulator.jobs import Jobs
     from airflow_provider_firered.emulator.records import Recorder
-    from airflow_provider_firered.emulator.server import Emulator
+    from airflow_provider_firered.emulator.roles import GatewayHost
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The path prefix of the admin API, which is neither recorded nor faulted nor keyed.
@@ -37,7 +37,7 @@ class Gateway:
     :param recorder: where every request is recorded.
     """
 
-    def __init__(self, emulator: Emulator, jobs: Jobs, recorder: Recorder) -> None:
+    def __init__(self, emulator: GatewayHost, jobs: Jobs, recorder: Recorder) -> None:
         self._emulator = emulator
         self._jobs = jobs
         self._recorder = recorder

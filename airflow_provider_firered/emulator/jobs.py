@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Coroutine
 
     from airflow_provider_firered.emulator.records import Recorder
-    from airflow_provider_firered.emulator.server import Emulator
+    from airflow_provider_firered.emulator.roles import JobsHost
 
 _NAMESPACE = uuid.UUID("5f0c6c1e-6a44-4d64-9a7b-0f1e2d3c4b5a")
 
@@ -89,7 +89,7 @@ class Jobs:
     :param recorder: the request record, trimmed with the jobs on long runs.
     """
 
-    def __init__(self, emulator: Emulator, recorder: Recorder) -> None:
+    def __init__(self, emulator: JobsHost, recorder: Recorder) -> None:
         self._emulator = emulator
         self._recorder = recorder
         #: Guards the jobs, the outputs and the queued outcomes; submit holds it to admit a job.
