@@ -24,7 +24,7 @@ from airflow_provider_firered.gateway.results import JobStatus
 from airflow_provider_firered.hooks.firered import FireRedHook
 from tests.conftest import conn_uri_json
 from tests.integration.hooks.test_firered import wait_done
-from tests.unit.test_options import BAD_IMAGES, BAD_PROMPTS, BAD_WEBHOOKS, CASES
+from tests.unit.gateway.test_options import BAD_IMAGES, BAD_PROMPTS, BAD_WEBHOOKS, CASES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
