@@ -35,13 +35,14 @@ pytest_plugins = ["tests.hostile"]
 TESTS = Path(__file__).resolve().parent
 #: Tests outside tests/e2e that start a real Airflow deployment too: marker ``e2e``.
 E2E_ELSEWHERE = frozenset({"test_catalogue_cost_measures_three_nights"})
-#: Tests whose call took over 30 s on a 2-core machine (``pytest --durations=0``): marker ``slow``. A
-#: shared fixture's setup is not counted: it moves to the next test. By function name, so that a test
-#: keeps its mark wherever it moves. Every e2e test is slow too (a deployment takes a minute to start).
+#: Tests whose call took over 30 s on a 2-core machine, on either Airflow (``pytest --durations=0``):
+#: marker ``slow``. A shared fixture's setup is not counted: it moves to the next test. By function
+#: name, so that a test keeps its mark wherever it moves. Every e2e test is slow too.
 SLOW_TESTS = frozenset(
     {
         "test_airflow_dags_test_cli",
-        "test_catalogue_cost_measures_three_nights",
+        "test_catalogue_batches_edit_every_sku_and_report_a_failed_one",
+        "test_catalogue_rerun_reuses_unchanged_skus_and_reedits_a_changed_one",
         "test_demo_edits_the_sample_catalogue_in_batches_then_reuses_it",
         "test_demo_with_a_key_uses_that_gateway_and_reports_a_failed_sku",
         "test_trigger_cost_compares_every_waiter_with_the_grid_floor",
@@ -49,8 +50,8 @@ SLOW_TESTS = frozenset(
 )
 
 
-#: tests/unit needs no network and starts no server. These unit tests still reach one (the emulator,
-#: tests/hostile.py's server, PostgreSQL) and belong in tests/integration: the list only shrinks.
+#: tests/unit needs no network and starts no server. These unit tests still start one (the emulator or
+#: tests/hostile.py's server) and belong in tests/integration: the list only shrinks.
 UNIT_TESTS_WITH_A_SERVER = frozenset(
     {
         "test_a_240_character_id_is_downloaded_end_to_end",
@@ -71,13 +72,11 @@ UNIT_TESTS_WITH_A_SERVER = frozenset(
         "test_a_worker_submit_still_waits_out_429_in_the_hook",
         "test_an_edit_is_validated_once_however_often_it_is_sent",
         "test_heads_answered_before_the_deadline_are_kept",
-        "test_listens_on_loopback_only",
         "test_no_head_is_sent_once_the_deadline_has_passed",
         "test_pasted_key_works_on_both_paths",
         "test_resubmission_counts_across_deferrals",
         "test_resubmission_counts_on_the_worker",
         "test_source_identities_come_from_head_answers",
-        "test_stop_removes_the_server_and_its_files",
         "test_the_head_phase_ends_at_its_deadline_against_a_silent_host",
         "test_the_sensor_defers_with_the_same_slack_as_the_operator",
         "test_without_a_deadline_every_head_is_awaited",

@@ -312,7 +312,7 @@ def test_placeholders_read_as_instructions_not_values() -> None:
 
 
 def test_readme_extras_table_is_generated_from_the_declaration() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     assert extras_table_markdown() in readme, (
         "README extras table is stale: regenerate it with "
         "`python -m airflow_provider_firered.gateway.connection_extras`"

@@ -182,7 +182,7 @@ def test_parameters_must_be_a_mapping() -> None:
 
 
 def test_readme_option_reference_is_generated_from_the_tables() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     assert option_reference_markdown() in readme, (
         "README option reference is stale: regenerate it with "
         "`python -m airflow_provider_firered.gateway.option_reference`"
