@@ -7,33 +7,45 @@ OLDEST_AIRFLOW_VERSION ?= 3.0.6
 OLDEST_VENV ?= .venv-oldest
 # Airflow 3.0.6's own constraints of its day: its execution API breaks with later fastapi/pydantic.
 OLDEST_PINS ?= "fastapi==0.116.1" "pydantic<2.12"
-# Added to every pytest run; a `-m` here replaces the tier's own selection (pytest keeps the last -m).
+# Added to every pytest run; a `-m` here replaces a stream's own selection (pytest keeps the last -m):
+# use it with one stream, e.g. `make test-newest PYTEST_ARGS='-m "not slow"'`.
 PYTEST_ARGS ?=
 
 # The tiers are pytest markers (pyproject.toml, set in tests/conftest.py): `e2e` tests start real Airflow
 # processes (api-server, scheduler, dag-processor, triggerer), `slow` ones take over 30 s.
 # `make test-fast`: the unit and emulator tiers without them, a few minutes at most on 2 cores.
 FAST_TESTS ?= tests/unit tests/emulator -m "not e2e and not slow"
-# On the oldest Airflow, `make test` runs every test except the e2e ones whose behaviour does not differ
-# by version: only those marked `oldest` run there (tests/e2e/conftest.py says why each one does, and
-# why the others need not). Unit, emulator and integration tests all run on both versions.
-OLDEST_TESTS ?= -m "not e2e or oldest"
+# On the oldest Airflow, `make test` runs the unit, emulator and integration tests, and of the e2e tests
+# only those marked `oldest`, whose behaviour differs there (tests/e2e/conftest.py says why for each
+# and why the others need not); tests marked `newest` check what only .venv runs (`make demo`,
+# `make bench`) and are left out there.
+OLDEST_TESTS ?= -m "(not e2e and not newest) or oldest"
+# E2E=0 leaves the real deployments out of `make test` (both Airflow versions).
+E2E ?= 1
 
 COMMA := ,
 
-.PHONY: test test-fast test-newest test-oldest lint-then-oldest lint venv demo bench clean
+.PHONY: test test-fast test-newest test-newest-e2e test-newest-rest lint-then-newest-rest test-oldest lint venv demo bench clean
 
-# The full gate (.ci/run): two streams at once on the 2 cores, the whole suite on the newest Airflow,
-# and lint then the oldest's suite (the two streams measured about as long). The suites mostly wait on
-# emulated jobs, deferrals and deployments, so each leaves CPU to the other: side by side they take
-# about the time of the longer, where one after the other took over 50 minutes. Each stream's output
-# is printed whole when it ends; `make test-newest` or `make lint test-oldest` runs one of them.
+# The full gate (.ci/run): three streams at once on the 2 cores. The e2e tests on the newest Airflow,
+# one deployment at a time (two side by side starve each other on 2 cores); lint then the rest of the
+# newest's suite; the oldest's suite. Most tests wait on emulated jobs, deferrals and deployments, so
+# the streams share the CPU well: side by side they take about the time of the longest. Each stream's
+# output is printed whole when it ends; `make test-newest` runs the newest's whole suite in one go.
 test:
-	@echo "== the suite on Airflow $(AIRFLOW_VERSION), beside lint and the suite on Airflow $(OLDEST_AIRFLOW_VERSION)"
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-newest lint-then-oldest
+	@echo "== Airflow $(AIRFLOW_VERSION): e2e tests, beside lint and the other tests; Airflow $(OLDEST_AIRFLOW_VERSION) beside both"
+	@$(MAKE) --no-print-directory -j3 --output-sync=target \
+		$(if $(filter 1,$(E2E)),test-newest-e2e,) lint-then-newest-rest test-oldest \
+		$(if $(filter 1,$(E2E)),,OLDEST_TESTS='-m "not e2e and not newest"')
 
-lint-then-oldest: lint $(OLDEST_VENV)/.installed
-	@$(MAKE) --no-print-directory test-oldest
+lint-then-newest-rest: lint
+	@$(MAKE) --no-print-directory test-newest-rest
+
+test-newest-e2e: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -m e2e $(PYTEST_ARGS)
+
+test-newest-rest: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -m "not e2e" $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(FAST_TESTS) $(PYTEST_ARGS)

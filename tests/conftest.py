@@ -48,6 +48,15 @@ SLOW_TESTS = frozenset(
         "test_trigger_cost_compares_every_waiter_with_the_grid_floor",
     }
 )
+#: Tests of what only the newest Airflow's venv runs (``make demo`` and ``make bench`` use ``.venv``):
+#: marker ``newest``; ``make test`` leaves them out on the oldest Airflow.
+NEWEST_ONLY = frozenset(
+    {
+        "test_demo_edits_the_sample_catalogue_in_batches_then_reuses_it",
+        "test_demo_with_a_key_uses_that_gateway_and_reports_a_failed_sku",
+        "test_trigger_cost_compares_every_waiter_with_the_grid_floor",
+    }
+)
 
 
 #: tests/unit needs no network and starts no server. These unit tests still start one (the emulator or
@@ -113,7 +122,7 @@ def _unit_tests_start_no_server(
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tiers: ``e2e`` (real Airflow processes) and ``slow`` (over 30 s)."""
+    """Mark the tiers: ``e2e`` (real Airflow processes), ``slow`` (over 30 s) and ``newest``."""
     for item in items:
         name = getattr(item, "originalname", item.name)
         if TESTS / "e2e" in item.path.parents or name in E2E_ELSEWHERE:
@@ -121,6 +130,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
         elif name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+        if name in NEWEST_ONLY:
+            item.add_marker(pytest.mark.newest)
 
 
 #: A recognisable key: tests scan logs, errors and recorded requests for it.
