@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from firered_devtools.processes import alive, free_port
+from firered_devtools.processes import ThrowawayServer, alive, free_port
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from types import TracebackType
 
 #: Where Debian and Ubuntu install the server programs (one directory per major version).
 DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
@@ -114,7 +113,7 @@ def _ensure_system_user() -> str:
     return SYSTEM_USER
 
 
-class PostgresCluster:
+class PostgresCluster(ThrowawayServer):
     """
     A PostgreSQL cluster that exists between :meth:`start` and :meth:`stop` (or a ``with`` block).
 
@@ -280,14 +279,3 @@ class PostgresCluster:
                 time.sleep(0.2)
             if not alive(pid):
                 return
-
-    def __enter__(self) -> PostgresCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

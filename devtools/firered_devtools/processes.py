@@ -1,10 +1,22 @@
-"""Finding processes on Linux through ``/proc``: by a marker in their environment, or by ancestry."""
+"""
+Processes of the test rig on Linux: finding them through ``/proc`` (by a marker in their environment,
+or by ancestry), and starting, awaiting and stopping a throwaway server.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from subprocess import Popen
 
 
 def free_port() -> int:
@@ -61,3 +73,74 @@ def descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def launch(
+    argv: Sequence[str], cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> Popen[bytes]:
+    """Start a server in its own session, its output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def log_tail(log_path: Path, chars: int = 3000) -> str:
+    """The end of a server's log, or nothing when it cannot be read."""
+    try:
+        return log_path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def wait_ready(
+    name: str, popen: Popen[bytes], ready: Callable[[], bool], log_path: Path, timeout: float, every: float
+) -> None:
+    """Poll ``ready`` until it holds; fail with the log when the server exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if popen.poll() is not None:
+            raise RuntimeError(f"{name} exited {popen.returncode}:\n{log_tail(log_path)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready after {timeout:.0f}s:\n{log_tail(log_path)}")
+        time.sleep(every)
+
+
+def stop_group(name: str, popen: Popen[bytes], grace: float) -> None:
+    """Stop a server's process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if popen.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=wait)
+    if alive(popen.pid):
+        raise RuntimeError(f"{name} {popen.pid} survived SIGKILL")
+
+
+_Server = TypeVar("_Server", bound="ThrowawayServer")
+
+
+class ThrowawayServer:
+    """A server that :meth:`start` starts and :meth:`stop` stops for good; ``with`` does both."""
+
+    def start(self: _Server) -> _Server:
+        """Start the server and return it once it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server and remove what it wrote."""
+        raise NotImplementedError
+
+    def __enter__(self: _Server) -> _Server:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -33,7 +33,7 @@ from tests.e2e.conftest import EXAMPLE_DAGS
 if TYPE_CHECKING:
     from airflow_provider_firered.emulator.process import EmulatorProcess
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(540)]
 
 DAG_ID = "firered_catalogue_reedit"
 EDIT = "edit_batch"
@@ -44,8 +44,9 @@ TRIGGER_CLASSPATH = "airflow_provider_firered.triggers.firered_batch.FireRedBatc
 QUEUED_SECONDS = 1.0
 #: Long enough that a batch task has left its worker before its trigger fires (a loaded machine is slow).
 PROCESSING_SECONDS = 6.0
-#: The whole scenario must finish within this (the pytest timeout above is the hard stop).
-BUDGET_SECONDS = 240
+#: The whole scenario must finish within this (the pytest timeout above is the hard stop): generous,
+#: since `make test` runs other streams beside it on 2 cores and this checks what happens, not how fast.
+BUDGET_SECONDS = 480
 OUTPUT_FORMAT = "webp"
 #: A recognisable key: after the run, logs, metadata tables and CDN requests are scanned for it.
 API_KEY = "sk-firered-E2E-7f3a9c0d5e1b44c2"

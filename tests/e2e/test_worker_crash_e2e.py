@@ -22,13 +22,13 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(420),
     needs_task_state_store,
 ]
 
 DAG_ID = "firered_worker_crash"
 RUN_ID = "e2e_worker_crash"
-BUDGET_SECONDS = 200
+BUDGET_SECONDS = 360
 #: The first output download hangs this long: the window in which the worker dies.
 HANG_SECONDS = 20
 
