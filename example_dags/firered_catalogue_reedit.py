@@ -19,6 +19,19 @@ side, each failure with its error) in the run folder. Open `index.html` in a bro
   edited there is copied from it instead of being submitted again.
 * **A failed SKU fails alone**: the batches collect every SKU they can; the summary lists each
   failure with its error, then fails the run so that it shows as failed.
+* **A spending limit** (`max_paid_edits`, none by default): each batch task sends at most that many
+  paid edits over all its tries (a retry or a clear counts what earlier tries sent; reused SKUs cost
+  nothing), so a night of *B* batch tasks pays for at most *B* x `max_paid_edits` edits (the
+  `load_manifest` log says the night's ceiling). The SKUs beyond it are not sent: they are
+  `over_budget` in the manifests, the summary and the contact sheet, and the run fails saying how many.
+  To send them, raise the param (or the Variable) and trigger a new run: what this one edited is
+  reused from it.
+* **A dry run** (`dry_run: true`) turns the night into a plan: every SKU is checked, compared with
+  the earlier run and fingerprinted, and nothing is sent. The run folder is
+  `<output_root>/<date>T<time>Z-dry-run/` (never taken as an earlier run); each SKU is `would_edit`,
+  `would_reuse`, `would_fail` (unchanged since it ended `FAILED`), `invalid` or `over_budget`, with
+  its reason, in the manifests, `summary.json` and `index.html`. The run succeeds unless a manifest
+  has a problem.
 * **Pool `firered_gateway`**: a batch task takes one slot while it runs or waits, so at most
   *slots x max_in_flight* jobs are at the gateway at once, whatever the number of batches (and
   across every DAG using the pool). Create it so that deferred tasks count:
@@ -37,6 +50,8 @@ side, each failure with its error) in the run folder. Open `index.html` in a bro
 | `output_root` | `firered_output_root` | `$AIRFLOW_HOME/firered-catalogue` (path or URL: `s3://b/x`) |
 | `batch_size` | `firered_batch_size` | 500 SKUs per batch task |
 | `max_in_flight` | `firered_max_in_flight` | 500 jobs at the gateway per batch task |
+| `max_paid_edits` | `firered_max_paid_edits` | none: no limit (else paid edits per batch task) |
+| `dry_run` | | `false` (`true`: plan the night, send nothing) |
 | `firered_conn_id` | | `firered_default` |
 | `model`, `parameters`, `poll_interval` | | `firered-image-edit-v1-1`, `{"output_format": "png"}`, 10 s |
 
@@ -118,6 +133,22 @@ def _number(params: dict[str, Any], name: str, variable: str, default: int, maxi
         value = 0
     if not 1 <= value <= maximum:
         raise AirflowFailException(f"{name}: must be a whole number from 1 to {maximum}, got {text!r}")
+    return value
+
+
+def _budget(params: dict[str, Any]) -> int | None:
+    """The run's ``max_paid_edits`` (param, else Variable); None for no limit."""
+    text = _setting(params, "max_paid_edits", "firered_max_paid_edits", "").strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise AirflowFailException(
+            f"max_paid_edits: must be a whole number of at least 1, or empty for no limit, got {text!r}"
+        )
     return value
 
 
@@ -249,6 +280,15 @@ with DAG(
         "model": Param("firered-image-edit-v1-1", enum=["firered-image-edit-v1-1", "firered-image-edit"]),
         "parameters": Param({"output_format": "png"}, type="object", description="The model's options."),
         "poll_interval": Param(10, type="number", minimum=1, description="Seconds between status polls."),
+        "max_paid_edits": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="Most paid edits per batch task (empty: the Variable, else no limit).",
+        ),
+        "dry_run": Param(
+            False, type="boolean", description="Plan the night: check and compare, send nothing."
+        ),
     },
     doc_md=__doc__,
     tags=["firered", "example"],
@@ -277,6 +317,9 @@ with DAG(
             params, "max_in_flight", "firered_max_in_flight", DEFAULT_MAX_IN_FLIGHT, 10**6
         )
 
+        budget = _budget(params)
+        dry_run = bool(params.get("dry_run"))
+
         items = parse_manifest(_location(manifest).read_text(), manifest, base_url)
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         limit = conf.getint("core", "max_map_length")
@@ -288,11 +331,14 @@ with DAG(
         dag_run = context["dag_run"]
         run_type = str(getattr(dag_run.run_type, "value", dag_run.run_type))
         name = run_folder_name(run_type, dag_run.logical_date, dag_run.run_after)
-        run_folder = f"{output_root}/{name}"
         previous = find_previous(output_root, name)
+        # A plan's folder does not match RUN_FOLDER: no later run takes it for an earlier run's results.
+        run_folder = f"{output_root}/{name}" + ("-dry-run" if dry_run else "")
+        ceiling = "no limit" if budget is None else f"at most {budget * len(batches)} paid edit(s)"
         print(
             f"Manifest {manifest}: {len(items)} SKU(s) in {len(batches)} batch(es) of up to {batch_size}; "
-            f"outputs under {run_folder}; reusing results from {previous or 'no earlier run'}"
+            f"outputs under {run_folder}; reusing results from {previous or 'no earlier run'}; "
+            f"{'dry run: nothing is sent' if dry_run else ceiling}"
         )
         context["ti"].xcom_push(key="run_folder", value=run_folder)
         return [
@@ -308,6 +354,8 @@ with DAG(
                 "firered_conn_id": params["firered_conn_id"],
                 "poll_interval": params["poll_interval"],
                 "max_in_flight": max_in_flight,
+                "max_paid_edits": budget,
+                "dry_run": dry_run,
             }
             for number, batch in enumerate(batches)
         ]
@@ -335,24 +383,30 @@ with DAG(
         if not batches or not run_folder:
             raise AirflowSkipException(f"{LOAD_TASK_ID} planned no batches: nothing to report")
         report = catalogue_report.read_run(run_folder, catalogue_report.batch_items(batches))
+        figures = report.figures()  # the same figures as the batch tasks' XCom
+        title = f"{ti.dag_id}: {ti.run_id}" + (" (dry run: a plan)" if figures.dry_run else "")
         summary = catalogue_report.write_summary(report, dag_id=ti.dag_id, run_id=ti.run_id)
-        sheet = catalogue_report.write_contact_sheet(report, title=f"{ti.dag_id}: {ti.run_id}")
-        counts = report.counts()
+        sheet = catalogue_report.write_contact_sheet(report, title=title)
         for item in report.items:
             outputs = ", ".join(item.outputs) or "-"
-            print(f"{item.key:<16} {item.outcome:<8} {item.error if item.outcome == 'failed' else outputs}")
+            shown = item.error if item.is_failure or item.dry_run else outputs
+            print(f"{item.key:<16} {item.outcome:<11} {shown}")
         for problem in report.problems:
             print(f"problem: {problem}")
-        print(
-            f"{counts['total']} SKU(s): {counts['edited']} edited, {counts['reused']} reused, "
-            f"{counts['failed']} failed; summary {summary}; contact sheet {sheet}"
-        )
-        if counts["failed"] or report.problems:
-            failed = [item.key for item in report.items if item.outcome == "failed"]
-            raise AirflowFailException(
-                f"{len(failed)} of {counts['total']} SKU(s) failed ({', '.join(failed[:20]) or 'none'}), "
-                f"{len(report.problems)} problem(s) in the result manifests; see {sheet}"
+        counted = ", ".join(f"{value} {name}" for name, value in figures.counts().items() if name != "total")
+        print(f"{figures.total} SKU(s): {counted}; summary {summary}; contact sheet {sheet}")
+        failed = [item.key for item in report.items if item.is_failure]
+        if report.problems or (failed and not figures.dry_run):
+            over = (
+                f"; {figures.over_budget} not sent, over max_paid_edits: raise the max_paid_edits param "
+                "(or the Variable firered_max_paid_edits) and run again"
+                if figures.over_budget
+                else ""
             )
-        return {**counts, "summary": summary, "contact_sheet": sheet}
+            raise AirflowFailException(
+                f"{len(failed)} of {figures.total} SKU(s) failed ({', '.join(failed[:20]) or 'none'}), "
+                f"{len(report.problems)} problem(s) in the result manifests{over}; see {sheet}"
+            )
+        return {**figures.as_dict(), "summary": summary, "contact_sheet": sheet}
 
     edit >> summarise()

@@ -43,6 +43,7 @@ SLOW_TESTS = frozenset(
         "test_airflow_dags_test_cli",
         "test_catalogue_batches_edit_every_sku_and_report_a_failed_one",
         "test_catalogue_rerun_reuses_unchanged_skus_and_reedits_a_changed_one",
+        "test_the_catalogue_plans_a_night_then_spends_within_its_budget",
         "test_demo_edits_the_sample_catalogue_in_batches_then_reuses_it",
         "test_demo_with_a_key_uses_that_gateway_and_reports_a_failed_sku",
         "test_trigger_cost_compares_every_waiter_with_the_grid_floor",

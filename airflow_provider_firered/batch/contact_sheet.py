@@ -63,6 +63,9 @@ td,th{border-bottom:1px solid #ddd;padding:.4rem;vertical-align:top;text-align:l
 img{max-width:220px;max-height:220px;background:#f4f4f4}
 .outcome{font-weight:600;padding:.1rem .4rem;border-radius:.3rem}
 .edited{background:#dff3df}.reused{background:#e3ecfa}.failed{background:#fadcdc}
+.over_budget,.would_fail,.invalid{background:#fde9c8}.would_edit{background:#efe3fa}
+.would_reuse{background:#e3ecfa}.reason{color:#555;white-space:pre-wrap}
+.plan{background:#efe3fa;padding:.4rem}
 .error{color:#a00;white-space:pre-wrap}.prompt{color:#555;font-size:.9rem}
 .problems li{color:#a00}
 """.strip()
@@ -85,8 +88,10 @@ def _images_cell(hrefs: Sequence[str | None], label: str) -> str:
 
 def _row(item: ItemResult, run_folder: str) -> str:
     inputs = _images_cell([url if is_web_url(url) else None for url in item.images], f"{item.key} input")
-    if item.outcome == "failed":
-        result = f'<td class="error">{html.escape(item.error or item.status or "failed")}</td>'
+    if item.is_failure:
+        result = f'<td class="error">{html.escape(item.error or item.status or item.outcome)}</td>'
+    elif item.dry_run:  # a plan: no output, the reason instead
+        result = f'<td class="reason">{html.escape(item.error or item.status or item.outcome)}</td>'
     else:
         links = [relative_link(output, run_folder) for output in item.outputs]
         result = _images_cell(links, f"{item.key} output")
@@ -103,7 +108,8 @@ def contact_sheet_html(report: RunReport, *, title: str = "Catalogue re-edit") -
     """
     Return a self-contained HTML page of the run.
 
-    The page holds the counts, the failures with their errors, the problems found in the manifests,
+    The page holds the counts (a dry run's plan says so and shows the plan's), the failures (items
+    that got, or would get, no output) with their errors, the problems found in the manifests,
     and one row per item with its input image and its (first) output side by side. Every text is
     escaped; input images are linked only when http(s), outputs only as links relative to the run
     folder (so the page works wherever the folder is opened or copied).
@@ -111,9 +117,10 @@ def contact_sheet_html(report: RunReport, *, title: str = "Catalogue re-edit") -
     :param report: the run, from :func:`~airflow_provider_firered.batch.run_results.read_run`.
     :param title: the page's title.
     """
-    counts = report.counts()
-    items = sorted(report.items, key=lambda i: (i.outcome != "failed", i.key))
-    failures = [i for i in items if i.outcome == "failed"]
+    figures = report.figures()
+    counts = figures.counts()
+    items = sorted(report.items, key=lambda i: (not i.is_failure, i.key))
+    failures = [i for i in items if i.is_failure]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -122,6 +129,11 @@ def contact_sheet_html(report: RunReport, *, title: str = "Catalogue re-edit") -
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Run folder: <code>{html.escape(report.run_folder)}</code></p>",
+        *(
+            ['<p class="plan">Dry run: this is a plan. Nothing was sent or written but the manifests.</p>']
+            if figures.dry_run
+            else []
+        ),
         '<p class="counts">'
         + "".join(f"<span>{html.escape(name)}: <b>{value}</b></span>" for name, value in counts.items())
         + "</p>",

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_firered.batch import earlier_runs
 from airflow_provider_firered.batch.earlier_runs import EarlierBatch, open_regular_below
+from airflow_provider_firered.batch.figures import OVER_BUDGET, PLAN_OUTCOMES
 from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.media.output_paths import as_target
 from airflow_provider_firered.utils.atomic_files import atomic_writer
@@ -42,8 +43,8 @@ MAX_LINE_BYTES = 1024 * 1024
 ENDED_OUTCOMES = ("edited", "reused", "failed")
 #: The outcome of an item still waiting, in the progress snapshot a batch writes while it runs.
 PENDING = "pending"
-#: Every outcome a manifest line may hold.
-OUTCOMES = (*ENDED_OUTCOMES, PENDING)
+#: Every outcome a manifest line may hold (a dry run's plan holds the plan's own, see ``figures``).
+OUTCOMES = (*ENDED_OUTCOMES, OVER_BUDGET, PENDING, *PLAN_OUTCOMES)
 
 _READ_CHUNK = 64 * 1024
 
@@ -79,18 +80,23 @@ class ManifestEntry:
     Hold one item of a batch.
 
     :param key: the item's key: its output folder under the output root.
-    :param outcome: ``edited``, ``reused``, ``failed`` or ``pending``.
+    :param outcome: ``edited``, ``reused``, ``failed``, ``over_budget`` or ``pending``; in a dry run's
+        plan ``would_edit``, ``would_reuse``, ``would_fail``, ``invalid`` or ``over_budget``.
     :param status: the job's status (``COMPLETED``, ``FAILED``, ``ERROR``) or why the item failed
-        without one (``INVALID``, ``REFUSED``, ``UNCERTAIN``, ``TIMEOUT``, ``START_TIMEOUT``, ...).
+        without one (``INVALID``, ``REFUSED``, ``UNCERTAIN``, ``TIMEOUT``, ``OVER_BUDGET``, ...); in a
+        plan, why the item would end so (``NEW``, ``CHANGED``, ``UNCHANGED``, ...).
     :param request_id: the gateway's request id, once submitted (a reused item keeps the original's).
     :param outputs: the saved images, as absolute paths or URLs.
-    :param error: what went wrong, for a failed item.
+    :param error: what went wrong, for a failed item; in a plan, the reason in words.
     :param fingerprint: what the edit depends on (:func:`~airflow_provider_firered.batch.items.fingerprint`).
     :param images: the input image URLs.
     :param prompt: the edit instruction.
     :param attempt: how many times the item was submitted in this task instance's tries (each
         accepted submit counts one): the newer of two request ids of an item is the one with the
         higher count.
+    :param paid: how many paid submits (accepted, or maybe accepted) the task sent for the item over
+        all its tries, a clear included: what ``max_paid_edits`` counts.
+    :param dry_run: whether the entry is a dry run's plan: nothing was sent or written for it.
     """
 
     key: str
@@ -103,6 +109,8 @@ class ManifestEntry:
     images: list[str] = field(default_factory=list)
     prompt: str | None = None
     attempt: int = 0
+    paid: int = 0
+    dry_run: bool = False
 
     @classmethod
     def from_json(cls, data: Any) -> ManifestEntry:
@@ -118,9 +126,11 @@ class ManifestEntry:
             or data.get("outcome") not in OUTCOMES
         ):
             raise ValueError("not a manifest entry")
-        attempt = data.get("attempt", 0)
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 2**31:
-            raise ValueError("attempt must be a whole number")
+        attempt = _whole(data.get("attempt", 0), "attempt")
+        # A line from before ``paid`` was written: its accepted submits are what it paid.
+        paid = _whole(data.get("paid", attempt), "paid")
+        if not isinstance(data.get("dry_run", False), bool):
+            raise ValueError("dry_run must be true or false")
         return cls(
             key=data["key"],
             outcome=data["outcome"],
@@ -132,7 +142,22 @@ class ManifestEntry:
             images=_texts(data, "images"),
             prompt=_text(data, "prompt"),
             attempt=attempt,
+            paid=paid,
+            dry_run=data.get("dry_run", False),
         )
+
+    def to_json(self) -> str:
+        """Return the entry as one JSON line's text (``dry_run`` only on a plan's lines)."""
+        data = asdict(self)
+        if not self.dry_run:
+            del data["dry_run"]
+        return json.dumps(data, ensure_ascii=False)
+
+
+def _whole(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ValueError(f"{name} must be a whole number")
+    return value
 
 
 def _text(data: dict[str, Any], name: str) -> str | None:
@@ -175,7 +200,7 @@ def write_manifest(root: str | os.PathLike[str] | ObjectStoragePath, entries: It
     target = manifest_path(root)
     with atomic_writer(target) as out:
         for entry in entries:
-            out.write((json.dumps(asdict(entry), ensure_ascii=False) + "\n").encode("utf-8"))
+            out.write((entry.to_json() + "\n").encode("utf-8"))
     return str(target)
 
 
@@ -416,4 +441,8 @@ def _read_earlier(batch: EarlierBatch, total: ReadBudget) -> list[ManifestEntry]
         total.remaining -= allowed - budget.remaining
     if bad:
         log.warning("Earlier manifest %s: %d line(s) are not valid entries and were skipped", where, bad)
+    if any(entry.dry_run for entry in entries):
+        # A plan: nothing was sent or written for it, so nothing of it is an earlier result.
+        log.warning("Earlier manifest %s is a dry run's plan: nothing is reused from it", where)
+        return []
     return entries

@@ -58,25 +58,30 @@ def write_progress(root: Path | ObjectStoragePath, progress: dict[str, Any]) -> 
     write_atomic(root / PROGRESS_NAME, json.dumps(progress))
 
 
-def resumable(
+def earlier_tries(
     root: Path | ObjectStoragePath, progress: dict[str, Any], log: BatchLog
-) -> dict[str, ManifestEntry] | None:
+) -> tuple[dict[str, ManifestEntry] | None, dict[str, int]]:
     """
-    Return the manifest an earlier try of this task instance wrote, by key.
+    Return the manifest an earlier try of this task instance wrote, by key, and what it paid per item.
 
-    Empty if that try wrote none before it stopped; None when there was no such try: a new batch, a
-    task cleared since (a clear changes ``max_tries``), or a folder that holds another task's or
-    another run's batch.
+    The manifest is empty if that try wrote none before it stopped, and None when there was no such
+    try: a new batch, a task cleared since (a clear changes ``max_tries``), or a folder that holds
+    another task's or another run's batch. The paid submits are read from this task instance's
+    manifest even after a clear, for ``max_paid_edits`` counts every try. A dry run's plan is neither.
 
     :param root: the batch's output root.
     :param progress: this try's ``{"task", "max_tries"}``.
     :param log: where to say that there is nothing to resume.
     """
     found = read_progress(root)
+    entries: list[ManifestEntry] = []
+    if found.get("task") == progress.get("task"):
+        entries = [entry for entry in read_manifest(root) or [] if not entry.dry_run]
+    paid = {entry.key: entry.paid for entry in entries}
     if {name: found.get(name) for name in progress} != progress:
         log.info(
             "No earlier manifest of this batch to resume (new, cleared, or not on this disk): "
             "only stored request ids are taken up"
         )
-        return None
-    return {entry.key: entry for entry in read_manifest(root) or []}
+        return None, paid
+    return {entry.key: entry for entry in entries}, paid

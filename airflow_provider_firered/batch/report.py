@@ -56,7 +56,11 @@ SUMMARY_NAME = "summary.json"
 
 def summary_of(report: RunReport, **extra: Any) -> dict[str, Any]:
     """
-    Return the content of ``summary.json``: counts, counts per batch, the failures and every item.
+    Return the content of ``summary.json``: figures, figures per batch, the failures and every item.
+
+    The figures are :class:`~airflow_provider_firered.batch.figures.NightFigures` (as the batch tasks'
+    XCom carries them); a dry run's summary is its plan (``dry_run`` true, the ``would_*`` figures),
+    and its failures are the items that would get no output.
 
     :param report: the run, from :func:`read_run`.
     :param extra: more top-level fields (the DAG and run ids, ...).
@@ -64,14 +68,15 @@ def summary_of(report: RunReport, **extra: Any) -> dict[str, Any]:
     return {
         **extra,
         "run_folder": report.run_folder,
-        **report.counts(),
+        **report.figures().as_dict(),
         "batches": [
-            {"batch": b.name, "manifest": b.manifest, "found": b.found, **b.counts()} for b in report.batches
+            {"batch": b.name, "manifest": b.manifest, "found": b.found, **b.figures().as_dict()}
+            for b in report.batches
         ],
         "failures": [
             {"key": i.key, "batch": i.batch, "status": i.status, "request_id": i.request_id, "error": i.error}
             for i in report.items
-            if i.outcome == "failed"
+            if i.is_failure
         ],
         "problems": report.problems,
         "items": [

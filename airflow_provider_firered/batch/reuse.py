@@ -92,14 +92,9 @@ def reuse_unchanged(
     earlier = previous_entries(previous)
     for item in list(todo):
         entry = earlier.get(item.key, (None, None))[0]
-        mine = batch.entries[item.key].fingerprint
-        if entry is not None and mine is not None and entry.fingerprint == mine and entry.status == "FAILED":
-            batch.fail(
-                item,
-                "FAILED",
-                f"unchanged since an earlier run where it ended FAILED (request {entry.request_id}): "
-                f"{entry.error}; not submitted again",
-            )
+        verdict, reason = earlier_verdict(entry, batch.entries[item.key].fingerprint)
+        if entry is not None and verdict == "FAILED":
+            batch.fail(item, "FAILED", reason)
             batch.entries[item.key].request_id = entry.request_id
             todo.remove(item)
 
@@ -130,13 +125,48 @@ def _reuse(
     if earlier is None:
         return None
     entry, earlier_batch = earlier
-    mine = batch.entries[item.key].fingerprint
-    if mine is None or entry.fingerprint != mine or entry.status != "COMPLETED" or not entry.outputs:
-        return None
-    if entry.outcome not in ("edited", "reused"):
+    if earlier_verdict(entry, batch.entries[item.key].fingerprint)[0] != "UNCHANGED":
         return None
     try:
         return copy_outputs(entry, earlier_batch, root / item.key, max_bytes=max_bytes)
     except (OSError, FireRedError) as err:
         log.info("Item %s cannot reuse its earlier outputs (%s): editing it", item.key, err)
         return None
+
+
+def earlier_verdict(entry: ManifestEntry | None, mine: str | None) -> tuple[str, str]:
+    """
+    Return what an earlier run's entry means for an item now: a code and the reason in words.
+
+    ``UNCHANGED``: its outputs are copied (if they can be); ``FAILED``: it fails again without being
+    paid for; anything else (``NEW``, ``CHANGED``, ``NOT_DONE``): it is edited.
+
+    :param entry: the item's entry in the earlier runs, if any.
+    :param mine: the item's fingerprint now (None when its inputs could not be identified).
+    """
+    if entry is None:
+        return "NEW", "not in the earlier runs"
+    if mine is None or entry.fingerprint != mine:
+        return "CHANGED", "changed since the earlier run (or its inputs could not be identified)"
+    if entry.status == "FAILED":
+        return "FAILED", (
+            f"unchanged since an earlier run where it ended FAILED (request {entry.request_id}): "
+            f"{entry.error}; not submitted again"
+        )
+    if entry.status == "COMPLETED" and entry.outputs and entry.outcome in ("edited", "reused"):
+        return "UNCHANGED", f"unchanged since the earlier run (request {entry.request_id}): outputs copied"
+    return "NOT_DONE", f"the earlier run did not complete it ({entry.outcome}, {entry.status})"
+
+
+def plan_reuse(batch: BatchState, previous: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """
+    Return what the earlier runs mean for each item still to submit, by key, copying nothing.
+
+    :param batch: the batch's state, its items fingerprinted.
+    :param previous: the earlier runs' output roots.
+    """
+    earlier = previous_entries(previous)
+    return {
+        item.key: earlier_verdict(earlier.get(item.key, (None, None))[0], batch.entries[item.key].fingerprint)
+        for item in batch.queue
+    }

@@ -11,8 +11,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_firered.batch.collect import download_completed, still_running_after_clear
+from airflow_provider_firered.batch.figures import FAILURE_OUTCOMES, figures_from_manifest
 from airflow_provider_firered.batch.manifest import ManifestEntry, read_manifest, write_manifest
-from airflow_provider_firered.batch.progress import read_progress, resumable, task_of, write_progress
+from airflow_provider_firered.batch.progress import earlier_tries, read_progress, task_of, write_progress
 from airflow_provider_firered.batch.reuse import fingerprint_items, reuse_unchanged
 from airflow_provider_firered.batch.state import RESUBMITTED_STATUSES, RESUMED_STATUSES, BatchState
 from airflow_provider_firered.batch.store import (
@@ -21,6 +22,7 @@ from airflow_provider_firered.batch.store import (
     edit_digest,
     keep_request,
     retry_store,
+    stored_paid,
     stored_request,
     stored_value,
 )
@@ -69,7 +71,12 @@ class BatchRun:
         self.log = log
         self.root = settings.root()
 
-    def _state(self, deadline: float) -> BatchState:
+    def state(self, deadline: float) -> BatchState:
+        """
+        Return a new state of the batch, its invalid items already recorded.
+
+        :param deadline: when this try stops waiting (epoch seconds); 0 until the trigger's event says.
+        """
         return BatchState(
             self.items,
             self.invalid,
@@ -88,14 +95,16 @@ class BatchRun:
         """
         ti = context["ti"]
         progress = {"task": task_of(ti), "max_tries": ti.max_tries}
-        earlier = resumable(self.root, progress, self.log)
-        batch = self._state(time.time() + self.settings.timeout)
+        earlier, paid = earlier_tries(self.root, progress, self.log)
+        batch = self.state(time.time() + self.settings.timeout)
         store = retry_store(context, self.log)
         stored: dict[str, StoredRequest | None] = {}
         cleared: dict[str, StoredRequest] = {}
         for item in self.items:
             value = stored_value(store, item)
             stored[item.key] = stored_request(value, ti.max_tries)
+            # What every earlier try paid, before a clear too: max_paid_edits counts it all.
+            paid[item.key] = max(paid.get(item.key, 0), stored_paid(value))
             if not (earlier and item.key in earlier):  # what this try series recorded comes first
                 found = cleared_request(value, ti.max_tries, edit_digest(item))
                 if found is not None:
@@ -103,7 +112,7 @@ class BatchRun:
         running = still_running_after_clear(cleared, self.hook, self.settings.download_threads, self.log)
         for item in self.items:
             entry = earlier.get(item.key) if earlier else None
-            batch.resume(item, entry, stored[item.key] or running.get(item.key))
+            batch.resume(item, entry, stored[item.key] or running.get(item.key), paid.get(item.key, 0))
         for key, request in running.items():
             if batch.entries[key].request_id == request.request_id:
                 batch.collected_after_clear.append(batch.items[key])
@@ -124,20 +133,23 @@ class BatchRun:
                 log=self.log,
             )
         self.log.info(
-            "Batch of %d item(s): %d invalid, %d done before, %d reused, %d to wait for, %d to submit",
+            "Batch of %d item(s): %d invalid, %d done before, %d reused, %d to wait for, %d to submit; "
+            "%d paid submits by earlier tries%s",
             len(self.items) + len(self.invalid),
             len(self.invalid),
             batch.count("edited") + batch.count("reused") - batch.reused_now,
             batch.reused_now,
             len(batch.in_flight),
             len(batch.queue),
+            batch.paid(),
+            _budget_note(self.settings.max_paid_edits),
         )
         return batch
 
     def carry_on(self) -> BatchState:
         """Take up a later wave of the same try: the manifest written before deferring holds the state."""
         by_key = {entry.key: entry for entry in read_manifest(self.settings.output_root) or []}
-        batch = self._state(0.0)
+        batch = self.state(0.0)
         for item in self.items:
             batch.carry(item, by_key.get(item.key))
         return batch
@@ -241,23 +253,27 @@ class BatchRun:
 
     def finish(self, batch: BatchState) -> dict[str, Any]:
         """
-        End the batch: count what is unfinished as failed, write the manifest, return the summary.
+        End the batch: count what is unfinished as failed, write the manifest, return its figures.
 
         :param batch: the batch's state.
-        :raises FireRedBatchFailedError: when more than ``max_failed`` items failed.
+        :raises FireRedBatchFailedError: when more than ``max_failed`` items failed or are over budget.
         """
         batch.close_unfinished()
+        entries = batch.manifest()
         manifest = self.save(batch)
-        counts = {outcome: batch.count(outcome) for outcome in ("edited", "reused", "failed")}
+        figures = figures_from_manifest(entries)
         self.log.info(
-            "Batch done: %d edited, %d reused, %d failed; manifest %s",
-            counts["edited"],
-            counts["reused"],
-            counts["failed"],
+            "Batch done: %d edited, %d reused, %d failed, %d over budget; %d paid submits; manifest %s",
+            figures.edited,
+            figures.reused,
+            figures.failed,
+            figures.over_budget,
+            figures.paid,
             manifest,
         )
-        failed = [entry for entry in batch.manifest() if entry.outcome == "failed"]
+        failed = [entry for entry in entries if entry.outcome in FAILURE_OUTCOMES]
         if len(failed) > self.settings.max_failed:
+            # Over budget is not retryable: a retry has no more budget than this try had.
             retryable = any(entry.status in RESUMED_STATUSES | RESUBMITTED_STATUSES for entry in failed)
             raise FireRedBatchFailedError(
                 [(entry.key, entry.status or "", entry.error or "") for entry in failed],
@@ -265,5 +281,8 @@ class BatchRun:
                 manifest,
                 retryable=retryable,
             )
-        output_root = self.settings.output_root
-        return {"total": len(batch.entries), **counts, "manifest": manifest, "output_root": output_root}
+        return {**figures.as_dict(), "manifest": manifest, "output_root": self.settings.output_root}
+
+
+def _budget_note(budget: int | None) -> str:
+    return "" if budget is None else f" (max_paid_edits={budget})"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_firered.batch.figures import FAILURE_OUTCOMES, NightFigures, figures_from_manifest
 from airflow_provider_firered.batch.manifest import (
-    ENDED_OUTCOMES,
     MANIFEST_NAME,
     MAX_LINE_BYTES,
     MAX_MANIFEST_BYTES,
@@ -56,7 +56,8 @@ class ItemResult:
     Hold one item (SKU) of a batch, as its manifest line reported it, after the checks.
 
     :param key: the item's key: one plain path segment.
-    :param outcome: ``edited``, ``reused`` or ``failed``.
+    :param outcome: ``edited``, ``reused``, ``failed`` or ``over_budget``; in a dry run's plan
+        ``would_edit``, ``would_reuse``, ``would_fail``, ``invalid`` or ``over_budget``.
     :param batch: the name of the batch folder it belongs to.
     :param status: the job's status, or why the item failed without one.
     :param request_id: the gateway's request id.
@@ -64,6 +65,8 @@ class ItemResult:
     :param error: what went wrong, for a failed item.
     :param images: the input image URLs, each http(s).
     :param prompt: the edit instruction.
+    :param paid: the paid submits its batch task sent for it.
+    :param dry_run: whether the line is a dry run's plan.
     """
 
     key: str
@@ -75,6 +78,13 @@ class ItemResult:
     error: str | None = None
     images: tuple[str, ...] = ()
     prompt: str = ""
+    paid: int = 0
+    dry_run: bool = False
+
+    @property
+    def is_failure(self) -> bool:
+        """Return whether the item got (or, in a plan, would get) no output."""
+        return self.outcome in FAILURE_OUTCOMES
 
 
 @dataclass
@@ -95,12 +105,13 @@ class BatchResult:
     problems: list[str] = field(default_factory=list)
     found: bool = True
 
+    def figures(self) -> NightFigures:
+        """Return the batch's figures, from its items."""
+        return figures_from_manifest(self.items)
+
     def counts(self) -> dict[str, int]:
-        """Return ``total`` and the count of each outcome."""
-        counts = {"total": len(self.items)} | {outcome: 0 for outcome in ENDED_OUTCOMES}
-        for item in self.items:
-            counts[item.outcome] += 1
-        return counts
+        """Return ``total`` and the count of each outcome (a plan's own, for a dry run)."""
+        return self.figures().counts()
 
 
 @dataclass
@@ -125,13 +136,13 @@ class RunReport:
         """Return every batch's problems, in batch order."""
         return [problem for batch in self.batches for problem in batch.problems]
 
+    def figures(self) -> NightFigures:
+        """Return the figures of the whole run, from every batch's items."""
+        return figures_from_manifest(self.items)
+
     def counts(self) -> dict[str, int]:
-        """Return ``total`` and the count of each outcome, over every batch."""
-        totals = {"total": 0} | {outcome: 0 for outcome in ENDED_OUTCOMES}
-        for batch in self.batches:
-            for name, value in batch.counts().items():
-                totals[name] += value
-        return totals
+        """Return ``total`` and the count of each outcome, over every batch (a plan's, for a dry run)."""
+        return self.figures().counts()
 
 
 # -- checks -------------------------------------------------------------------------------------------
@@ -210,7 +221,7 @@ def parse_line(line: str, batch: str, folder: Path | ObjectStoragePath) -> ItemR
     assert isinstance(key, str)
     outcome = record.get("outcome")
     if outcome not in OUTCOMES:
-        raise ValueError(f"{key}: outcome {str(outcome)[:40]!r} is not one of {', '.join(ENDED_OUTCOMES)}")
+        raise ValueError(f"{key}: outcome {str(outcome)[:40]!r} is not one of {', '.join(OUTCOMES)}")
     outputs = _strings(record.get("outputs") or [], "outputs")
     for output in outputs:
         if not _inside(output, folder):
@@ -220,6 +231,9 @@ def parse_line(line: str, batch: str, folder: Path | ObjectStoragePath) -> ItemR
         if not is_web_url(image):
             raise ValueError(f"{key}: image {image[:200]!r} is not an http(s) URL")
     error = _text(record.get("error"), "error")
+    dry_run = record.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ValueError(f"{key}: dry_run must be true or false")
     if outcome == PENDING:  # a progress snapshot: the batch stopped before this item ended
         outcome, error = "failed", "unfinished: its batch stopped before this item ended"
     return ItemResult(
@@ -232,7 +246,16 @@ def parse_line(line: str, batch: str, folder: Path | ObjectStoragePath) -> ItemR
         error=error,
         images=tuple(images),
         prompt=_text(record.get("prompt"), "prompt") or "",
+        paid=_count(record.get("paid", record.get("attempt", 0)), key),
+        dry_run=dry_run,
     )
+
+
+def _count(value: object, key: str) -> int:
+    """Return a line's paid submits (a line from before ``paid`` counts its ``attempt``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+        raise ValueError(f"{key}: paid must be a whole number")
+    return value
 
 
 # -- reading ------------------------------------------------------------------------------------------
@@ -342,7 +365,7 @@ def _name_placeholders(batch: BatchResult, expected: Sequence[Mapping[str, Any]]
             continue
         edit = expected[int(match[1])]
         key = str(edit.get("key"))
-        if is_plain_segment(key) and key not in reported and item.outcome == "failed":
+        if is_plain_segment(key) and key not in reported and item.is_failure:
             images = tuple(str(url) for url in edit.get("images") or [] if is_web_url(url))
             prompt = str(edit.get("prompt") or "")[:MAX_TEXT]
             batch.items[position] = replace(item, key=key, images=images, prompt=prompt)

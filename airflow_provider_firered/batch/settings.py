@@ -43,6 +43,8 @@ class BatchSettings:
     :param force: edit every item, reusing nothing.
     :param deferrable: wait in the triggerer.
     :param download_threads: how many submits, downloads and HEAD requests run at once.
+    :param max_paid_edits: the most paid submits the task sends over all its tries; None for no limit.
+    :param dry_run: plan the batch (checks, the earlier run, fingerprints) and send nothing.
     """
 
     output_root: str
@@ -55,6 +57,8 @@ class BatchSettings:
     force: bool
     deferrable: bool
     download_threads: int
+    max_paid_edits: int | None = None
+    dry_run: bool = False
 
     @classmethod
     def checked(
@@ -70,6 +74,8 @@ class BatchSettings:
         force: bool,
         deferrable: bool,
         download_threads: Any,
+        max_paid_edits: Any = None,
+        dry_run: Any = False,
     ) -> BatchSettings:
         """
         Check the batch's (rendered) arguments; raise a validation error naming the first bad one.
@@ -84,6 +90,8 @@ class BatchSettings:
         :param force: the ``force`` argument.
         :param deferrable: the ``deferrable`` argument.
         :param download_threads: the ``download_threads`` argument.
+        :param max_paid_edits: the ``max_paid_edits`` argument: a whole number of at least 1, or None.
+        :param dry_run: the ``dry_run`` argument: True or False.
         """
         WaitPolicy(poll_interval, None, start_timeout)
         for name, value, low, high in (
@@ -99,6 +107,15 @@ class BatchSettings:
             ):
                 allowed = f"from {low} to {high}" if high else f"at least {low}"
                 raise FireRedValidationError(name, f"must be a whole number {allowed}, got {value!r}")
+        if max_paid_edits is not None and (
+            isinstance(max_paid_edits, bool) or not isinstance(max_paid_edits, int) or max_paid_edits < 1
+        ):
+            raise FireRedValidationError(
+                "max_paid_edits",
+                f"must be a whole number of at least 1, or None for no limit, got {max_paid_edits!r}",
+            )
+        if not isinstance(dry_run, bool):
+            raise FireRedValidationError("dry_run", f"must be True or False, got {dry_run!r}")
         validate_timeout(timeout)
         if not output_root or not isinstance(output_root, str):
             raise FireRedValidationError("output_root", f"must be a folder path or URL, got {output_root!r}")
@@ -119,6 +136,8 @@ class BatchSettings:
             force=force,
             deferrable=deferrable,
             download_threads=download_threads,
+            max_paid_edits=max_paid_edits,
+            dry_run=dry_run,
         )
 
     def root(self) -> Path | ObjectStoragePath:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from airflow_provider_firered.batch.figures import OVER_BUDGET
 from airflow_provider_firered.batch.manifest import ManifestEntry
 from airflow_provider_firered.batch.store import is_newer
 from airflow_provider_firered.triggers.events import EndedStatus
@@ -87,7 +88,9 @@ class BatchState:
         timeout = self.start_timeout
         return None if timeout is None else time.time() + timeout
 
-    def resume(self, item: BatchItem, earlier: ManifestEntry | None, stored: StoredRequest | None) -> None:
+    def resume(
+        self, item: BatchItem, earlier: ManifestEntry | None, stored: StoredRequest | None, paid: int = 0
+    ) -> None:
         """
         Take an item up at the start of a try, from an earlier try's manifest and stored id.
 
@@ -99,7 +102,13 @@ class BatchState:
         :param item: the item.
         :param earlier: its entry in the manifest an earlier try of this task wrote, if any.
         :param stored: its request stored in ``task_state_store`` (or collected after a clear), if any.
+        :param paid: the paid submits earlier tries of the task (before a clear too) sent for it.
         """
+        self._resume(item, earlier, stored)
+        entry = self.entries[item.key]
+        entry.paid = max(entry.paid, paid, stored.paid if stored else 0)
+
+    def _resume(self, item: BatchItem, earlier: ManifestEntry | None, stored: StoredRequest | None) -> None:
         if earlier is not None and earlier.outcome in ("edited", "reused"):
             self._keep(earlier)  # finished: not touched
             return
@@ -117,7 +126,10 @@ class BatchState:
             self.owners[stored.request_id] = item.key
             self.in_flight[stored.request_id] = (item.key, self._start_deadline())
             return
-        resubmit = earlier is not None and earlier.status in RESUBMITTED_STATUSES
+        # Over budget: sent if the budget now allows (a retry whose max_paid_edits was raised).
+        resubmit = earlier is not None and (
+            earlier.status in RESUBMITTED_STATUSES or earlier.outcome == OVER_BUDGET
+        )
         request_id = None if resubmit else (earlier.request_id if earlier else None)
         if not resubmit and not request_id and stored is not None:
             request_id, mine = stored.request_id, max(mine, stored.attempt)
@@ -175,6 +187,7 @@ class BatchState:
         """
         entry = self.entries[item.key]
         entry.attempt += 1
+        entry.paid += 1
         owner = self.owners.get(request_id)
         if owner is not None and owner != item.key:
             entry.request_id = request_id
@@ -203,6 +216,39 @@ class BatchState:
             self.queue.remove(item)
         entry = self.entries[item.key]
         entry.outcome, entry.status, entry.error = "failed", status, error
+
+    def uncertain(self, item: BatchItem, error: str) -> None:
+        """
+        Fail an item whose submit may have been accepted: never sent again, and counted as paid.
+
+        :param item: the item.
+        :param error: the uncertain answer.
+        """
+        self.fail(item, "UNCERTAIN", error)
+        self.entries[item.key].paid += 1
+
+    def hold_back(self, budget: int) -> int:
+        """
+        Record every item still to submit as ``over_budget``: the task's ``max_paid_edits`` is spent.
+
+        Return how many were held back.
+
+        :param budget: the task's ``max_paid_edits``.
+        """
+        held = list(self.queue)
+        error = (
+            f"not sent: this task's max_paid_edits={budget} paid submits are spent ({len(held)} item(s) "
+            "over it); raise max_paid_edits to send them"
+        )
+        for item in held:
+            self.queue.remove(item)
+            entry = self.entries[item.key]
+            entry.outcome, entry.status, entry.error = OVER_BUDGET, "OVER_BUDGET", error
+        return len(held)
+
+    def paid(self) -> int:
+        """Return the paid submits the task sent for its items, over all its tries."""
+        return sum(entry.paid for entry in self.entries.values())
 
     def fail_queue(self, status: str, error: str) -> None:
         """

@@ -35,10 +35,12 @@ class StoredRequest:
 
     :param request_id: the gateway's request id.
     :param attempt: the item's submit count when it was accepted (see ``ManifestEntry.attempt``).
+    :param paid: the item's paid submits over every try of the task (see ``ManifestEntry.paid``).
     """
 
     request_id: str
     attempt: int
+    paid: int = 0
 
 
 def stored_request(value: Any, max_tries: int) -> StoredRequest | None:
@@ -78,7 +80,21 @@ def _well_formed(value: dict[str, Any]) -> StoredRequest | None:
         return None
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         return None
-    return StoredRequest(request_id, attempt)
+    return StoredRequest(request_id, attempt, stored_paid(value))
+
+
+def stored_paid(value: Any) -> int:
+    """
+    Return the paid submits a stored value counts for its item, whichever try (or clear) stored it.
+
+    A value from before ``paid`` was stored counts its ``attempt``; anything else not well formed, 0.
+
+    :param value: what the store holds for the item.
+    """
+    if not isinstance(value, dict):
+        return 0
+    paid = value.get("paid", value.get("attempt", 0))
+    return paid if isinstance(paid, int) and not isinstance(paid, bool) and paid >= 0 else 0
 
 
 def edit_digest(item: BatchItem) -> str:
@@ -164,6 +180,7 @@ def keep_request(store: TaskStateStore, item: BatchItem, request: StoredRequest,
             "request_id": request.request_id,
             "max_tries": max_tries,
             "attempt": request.attempt,
+            "paid": request.paid,
             "edit": edit_digest(item),
         },
     )

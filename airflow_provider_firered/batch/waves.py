@@ -81,6 +81,27 @@ def wake_after(in_flight: int, queued: int) -> int:
     return max(1, min(queued, in_flight // 2))
 
 
+def hold_back_if_spent(batch: BatchState, budget: int, log: BatchLog) -> bool:
+    """
+    Hold back every item still to submit once ``max_paid_edits`` is spent; return whether it is.
+
+    :param batch: the batch's state.
+    :param budget: the task's ``max_paid_edits``.
+    :param log: where to say how many items were held back, and how to send them.
+    """
+    if batch.paid() < budget:
+        return False
+    if batch.queue:
+        log.warning(
+            "%d item(s) not sent: max_paid_edits=%d is spent (%d paid submits over this task's tries); "
+            "they are recorded over_budget. Raise max_paid_edits to send them",
+            batch.hold_back(budget),
+            budget,
+            batch.paid(),
+        )
+    return True
+
+
 def _stops_wave(err: Exception) -> bool:
     """Tell whether a submit's failure stops the rest of its wave from being sent."""
     if isinstance(err, FireRedSubmitUncertainError):
@@ -109,7 +130,9 @@ def submit_wave(
     unreachable gateway pauses the wave (the rest stay queued for the next one); a refused key or
     subscription fails every queued item; an uncertain submit fails its item for good. A failure
     that ends the try is raised only after every answer is recorded; a ``429`` with nothing in
-    flight raises :class:`SaturatedError` in a deferrable batch.
+    flight raises :class:`SaturatedError` in a deferrable batch. With ``max_paid_edits`` set, a wave
+    sends no more submits than the budget has left (over every try of the task); once it is spent
+    every item still to submit is held back as ``over_budget``, never sent.
 
     :param batch: the batch's state.
     :param answers: where the wave's answers go.
@@ -122,6 +145,11 @@ def submit_wave(
     wave = batch.queue[: max(0, settings.max_in_flight - len(batch.in_flight))]
     if not wave:
         return
+    budget = settings.max_paid_edits
+    if budget is not None:
+        if hold_back_if_spent(batch, budget, log):
+            return
+        wave = wave[: budget - batch.paid()]
     hook.settings  # noqa: B018  resolved once here, not in every thread
 
     def send(item: BatchItem, retry: bool) -> SubmitResult | Exception | None:
@@ -148,12 +176,13 @@ def submit_wave(
             if store is None:
                 return
             try:
-                keep_request(store, item, StoredRequest(answer.request_id, attempt), max_tries)
+                paid = batch.entries[item.key].paid
+                keep_request(store, item, StoredRequest(answer.request_id, attempt, paid), max_tries)
             except Exception as err:  # Airflow's API refused (e.g. the try was failed meanwhile)
                 answers.stop.set()
                 answers.fatal = answers.fatal or err
         elif isinstance(answer, FireRedSubmitUncertainError):
-            batch.fail(item, "UNCERTAIN", str(answer))  # may have been accepted: never sent again
+            batch.uncertain(item, str(answer))  # may have been accepted: never sent again, counted paid
         elif isinstance(answer, FireRedApiError) and not answer.retryable:
             if answer.status_code in BATCH_REFUSALS:
                 answers.refused = answers.refused or answer
@@ -183,6 +212,8 @@ def submit_wave(
                 record(sent[done], done.result())
     if answers.refused is not None:
         batch.fail_queue("REFUSED", str(answers.refused))  # the same answer awaits every item
+    if budget is not None:
+        hold_back_if_spent(batch, budget, log)  # now, so the wait that follows is the last one
     if answers.fatal is not None:
         raise answers.fatal
     if answers.paused is not None:

@@ -13,6 +13,7 @@ from airflow.providers.common.compat.sdk import BaseOperator, conf
 
 from airflow_provider_firered.batch.items import check_items
 from airflow_provider_firered.batch.manifest import manifest_path
+from airflow_provider_firered.batch.plan import plan_batch
 from airflow_provider_firered.batch.run import BatchRun
 from airflow_provider_firered.batch.settings import BatchSettings
 from airflow_provider_firered.batch.waves import wake_after
@@ -52,7 +53,15 @@ class FireRedBatchEditOperator(BaseOperator):
     ``Last-Modified`` and ``Content-Length``) matches a ``COMPLETED`` item of ``previous`` with its
     outputs present is copied, not submitted.
 
-    Returns ``{"total", "edited", "reused", "failed", "manifest", "output_root"}``; per-item results
+    With ``max_paid_edits``, the task sends at most that many paid submits over all its tries (a
+    retry, or a clear, counts what earlier tries sent); the items beyond it are not sent, recorded
+    ``over_budget`` and counted against ``max_failed``. With ``dry_run``, nothing is sent: the manifest
+    is the plan (``would_edit``, ``would_reuse``, ``would_fail``, ``invalid``, ``over_budget``, each
+    with its reason), and no later run reuses anything from it.
+
+    Returns the batch's figures (:class:`~airflow_provider_firered.batch.figures.NightFigures`:
+    ``total``, ``edited``, ``reused``, ``failed``, ``over_budget``, ``paid``, ``pending``, the plan's
+    ``would_*`` and ``invalid``, ``dry_run``) with ``manifest`` and ``output_root``; per-item results
     are in the manifest, not in XCom.
 
     :param edits: the items: ``{"key", "prompt", "images"}`` and optionally ``model`` and
@@ -74,6 +83,9 @@ class FireRedBatchEditOperator(BaseOperator):
     :param force: edit every item, reusing nothing.
     :param deferrable: wait in the triggerer; defaults to ``[operators] default_deferrable``.
     :param download_threads: how many submits, downloads and HEAD requests run at once.
+    :param max_paid_edits: the most paid submits (accepted by the gateway, or maybe accepted) the task
+        sends over all its tries; None (the default) for no limit. Reused items cost nothing.
+    :param dry_run: plan the batch and send nothing: write the plan as the manifest, return its figures.
     """
 
     template_fields: Sequence[str] = ("edits", "output_root", "parameters", "previous")
@@ -97,6 +109,8 @@ class FireRedBatchEditOperator(BaseOperator):
         force: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         download_threads: int = 8,
+        max_paid_edits: int | None = None,
+        dry_run: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,6 +128,9 @@ class FireRedBatchEditOperator(BaseOperator):
         self.force = force
         self.deferrable = deferrable
         self.download_threads = download_threads
+        self.max_paid_edits = max_paid_edits
+        # Not ``self.dry_run``: that is BaseOperator's own method (``airflow tasks test --dry-run``).
+        self.plan_only = dry_run
 
     @cached_property
     def hook(self) -> FireRedHook:
@@ -135,6 +152,8 @@ class FireRedBatchEditOperator(BaseOperator):
             force=self.force,
             deferrable=self.deferrable,
             download_threads=self.download_threads,
+            max_paid_edits=self.max_paid_edits,
+            dry_run=self.plan_only,
         )
 
     def _run(self) -> BatchRun:
@@ -153,6 +172,8 @@ class FireRedBatchEditOperator(BaseOperator):
         """
         with AirflowErrorAdapter():
             run = self._run()
+            if run.settings.dry_run:
+                return plan_batch(run)
             return self._advance(context, run, run.start(context))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:

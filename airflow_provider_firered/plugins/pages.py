@@ -249,8 +249,8 @@ class SheetPage:
 
     def _row(self, item: ItemResult) -> str:
         inputs = " ".join(self._input(url, item) for url in item.images if is_web_url(url)) or "-"
-        if item.outcome == "failed":
-            result = f'<td class="error">{_e(item.error or item.status or "failed")}</td>'
+        if item.is_failure:
+            result = f'<td class="error">{_e(item.error or item.status or item.outcome)}</td>'
         else:
             result = f"<td>{' '.join(self._output(output, item) for output in item.outputs) or '-'}</td>"
         return (

@@ -69,7 +69,7 @@ class Sheet:
     @property
     def failures(self) -> list[ItemResult]:
         """Return the failed items, in page order."""
-        return [item for item in self.items if item.outcome == "failed"]
+        return [item for item in self.items if item.is_failure]
 
     def pages(self, size: int = PAGE_SIZE) -> int:
         """
@@ -128,7 +128,7 @@ def build_sheet(root: Path | ObjectStoragePath) -> Sheet:
     """
     result = read_batch_manifest(root)
     sheet = Sheet(root=root, result=result)
-    sheet.items = sorted(result.items, key=lambda item: (item.outcome != "failed", item.key))
+    sheet.items = sorted(result.items, key=lambda item: (not item.is_failure, item.key))
     for item in result.items:
         for output in item.outputs:
             parts = relative_parts(output, root)

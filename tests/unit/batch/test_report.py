@@ -69,7 +69,15 @@ def test_a_manifest_is_read_with_its_counts(tmp_path: Path) -> None:
     batch = read_batch_manifest(folder)
 
     assert batch.problems == []
-    assert batch.counts() == {"total": 3, "edited": 1, "reused": 1, "failed": 1}
+    assert batch.counts() == {
+        "total": 3,
+        "edited": 1,
+        "reused": 1,
+        "failed": 1,
+        "over_budget": 0,
+        "paid": 0,
+        "pending": 0,
+    }
     by_key = {item.key: item for item in batch.items}
     assert by_key["A"].outputs == (str(folder / "A" / "req-A_0.png"),)
     assert by_key["C"].error == "NSFW content detected"
@@ -83,14 +91,22 @@ def test_the_report_reads_what_the_batch_writes(tmp_path: Path) -> None:
     entries = [
         ManifestEntry("A", "edited", "COMPLETED", "rid-A", [str(output)], images=[INPUT], prompt="white"),
         ManifestEntry("B", "failed", "FAILED", "rid-B", error="NSFW content detected", images=[INPUT]),
-        ManifestEntry("C", "pending", images=[INPUT], prompt="white", attempt=1),
+        ManifestEntry("C", "pending", images=[INPUT], prompt="white", attempt=1, paid=1),
     ]
     write_manifest(folder, entries)
 
     batch = read_batch_manifest(folder)
 
     assert batch.problems == []
-    assert batch.counts() == {"total": 3, "edited": 1, "reused": 0, "failed": 2}
+    assert batch.counts() == {
+        "total": 3,
+        "edited": 1,
+        "reused": 0,
+        "failed": 2,
+        "over_budget": 0,
+        "paid": 1,
+        "pending": 0,
+    }
     first = batch.items[0]
     assert (first.key, first.outputs, first.images) == ("A", (str(output),), (INPUT,))
     assert batch.items[2].error == "unfinished: its batch stopped before this item ended"

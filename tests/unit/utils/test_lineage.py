@@ -93,8 +93,17 @@ def test_a_relative_path_is_named_by_its_absolute_path(
     assert dataset_name("out/shoe.png") == ("file", str(tmp_path / "out" / "shoe.png"))
 
 
-def test_an_object_storage_path_is_named_without_its_connection_id() -> None:
+def test_an_object_storage_path_is_named_without_its_connection_id(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.providers.common.compat.sdk import ObjectStoragePath
+
+    # Building the path builds its filesystem from the connection: give it one, so that the AWS SDK
+    # never looks for credentials on the network (the instance metadata address).
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        '{"conn_type": "aws", "login": "test-key", "password": "test-secret",'
+        ' "extra": {"region_name": "us-east-1", "endpoint_url": "http://127.0.0.1:9"}}',
+    )
 
     try:
         path = ObjectStoragePath("s3://aws_default@bucket/catalogue/shoe.png")
