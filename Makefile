@@ -17,8 +17,8 @@ PYTEST_ARGS ?=
 FAST_TESTS ?= tests/unit tests/emulator -m "not e2e and not slow"
 # On the oldest Airflow, `make test` runs the unit, emulator and integration tests, and of the e2e tests
 # only those marked `oldest`, whose behaviour differs there (tests/e2e/conftest.py says why for each
-# and why the others need not); tests marked `newest` check what only .venv runs (`make demo`,
-# `make bench`) and are left out there.
+# and why the others need not); tests marked `newest` check what only .venv runs or has (`make demo`,
+# `make bench`, the Celery and S3 deployment) and are left out there.
 OLDEST_TESTS ?= -m "(not e2e and not newest) or oldest"
 # E2E=0 leaves the real deployments out of `make test` (both Airflow versions).
 E2E ?= 1
@@ -56,13 +56,14 @@ venv: $(VENV)/.installed
 %/.installed: pyproject.toml devtools/pyproject.toml
 	@AIRFLOW=$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_AIRFLOW_VERSION),$(AIRFLOW_VERSION)); \
 	PINS='$(if $(filter $(OLDEST_VENV),$*),$(OLDEST_PINS),)'; \
+	DEVTOOLS='$(if $(filter $(OLDEST_VENV),$*),./devtools,./devtools[deployments])'; \
 	echo "== installing apache-airflow==$$AIRFLOW and .[test] into $*"; \
 	test -x $*/bin/python || $(PYTHON) -m venv $*; \
 	$*/bin/python -m pip install -q uv >/dev/null 2>&1 || true; \
 	if test -x $*/bin/uv; then \
-		eval $*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"' -e ./devtools; \
+		eval $*/bin/uv pip install -q -p $*/bin/python "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"' -e "$$DEVTOOLS"; \
 	else \
-		eval $*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"' -e ./devtools; \
+		eval $*/bin/python -m pip install -q "apache-airflow==$$AIRFLOW" $$PINS -e '".[test]"' -e "$$DEVTOOLS"; \
 	fi
 	@touch $@
 

@@ -337,8 +337,9 @@ with DAG(
         ceiling = "no limit" if budget is None else f"at most {budget * len(batches)} paid edit(s)"
         print(
             f"Manifest {manifest}: {len(items)} SKU(s) in {len(batches)} batch(es) of up to {batch_size}; "
-            f"outputs under {run_folder}; reusing results from {previous or 'no earlier run'}; "
-            f"{'dry run: nothing is sent' if dry_run else ceiling}"
+            f"outputs under {run_folder}; {'dry run: nothing is sent' if dry_run else ceiling}; "
+            # Last on the line: tools read the earlier run folder from the end of it.
+            f"reusing results from {previous or 'no earlier run'}"
         )
         context["ti"].xcom_push(key="run_folder", value=run_folder)
         return [

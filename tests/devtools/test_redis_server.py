@@ -15,7 +15,8 @@ from firered_devtools.redis_server import RedisServer, RedisUnavailable
 
 from tests.devtools.servers import listening, started
 
-pytestmark = pytest.mark.timeout(120)
+# The Celery and S3 deployment is installed and tested on the newest Airflow only (`make`).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.newest]
 
 
 def _started() -> RedisServer:

@@ -17,7 +17,8 @@ from firered_devtools.seaweedfs import SeaweedS3, SeaweedUnavailable
 
 from tests.devtools.servers import listening, started
 
-pytestmark = pytest.mark.timeout(180)
+# The Celery and S3 deployment is installed and tested on the newest Airflow only (`make`).
+pytestmark = [pytest.mark.timeout(180), pytest.mark.newest]
 
 
 def _started() -> SeaweedS3:

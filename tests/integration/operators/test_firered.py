@@ -548,7 +548,8 @@ def test_key_refused_during_a_wait_resumes_on_retry(
     # gave up: the retry resumes the same request with the new key, without a second POST.
     has_store = __import__("airflow").__version__.startswith("3.3")
     firered_emulator.keys = {TEST_KEY}
-    firered_emulator.set_timings(queued_seconds=0, processing_seconds=4)
+    # Long enough that the job still runs when the key is rotated, on a loaded machine too.
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=10)
     done = threading.Event()
 
     def status_codes() -> list[int]:

@@ -24,8 +24,12 @@ if TYPE_CHECKING:
 
 TRIGGERS = 200
 SLOW_STEP_SECONDS = 0.05
-#: Slow steps tolerated as machine noise (the OS descheduling this process), not a trigger's doing.
-NOISE_STEPS = 3
+#: Slow steps tolerated as machine noise (the OS descheduling this process while `make test` runs
+#: other streams beside it), not a trigger's doing: under 1% of the steps, where a blocking trigger
+#: is reported at nearly every one of them.
+NOISE_STEPS = 20
+#: No single step may take this long, noise or not.
+LONGEST_STEP_SECONDS = 1.0
 
 
 @pytest.fixture
@@ -68,4 +72,4 @@ def test_200_waiting_triggers_never_hold_the_loop(
     # About 3,600 status reads ran. A trigger that blocks does so at every step (a 60 ms sleep per
     # read gives hundreds of reports); a busy machine can pause the process during a few steps.
     assert len(slow) <= NOISE_STEPS, slow
-    assert [m for m in slow if float(m.rsplit(" took ", 1)[1].split()[0]) > 0.5] == []
+    assert [m for m in slow if float(m.rsplit(" took ", 1)[1].split()[0]) > LONGEST_STEP_SECONDS] == []
