@@ -10,7 +10,6 @@ import re
 import tracemalloc
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,9 +25,7 @@ from airflow_provider_firered.batch.manifest import (
     write_manifest,
 )
 from airflow_provider_firered.exceptions import FireRedError
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests.unit.batch.conftest import memory_path
 
 
 def entry(key: str, **fields: object) -> ManifestEntry:
@@ -220,31 +217,9 @@ PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 40
 RID = "firered-image-edit-v1-1_019d0000-0000-0000-0000-000000000001"
 
 
-@pytest.fixture
-def memory_store() -> Iterator[None]:
-    """fsspec's in-memory filesystem is one per process: empty it afterwards."""
-    yield
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    MemoryFileSystem.store.clear()
-    MemoryFileSystem.pseudo_dirs[:] = [""]
-
-
-def _memory_path(url: str) -> Any:
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-    from airflow.sdk.io import attach
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    attach("memory", fs=MemoryFileSystem())
-    try:
-        return ObjectStoragePath(url)
-    except TypeError as err:  # Airflow 3.0's ObjectStoragePath refuses the memory:// protocol
-        pytest.skip(f"no in-memory object storage here: {err}")
-
-
 @pytest.mark.usefixtures("memory_store")
 def test_on_object_storage_only_an_image_inside_the_key_folder_is_copied(tmp_path: Path) -> None:
-    root = _memory_path("memory://catalogue/night1")
+    root = memory_path("memory://catalogue/night1")
     (root / "A").mkdir(parents=True, exist_ok=True)
     (root / "A" / "old-name.webp").write_bytes(PNG)
     (root / "A" / "page.png").write_bytes(b"<html><script>alert(1)</script></html>")

@@ -7,7 +7,7 @@ import os
 import re
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
@@ -17,9 +17,7 @@ from airflow_provider_firered.batch.contact_sheet import relative_link, write_co
 from airflow_provider_firered.batch.manifest import ManifestEntry, write_manifest
 from airflow_provider_firered.batch.report import write_summary
 from airflow_provider_firered.batch.run_results import read_batch_manifest, read_run
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
+from tests.unit.batch.conftest import memory_path
 
 INPUT = "https://images.example.test/shoe.png"
 
@@ -355,32 +353,9 @@ def test_plain_segments_and_web_urls() -> None:
         assert not run_results.is_web_url(bad), bad
 
 
-def _memory_path(url: str) -> Any:
-    """An ``ObjectStoragePath`` on fsspec's in-memory filesystem, attached as Airflow's ``memory`` store."""
-    from airflow.providers.common.compat.sdk import ObjectStoragePath
-    from airflow.sdk.io import attach
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    attach("memory", fs=MemoryFileSystem())
-    try:
-        return ObjectStoragePath(url)
-    except TypeError as err:  # Airflow 3.0's ObjectStoragePath refuses the memory:// protocol
-        pytest.skip(f"no in-memory object storage here: {err}")
-
-
-@pytest.fixture
-def memory_store() -> Iterator[None]:
-    """fsspec's in-memory filesystem is one per process: empty it afterwards."""
-    yield
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    MemoryFileSystem.store.clear()
-    MemoryFileSystem.pseudo_dirs[:] = [""]
-
-
 @pytest.mark.usefixtures("memory_store")
 def test_object_storage_run_folder() -> None:
-    run = _memory_path("memory://catalogue/out/2026-01-02")
+    run = memory_path("memory://catalogue/out/2026-01-02")
     batch = run / "batch-0000"
     output = batch / "A" / "req-A_0.png"
     output.write_bytes(b"png")
