@@ -143,18 +143,7 @@ class CeleryDeployment(AirflowDeployment):
             # logs folder instead.
             "--skip-serve-logs",
         ]
-        log_path = self.logs / f"{name}.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self.track(name, popen, log_path)
+        return self.start_command(name, argv, cwd=folder, env=env)
 
     def start_workers(self, count: int, timeout: float = 120) -> list[ManagedProcess]:
         """

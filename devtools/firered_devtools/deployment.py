@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_firered.emulator.process import EmulatorProcess, start_emulator_process
-from firered_devtools.processes import alive, descendants, free_port, pids_with_env
+from firered_devtools.processes import alive, descendants, free_port, launch, pids_with_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -186,19 +186,17 @@ class AirflowDeployment:
         prefix = ["nice", "-n", str(niceness)] if niceness else []
         return self.start_command(name, [*prefix, str(self.airflow_bin), *args])
 
-    def start_command(self, name: str, argv: Sequence[str]) -> ManagedProcess:
-        """Start any command with the deployment's environment (and marker) in its own process group."""
+    def start_command(
+        self, name: str, argv: Sequence[str], *, cwd: Path | None = None, env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
+        """
+        Start any command with the deployment's environment (and marker) in its own process group.
+
+        :param cwd: its working folder (default: the deployment's home).
+        :param env: its environment (default: :attr:`env`); it must carry the marker too.
+        """
         log_path = self.logs / f"{name}.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                list(argv),
-                env=self.env,
-                cwd=self.home,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        popen = launch(argv, self.home if cwd is None else cwd, log_path, self.env if env is None else env)
         return self.track(name, popen, log_path)
 
     def track(self, name: str, popen: subprocess.Popen[Any], log_path: Path) -> ManagedProcess:
