@@ -441,15 +441,17 @@ def test_admin_api_redacts_keys_and_secrets(firered_emulator: Emulator) -> None:
             assert secret not in answer.text, (endpoint, secret)
         records = answer.json()
         assert records
-        for record in records:
-            # The header names stay: a test can still see that a key was sent (to the CDN, say).
-            assert record["headers"]["Ocp-Apim-Subscription-Key"] == "***"
+        # The header names stay: a test can still see that a key was sent (to the CDN, say). The
+        # emulator's own fetch of the input (to render the edit) may land any time and sends no key.
+        sent_with_key = [r for r in records if "Ocp-Apim-Subscription-Key" in r["headers"]]
+        assert sent_with_key
+        assert {r["headers"]["Ocp-Apim-Subscription-Key"] for r in sent_with_key} == {"***"}
     (submitted,) = requests.get(base + "/submissions", timeout=5).json()
     assert submitted["headers"]["Authorization"] == "***"
     assert submitted["headers"]["X-Webhook-URL"] == "https://127.0.0.1:9/in?***"
     assert submitted["body"] == body
     cdn = [r for r in requests.get(base + "/requests", timeout=5).json() if r["origin"] == "cdn"]
-    assert [r["headers"]["Ocp-Apim-Subscription-Key"] for r in cdn] == ["***"]
+    assert [r["headers"].get("Ocp-Apim-Subscription-Key") for r in cdn].count("***") == 1
     # In-process tests still read the raw headers, as the CDN key check needs.
     assert firered_emulator.submit_attempts()[0].headers["Ocp-Apim-Subscription-Key"] == KEY
     assert firered_emulator.cdn_key_violations
