@@ -10,6 +10,8 @@ OLDEST_PINS ?= "fastapi==0.116.1" "pydantic<2.12"
 # Added to every pytest run; a `-m` here replaces a stream's own selection (pytest keeps the last -m):
 # use it with one stream, e.g. `make test-newest PYTEST_ARGS='-m "not slow"'`.
 PYTEST_ARGS ?=
+# Each stream ends with its slowest tests: where the gate's time goes, run after run.
+DURATIONS ?= --durations=25
 
 # The tiers are pytest markers (pyproject.toml, set in tests/conftest.py): `e2e` tests start real Airflow
 # processes (api-server, scheduler, dag-processor, triggerer), `slow` ones take over 30 s.
@@ -42,10 +44,10 @@ lint-then-newest-rest: lint
 	@$(MAKE) --no-print-directory test-newest-rest
 
 test-newest-e2e: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -m e2e $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m e2e $(DURATIONS) $(PYTEST_ARGS)
 
 test-newest-rest: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not e2e" $(DURATIONS) $(PYTEST_ARGS)
 
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(FAST_TESTS) $(PYTEST_ARGS)
@@ -75,12 +77,14 @@ demo: $(VENV)/.installed
 # at 1 s polls against the grid floor), under 5 minutes; `make bench WORKER_COST=1` adds the worker cost
 # in a real Airflow (B, about 10 minutes more). BENCH_ARGS go to the trigger cost, e.g. the larger runs
 # its docstring lists: make bench BENCH_ARGS="--sizes 100,1000,10000 --poll 10 --polls-per-job 2"
-# `make bench CATALOGUE_COST=1` adds the catalogue on PostgreSQL (D, over an hour).
+# `make bench CATALOGUE_COST=1` adds the catalogue on PostgreSQL (D, over an hour); `CATALOGUE_CELERY=1`
+# adds it at 10,000 SKUs on Celery workers with outputs on S3 (D, Celery + S3; 45 min under load).
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/emulator_throughput.py
 	$(VENV)/bin/python benchmarks/trigger_cost.py $(BENCH_ARGS)
 	$(if $(WORKER_COST),$(VENV)/bin/python benchmarks/worker_cost.py)
 	$(if $(CATALOGUE_COST),$(VENV)/bin/python benchmarks/catalogue_cost.py --skus 1000 --variants batch$(COMMA)per-sku --nights 3)
+	$(if $(CATALOGUE_CELERY),$(VENV)/bin/python benchmarks/catalogue_cost.py --skus 10000 --variants batch --nights 3 --deployment celery-s3 --limit 2100)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -91,7 +95,7 @@ test-newest: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 test-oldest: $(OLDEST_VENV)/.installed
-	$(OLDEST_VENV)/bin/python -m pytest $(OLDEST_TESTS) $(PYTEST_ARGS)
+	$(OLDEST_VENV)/bin/python -m pytest $(OLDEST_TESTS) $(DURATIONS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -35,13 +35,27 @@ PostgreSQL's and the emulator's beside them; task starts (task tries, ``load_man
 task logs); POSTs and status reads from the emulator's record; and the length of the ``trigger``
 rows' kwargs, sampled while the tasks wait.
 
+With ``--deployment celery-s3`` the batch nights run on the deployment a catalogue team runs, started
+as tests/e2e/test_celery_s3_e2e.py starts it (``firered_devtools``): the CeleryExecutor with a Redis
+broker and ``--celery-workers`` Celery workers (each its own process and working folder, sharing
+``--parallelism`` slots), PostgreSQL as metadata database and result backend, two triggerers, and
+``output_root`` on S3 (SeaweedFS, through an ``aws`` connection): ``s3://firered_s3@firered/catalogue/
+batch-<SKUs>``, the manifests uploaded beside it. Worker-slot-seconds are then sampled from the
+workers' processes (a prefork pool process supervising a task process); task instances in state
+``running`` in the metadata DB are integrated beside it as a cross-check. Celery workers (with their
+pool and task processes) count as ``workers``; Redis's and SeaweedFS's CPU is reported beside.
+``--max-in-flight`` sets each batch's share of the gateway; with ``--concurrent-batches`` times it above
+the gateway's limit, batches overlap: one facing a full gateway waits (``429``) for the next wave.
+
     python benchmarks/catalogue_cost.py --skus 1000 --variants batch,per-sku --nights 3
     python benchmarks/catalogue_cost.py --skus 10000 --variants batch --nights 3 --json d.json
+    python benchmarks/catalogue_cost.py --skus 10000 --variants batch --deployment celery-s3 --json d.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -57,12 +71,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from catalogue_outputs import CelerySlotSampler, LocalOutputs, S3Outputs, read_json
+from firered_devtools.celery import CeleryDeployment
 from firered_devtools.deployment import AirflowDeployment, start_emulator
 from firered_devtools.postgres import PostgresCluster
 from firered_devtools.processes import descendants
 from worker_cost import SlotSampler
-
-from airflow_provider_firered.batch.manifest import read_manifest
 
 if TYPE_CHECKING:
     from airflow_provider_firered.emulator.process import EmulatorProcess
@@ -83,8 +97,6 @@ NIGHTS = ("first", "unchanged", "1% changed")
 POOL = "firered_gateway"
 #: The example's tasks before and after the batches, timed on their own.
 PLAN_TASK, SUMMARY_TASK = "load_manifest", "summarise"
-#: The example's run folders: ``YYYY-MM-DD`` (scheduled) or ``YYYY-MM-DDTHHMMSSZ`` (any other run).
-RUN_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{6}Z)?")
 RUN_FOLDER_FORMAT = "%Y-%m-%dT%H%M%SZ"
 #: What ``load_manifest`` logs about the earlier run folder it reuses.
 REUSING = re.compile(r"reusing results from (.+)$")
@@ -92,8 +104,15 @@ KEY = "benchmark-key"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: The emulator keeps this many records; a run that reaches it undercounts its requests.
 EMULATOR_RECORD_CAP = 100_000
-#: Airflow's processes, by the deployment's names (``triggerer-1``, ... count as ``triggerers``).
+#: Airflow's processes, by the deployment's names (``triggerer-1``, ... count as ``triggerers``;
+#: ``celery-worker-1``, ... as ``workers``).
 AIRFLOW_PARTS = ("scheduler", "workers", "triggerers", "api-server", "dag-processor")
+#: The deployments: the LocalExecutor on one machine, outputs on its disk; or the CeleryExecutor with
+#: two workers and a Redis broker, outputs on S3 (SeaweedFS).
+DEPLOYMENTS = ("local", "celery-s3")
+#: The S3 connection, bucket and the prefixes (outputs, manifests) of the celery-s3 deployment.
+S3_CONN, BUCKET = "firered_s3", "firered"
+S3_ROOT = f"s3://{S3_CONN}@{BUCKET}"
 
 
 # -- CPU by process ---------------------------------------------------------------------------------
@@ -115,16 +134,25 @@ def _tree(pid: int) -> float:
     return sum(sum(_times(p)) for p in (pid, *descendants(pid)))
 
 
-def cpu_by_part(deployment: AirflowDeployment, postgres_pid: int | None) -> dict[str, float]:
+def cpu_by_part(
+    deployment: AirflowDeployment, postgres_pid: int | None, others: dict[str, int | None] | None = None
+) -> dict[str, float]:
     """
     CPU seconds so far of each part. The LocalExecutor workers (and the task processes they start)
     are the scheduler's children: the scheduler's own time is ``scheduler``, its children's ``workers``.
+    Celery workers (``celery-worker-<n>``, with their pool and task processes) are ``workers``; the
+    scheduler is then its whole tree. ``others`` (Redis, SeaweedFS) are reported beside, by name.
     """
     parts: dict[str, float] = {}
+    celery = any(proc.name.startswith("celery-worker-") for proc in deployment.processes)
     for proc in deployment.processes:
         if not proc.running():
             continue
-        if proc.name == "scheduler":
+        if proc.name.startswith("celery-worker-"):
+            parts["workers"] = parts.get("workers", 0.0) + _tree(proc.pid)
+        elif proc.name == "scheduler" and celery:
+            parts["scheduler"] = _tree(proc.pid)
+        elif proc.name == "scheduler":
             own, reaped = _times(proc.pid)
             parts["scheduler"] = own
             parts["workers"] = reaped + sum(sum(_times(p)) for p in descendants(proc.pid))
@@ -133,6 +161,9 @@ def cpu_by_part(deployment: AirflowDeployment, postgres_pid: int | None) -> dict
             parts[name] = parts.get(name, 0.0) + _tree(proc.pid)
     if postgres_pid is not None:
         parts["postgres"] = _tree(postgres_pid)
+    for name, pid in (others or {}).items():
+        if pid is not None:
+            parts[name] = _tree(pid)
     return parts
 
 
@@ -224,12 +255,15 @@ class Run:
     size: int
     variant: str
     night: int
-    #: The batch variant's CSV manifest; the per-SKU variant's JSON-lines catalogue.
-    catalogue: Path
+    #: The batch variant's CSV manifest (a path, or an S3 URL); the per-SKU variant's JSON-lines
+    #: catalogue.
+    catalogue: Path | str
     #: The batch variant's ``output_root`` (every night's run folder is made in it by the DAG); the
     #: per-SKU variant's run folder.
     folder: Path
     changed: int
+    #: The batch variant's ``output_root`` (local or S3), where each night's run folder is made.
+    outputs: LocalOutputs | S3Outputs | None = None
 
     @property
     def run_id(self) -> str:
@@ -244,7 +278,7 @@ class Run:
         if self.variant == "batch":
             return {
                 "manifest": str(self.catalogue),
-                "output_root": str(self.folder),
+                "output_root": self.outputs.url if self.outputs else str(self.folder),
                 "batch_size": args.batch_size,
                 "max_in_flight": max_in_flight,
                 "poll_interval": args.poll_interval,
@@ -343,12 +377,12 @@ def gateway_counts(emulator: EmulatorProcess) -> dict[str, Any]:
     }
 
 
-def outcomes(run: Run, run_folder: Path | None) -> dict[str, int]:
+def outcomes(run: Run, run_folder: str | None) -> dict[str, int]:
     """How the items ended: from the batches' manifests, or (per SKU) the output folders filled."""
     counts: Counter[str] = Counter()
-    if run.variant == "batch":
-        for manifest in run_folder.glob("batch-*/_manifest.jsonl") if run_folder else ():
-            counts.update(entry.outcome for entry in read_manifest(manifest.parent) or [])
+    if run.outputs is not None:
+        if run_folder:
+            counts = run.outputs.outcomes(run_folder)
     else:
         folders = [p for p in run.folder.iterdir() if p.is_dir()] if run.folder.exists() else []
         counts["edited"] = sum(any(f.is_file() for f in folder.iterdir()) for folder in folders)
@@ -356,13 +390,6 @@ def outcomes(run: Run, run_folder: Path | None) -> dict[str, int]:
 
 
 # -- the example's run folders --------------------------------------------------------------------------
-
-
-def run_folders(output_root: Path) -> set[str]:
-    """The run folders under ``output_root`` so far (the example's names: a date, or date and time)."""
-    if not output_root.is_dir():
-        return set()
-    return {p.name for p in output_root.iterdir() if p.is_dir() and RUN_FOLDER.fullmatch(p.name)}
 
 
 def wait_for_a_new_folder_name(existing: set[str]) -> None:
@@ -394,14 +421,9 @@ def planned_previous(deployment: AirflowDeployment, run: Run) -> str | None:
     return None if found is None else ("" if found == "no earlier run" else found)
 
 
-def summary_counts(run_folder: Path | None) -> dict[str, int] | None:
+def summary_counts(outputs: LocalOutputs | S3Outputs, run_folder: str | None) -> dict[str, int] | None:
     """``summary.json``'s counts (total, edited, reused, failed), or None without one."""
-    try:
-        summary = (
-            json.loads((run_folder / "summary.json").read_text(encoding="utf-8")) if run_folder else None
-        )
-    except (OSError, ValueError):
-        return None
+    summary = read_json(outputs, run_folder, "summary.json") if run_folder else None
     if not isinstance(summary, dict):
         return None
     return {name: int(summary.get(name) or 0) for name in ("total", "edited", "reused", "failed")}
@@ -413,7 +435,8 @@ def check_night(
     """What is wrong with a batch night's folders and summary (nothing, normally)."""
     problems = []
     if len(new_folders) != 1:
-        problems.append(f"expected one new run folder under {run.folder}, found {new_folders}")
+        where = run.outputs.url if run.outputs else run.folder
+        problems.append(f"expected one new run folder under {where}, found {new_folders}")
     if result["previous"] is not None and result["previous"] != expected_previous:
         problems.append(f"reused {result['previous'] or 'nothing'}, not {expected_previous or 'nothing'}")
     summary = result["summary"]
@@ -426,7 +449,7 @@ def check_night(
         problems.append(f"summary.json counts {summary} differ from the batch manifests' {manifests}")
     if state == "success" and summary["total"] != run.size:
         problems.append(f"summary.json counts {summary['total']} SKUs, not {run.size}")
-    if not (Path(result["run_folder"]) / "index.html").is_file():
+    if run.outputs is not None and new_folders and run.outputs.read(new_folders[-1], "index.html") is None:
         problems.append(f"no index.html in {result['run_folder']}")
     return problems
 
@@ -437,33 +460,40 @@ def measure(
     cluster: PostgresCluster | None,
     run: Run,
     args: argparse.Namespace,
-    concurrent: int,
+    max_in_flight: int,
     expected_previous: str = "",
+    others: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """
     Trigger ``run`` and measure it until it ends or ``args.limit`` seconds pass.
 
-    :param concurrent: batches at once (the pool's slots): each gets a share of the gateway's limit.
+    :param max_in_flight: each batch's share of the gateway's limit.
     :param expected_previous: the run folder a batch night should reuse ("" for none).
+    :param others: servers whose CPU is reported beside Airflow's (Redis, SeaweedFS), by name.
     """
     emulator.control("POST", "reset")
     deadline = time.monotonic() + args.limit
     deployment.wait_parsed(run.dag_id, deadline)
-    conf = run.conf(args, max(1, args.max_concurrent_jobs // concurrent))
-    folders_before = run_folders(run.folder) if run.variant == "batch" else set()
+    conf = run.conf(args, max_in_flight)
+    folders_before = run.outputs.folders() if run.outputs else set()
     wait_for_a_new_folder_name(folders_before)
     postgres = postmaster_pid(cluster)
-    slots, triggers = SlotSampler(deployment, period=0.5), TriggerSampler(deployment)
+    slots: SlotSampler | CelerySlotSampler = (
+        CelerySlotSampler(deployment, period=0.5)
+        if isinstance(deployment, CeleryDeployment)
+        else SlotSampler(deployment, period=0.5)
+    )
+    triggers = TriggerSampler(deployment)
     triggers_before = trigger_sequence(deployment)
     load_before = os.getloadavg()
-    cpu_before = cpu_by_part(deployment, postgres)
+    cpu_before = cpu_by_part(deployment, postgres, others)
     started = time.monotonic()
     slots.start()
     triggers.start()
     deployment.trigger(run.dag_id, run.run_id, conf)
     state = wait_end(deployment, run.run_id, deadline)
     wall = time.monotonic() - started
-    cpu_after = cpu_by_part(deployment, postgres)
+    cpu_after = cpu_by_part(deployment, postgres, others)
     load_after = os.getloadavg()
     for sampler in (slots, triggers):
         sampler.stopped.set()
@@ -473,11 +503,12 @@ def measure(
     gateway = gateway_counts(emulator)
     floor = gateway["submits"] * args.job_seconds / args.max_concurrent_jobs
     starts = task_starts(deployment, run, trigger_sequence(deployment) - triggers_before, state)
-    if run.variant == "batch":
-        new_folders = sorted(run_folders(run.folder) - folders_before)
-        run_folder: Path | None = run.folder / new_folders[-1] if new_folders else None
+    if run.outputs is not None:
+        new_folders = sorted(run.outputs.folders() - folders_before)
+        run_folder = new_folders[-1] if new_folders else None
+        folder_url = run.outputs.folder_url(run_folder) if run_folder else None
     else:
-        new_folders, run_folder = [], run.folder
+        new_folders, run_folder, folder_url = [], None, str(run.folder)
     ended = outcomes(run, run_folder)
     # A run cut short by the limit is judged per SKU it finished.
     done = run.size if state != "timeout" else max(1, ended["edited"] + ended["reused"] + ended["failed"])
@@ -490,14 +521,18 @@ def measure(
         "state": state,
         "changed_skus": run.changed,
         **ended,
-        "run_folder": str(run_folder) if run_folder else None,
+        "run_folder": folder_url,
         "previous": planned_previous(deployment, run) if run.variant == "batch" else None,
-        "summary": summary_counts(run_folder) if run.variant == "batch" else None,
+        "summary": summary_counts(run.outputs, run_folder) if run.outputs else None,
         "wall_seconds": round(wall, 1),
         "gateway_floor_seconds": round(floor, 1),
         "wall_over_floor": round(wall / floor, 2) if floor else None,
         "task_seconds": task_seconds(deployment, run),
         "worker_slot_seconds": round(slots.slot_seconds, 1),
+        # Celery: the figure above is from the workers' processes; this from ``running`` task instances.
+        "running_task_seconds": round(slots.running_seconds, 1)
+        if isinstance(slots, CelerySlotSampler)
+        else None,
         "peak_busy_slots": slots.peak,
         "airflow_cpu_seconds": round(airflow_cpu, 1),
         "cpu_seconds_by_part": cpu,
@@ -518,35 +553,46 @@ def measure(
         check_night(run, state, new_folders, result, expected_previous) if run.variant == "batch" else []
     )
     # No run but the benchmark's: no cron run (the deployment turns the job schedule off), no other DAG.
-    ((others,),) = deployment.query(
+    ((strangers,),) = deployment.query(
         "SELECT COUNT(*) FROM dag_run WHERE run_type <> 'manual' OR run_id NOT LIKE 'bench%'"
     )
-    if int(others):
-        result["problems"].append(f"{others} DAG run(s) other than the benchmark's manual runs")
+    if int(strangers):
+        result["problems"].append(f"{strangers} DAG run(s) other than the benchmark's manual runs")
     return result
 
 
 # -- one size ----------------------------------------------------------------------------------------------
 
 
-def plan_runs(size: int, variants: list[str], nights: int, work: Path, images: list[str]) -> list[Run]:
-    """The runs for one catalogue size: the batch nights first, then the per-SKU first night."""
+def plan_runs(
+    size: int, variants: list[str], nights: int, work: Path, images: list[str], s3: S3Outputs | None = None
+) -> list[Run]:
+    """
+    The runs for one catalogue size: the batch nights first, then the per-SKU first night.
+
+    :param s3: with the celery-s3 deployment, the S3 ``output_root`` of the batch nights (their
+        manifests go to S3 too, beside it); None for a local folder.
+    """
     base = catalogue_rows(size, images, 0)
     revised = catalogue_rows(size, images, changed_count(size))
     runs: list[Run] = []
     if "batch" in variants:
         output_root = work / f"batch-{size}"
-        if run_folders(output_root):
+        outputs = s3 or LocalOutputs(output_root)
+        if outputs.folders():
             raise RuntimeError(
-                f"{output_root} holds earlier runs (the first night would reuse them): use a fresh --work"
+                f"{outputs.url} holds earlier runs (the first night would reuse them): use a fresh --work"
             )
-        manifests = (work / f"manifest-{size}.csv", work / f"manifest-{size}-revised.csv")
-        write_manifest(manifests[0], base)
+        manifests: list[Path | str] = [work / f"manifest-{size}.csv", work / f"manifest-{size}-revised.csv"]
+        for path, rows in zip(manifests, (base, revised), strict=True):
+            write_manifest(Path(path), rows)
+        if s3 is not None:  # every worker reads it: the manifest goes to the shared store too
+            manifests = [
+                s3.put(f"manifests/{Path(path).name}", Path(path).read_bytes()) for path in manifests
+            ]
         for night in range(nights):
-            if night == 2:
-                write_manifest(manifests[1], revised)
             changed = (size, 0, changed_count(size))[night]
-            runs.append(Run(size, "batch", night, manifests[night == 2], output_root, changed))
+            runs.append(Run(size, "batch", night, manifests[night == 2], output_root, changed, outputs))
     if "per-sku" in variants:
         catalogue = work / f"catalogue-{size}.jsonl"
         write_catalogue(catalogue, base)
@@ -583,11 +629,25 @@ def check_parsed(deployment: AirflowDeployment, timeout: float) -> list[str]:
 
 
 def configure(
-    deployment: AirflowDeployment, emulator: EmulatorProcess, args: argparse.Namespace, size: int, work: Path
-) -> int:
-    """Connection, Variables and Airflow's concurrency settings for one size; returns batches at once."""
+    deployment: AirflowDeployment,
+    emulator: EmulatorProcess,
+    args: argparse.Namespace,
+    size: int,
+    work: Path,
+    store: Any = None,
+) -> tuple[int, int]:
+    """
+    Connection, Variables and Airflow's concurrency settings for one size; return the batches at once
+    (the pool's slots) and each batch's ``max_in_flight``.
+
+    :param store: the S3 store of the celery-s3 deployment (``SeaweedS3``), else None.
+    """
     batches = math.ceil(size / args.batch_size)
     concurrent = max(1, min(args.concurrent_batches, batches))
+    max_in_flight = args.max_in_flight or max(1, args.max_concurrent_jobs // concurrent)
+    allowed = [str(work)] if store is None else [str(work), f"{S3_ROOT}/catalogue", f"{S3_ROOT}/manifests"]
+    if store is not None:
+        deployment.env[f"AIRFLOW_CONN_{S3_CONN.upper()}"] = store.connection()
     deployment.env.update(
         {
             "AIRFLOW_CONN_FIRERED_DEFAULT": json.dumps(
@@ -595,7 +655,7 @@ def configure(
             ),
             # Set as an admin would: the example accepts a run's manifest and output_root params
             # only under these prefixes.
-            "AIRFLOW_VAR_FIRERED_CATALOGUE_ALLOWED_PREFIXES": json.dumps([str(work)]),
+            "AIRFLOW_VAR_FIRERED_CATALOGUE_ALLOWED_PREFIXES": json.dumps(allowed),
             # The per-SKU DAG's poll interval (the example's is a param of each run).
             "FIRERED_BENCH_POLL": str(args.poll_interval),
             "AIRFLOW__CORE__PARALLELISM": str(args.parallelism),
@@ -603,64 +663,123 @@ def configure(
             "AIRFLOW__CORE__MAX_MAP_LENGTH": str(max(1024, size)),
         }
     )
-    return int(concurrent)
+    return int(concurrent), int(max_in_flight)
+
+
+def start_celery_s3(
+    parts: contextlib.ExitStack, home: Path, dags: Path, args: argparse.Namespace
+) -> tuple[CeleryDeployment, Any, dict[str, int | None]]:
+    """
+    Redis, SeaweedFS and a CeleryExecutor deployment, as tests/e2e/test_celery_s3_e2e.py starts them:
+    two Celery workers, each with ``parallelism / 2`` slots; each part stopped by ``parts``. Return the
+    deployment, the S3 store and the servers' pids (their CPU is reported beside Airflow's).
+    """
+    from firered_devtools.redis_server import RedisServer
+    from firered_devtools.seaweedfs import SeaweedS3
+
+    redis = RedisServer().start()
+    parts.callback(redis.stop)
+    store = SeaweedS3(buckets=(BUCKET,)).start()
+    parts.callback(store.stop)
+    deployment = CeleryDeployment(
+        home=home,
+        dags_folder=dags,
+        parallelism=args.parallelism,
+        broker_url=redis.url,
+        workers=args.celery_workers,
+        worker_concurrency=max(1, args.parallelism // args.celery_workers),
+        triggerers=args.triggerers,
+    )
+    return deployment, store, {"redis": redis.pid, "seaweedfs": store.pid}
 
 
 def run_size(size: int, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     """Start a deployment for one catalogue size, measure its runs, stop it."""
     home = work / f"airflow-{size}"
-    deployment = AirflowDeployment(home=home, dags_folder=dag_folder(work), parallelism=args.parallelism)
-    cluster: PostgresCluster | None = None
     results: list[dict[str, Any]] = []
-    try:
+    with contextlib.ExitStack() as parts:
+        cluster: PostgresCluster | None = None
         if args.database == "postgres":
             cluster = PostgresCluster().start()
-            deployment.use_database(cluster.url)
-        emulator = start_emulator(
-            deployment,
-            "--queued-seconds",
-            "0",
-            "--processing-seconds",
-            str(args.job_seconds),
-            "--max-concurrent-jobs",
-            str(args.max_concurrent_jobs),
-            "--no-render",
-        )
-        concurrent = configure(deployment, emulator, args, size, work)
-        runs = plan_runs(size, args.variants, args.nights, work, list(emulator.sample_images))
-        deployment.cli("db", "migrate", timeout=600)
-        # The example's pool. Counts deferred batches too: slots x max_in_flight is what the DAG keeps
-        # at the gateway.
-        deployment.cli("pools", "set", POOL, str(concurrent), "catalogue batches", "--include-deferred")
-        deployment.start_all(triggerers=args.triggerers)
-        deployment.wait_healthy(timeout=300)
-        dag_ids = check_parsed(deployment, timeout=300)
-        print(
-            f"{size} SKUs: deployment up ({args.database}, {args.triggerers} triggerer(s), parallelism "
-            f"{args.parallelism}, {concurrent} batch(es) at once, DAGs {', '.join(dag_ids)}); "
-            f"load {os.getloadavg()[0]:.2f}",
-            flush=True,
-        )
-        previous = ""
-        for run in runs:
-            result = measure(deployment, emulator, cluster, run, args, concurrent, previous)
-            result["concurrent_batches"] = concurrent if run.variant == "batch" else None
-            result["deployed_dag_ids"] = dag_ids
-            results.append(result)
-            print(summary_line(result), flush=True)
-            for problem in result["problems"]:
-                print(f"{run.run_id}: {problem}", flush=True)
-            if run.variant == "batch":
-                previous = result["run_folder"] or ""
-            if result["state"] != "success":
-                print(f"{run.run_id} ended {result['state']}: the later runs of this size are skipped")
-                break
-    finally:
-        left = deployment.stop_all()
-        if left:
-            print(f"processes left running: {left}", file=sys.stderr)
+            parts.callback(cluster.stop)
+        store: Any = None
+        others: dict[str, int | None] = {}
+        deployment: AirflowDeployment
+        if args.deployment == "celery-s3":
+            deployment, store, others = start_celery_s3(parts, home, dag_folder(work), args)
+        else:
+            deployment = AirflowDeployment(
+                home=home, dags_folder=dag_folder(work), parallelism=args.parallelism
+            )
+        parts.callback(stop_deployment, deployment)
         if cluster is not None:
-            cluster.stop()
+            deployment.use_database(cluster.url)
+        results = measure_size(deployment, cluster, store, others, size, args, work)
+    return results
+
+
+def stop_deployment(deployment: AirflowDeployment) -> None:
+    left = deployment.stop_all()
+    if left:
+        print(f"processes left running: {left}", file=sys.stderr)
+
+
+def measure_size(
+    deployment: AirflowDeployment,
+    cluster: PostgresCluster | None,
+    store: Any,
+    others: dict[str, int | None],
+    size: int,
+    args: argparse.Namespace,
+    work: Path,
+) -> list[dict[str, Any]]:
+    """Set one size's deployment up (it is stopped by the caller) and measure its runs."""
+    results: list[dict[str, Any]] = []
+    emulator = start_emulator(
+        deployment,
+        "--queued-seconds",
+        "0",
+        "--processing-seconds",
+        str(args.job_seconds),
+        "--max-concurrent-jobs",
+        str(args.max_concurrent_jobs),
+        "--no-render",
+    )
+    concurrent, max_in_flight = configure(deployment, emulator, args, size, work, store)
+    s3 = None if store is None else S3Outputs(store, S3_CONN, BUCKET, f"catalogue/batch-{size}")
+    runs = plan_runs(size, args.variants, args.nights, work, list(emulator.sample_images), s3)
+    deployment.cli("db", "migrate", timeout=600)
+    # The example's pool. Counts deferred batches too: slots x max_in_flight is what the DAG keeps
+    # at the gateway.
+    deployment.cli("pools", "set", POOL, str(concurrent), "catalogue batches", "--include-deferred")
+    deployment.start_all(triggerers=args.triggerers)
+    deployment.wait_healthy(timeout=300)
+    dag_ids = check_parsed(deployment, timeout=300)
+    print(
+        f"{size} SKUs: deployment up ({args.deployment}, {args.database}, {args.triggerers} "
+        f"triggerer(s), parallelism {args.parallelism}, {concurrent} batch(es) at once of "
+        f"max_in_flight {max_in_flight}, DAGs {', '.join(dag_ids)}); "
+        f"load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    previous = ""
+    for run in runs:
+        result = measure(deployment, emulator, cluster, run, args, max_in_flight, previous, others)
+        result["deployment"] = args.deployment
+        result["concurrent_batches"] = concurrent if run.variant == "batch" else None
+        result["max_in_flight"] = max_in_flight if run.variant == "batch" else None
+        result["deployed_dag_ids"] = dag_ids
+        results.append(result)
+        if args.json:  # this size's nights so far: a run stopped early keeps the nights it finished
+            args.json.with_suffix(f".{size}.partial.json").write_text(json.dumps(results, indent=2))
+        print(summary_line(result), flush=True)
+        for problem in result["problems"]:
+            print(f"{run.run_id}: {problem}", flush=True)
+        if run.variant == "batch":
+            previous = result["run_folder"] or ""
+        if result["state"] != "success":
+            print(f"{run.run_id} ended {result['state']}: the later runs of this size are skipped")
+            break
     return results
 
 
@@ -707,7 +826,10 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def cpu_table(results: list[dict[str, Any]]) -> str:
-    parts = (*AIRFLOW_PARTS, "postgres", "emulator")
+    servers = [
+        name for name in ("redis", "seaweedfs") if any(name in r["cpu_seconds_by_part"] for r in results)
+    ]
+    parts = (*AIRFLOW_PARTS, "postgres", *servers, "emulator")
     rows = [
         "| SKUs | variant | night | " + " | ".join(parts) + " |",
         "|---:|---|---|" + "---:|" * len(parts),
@@ -753,8 +875,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-concurrent-jobs", type=int, default=500, help="the gateway's unfinished-job limit"
     )
     parser.add_argument("--poll-interval", type=float, default=5.0, help="seconds between status reads")
-    parser.add_argument("--parallelism", type=int, default=8, help="LocalExecutor worker slots")
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=0,
+        help="each batch's max_in_flight (default: the gateway's limit // batches at once); more makes "
+        "batches overlap at the gateway",
+    )
+    parser.add_argument(
+        "--parallelism", type=int, default=8, help="worker slots (Celery: shared among the workers)"
+    )
     parser.add_argument("--triggerers", type=int, default=2)
+    parser.add_argument(
+        "--deployment",
+        choices=DEPLOYMENTS,
+        default="local",
+        help="local: LocalExecutor, outputs on disk; celery-s3: CeleryExecutor, Redis, outputs on S3",
+    )
+    parser.add_argument("--celery-workers", type=int, default=2, help="Celery workers (celery-s3)")
     parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument("--limit", type=float, default=1500.0, help="seconds allowed per run")
     parser.add_argument("--work", type=Path, help="where catalogues, outputs and AIRFLOW_HOMEs go")
@@ -764,6 +902,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--batch-size, --concurrent-batches and --max-concurrent-jobs must be at least 1")
     if args.poll_interval < 1 and "batch" in args.variants:
         parser.error("--poll-interval must be at least 1 for the batch variant (the example's param minimum)")
+    if args.deployment == "celery-s3" and (args.database != "postgres" or args.variants != ["batch"]):
+        parser.error("--deployment celery-s3 runs the batch variant on PostgreSQL only")
     return args
 
 

@@ -32,6 +32,19 @@ side, each failure with its error) in the run folder. Open `index.html` in a bro
   `would_reuse`, `would_fail` (unchanged since it ended `FAILED`), `invalid` or `over_budget`, with
   its reason, in the manifests, `summary.json` and `index.html`. The run succeeds unless a manifest
   has a problem.
+* **A person approves before publishing** (Airflow 3.1+, `review` on): after `summarise`, the
+  `review` task (the standard provider's human-in-the-loop `ApprovalOperator`) asks in Airflow's UI
+  (*Required Actions*, or the task instance) whether to publish the night, giving its counts and
+  links to each batch's contact sheet in the UI (and the `index.html` file). `publish` runs only on
+  *Approve*; *Reject* skips it, and so does no answer within 12 hours (the default answer then is
+  *Reject*, so that the next night is not held up). Nothing is paid again: the next run reuses the
+  edits. With `review` off (the default, so that the nightly run stays unattended, as it always
+  was), `review` approves by itself, as it does for a dry run. A run with failed SKUs fails in
+  `summarise` and is never published. `publish` only logs what would go to the shop: replace it
+  with your shop's call. On Airflow 3.3+ it also records an event on the asset `firered_catalogue`
+  with the night's figures, which `firered_catalogue_publish` runs on.
+  **Airflow 3.0** has no human-in-the-loop operators (they need 3.1): there is no `review` task
+  and `publish` follows `summarise`.
 * **Pool `firered_gateway`**: a batch task takes one slot while it runs or waits, so at most
   *slots x max_in_flight* jobs are at the gateway at once, whatever the number of batches (and
   across every DAG using the pool). Create it so that deferred tasks count:
@@ -52,6 +65,7 @@ side, each failure with its error) in the run folder. Open `index.html` in a bro
 | `max_in_flight` | `firered_max_in_flight` | 500 jobs at the gateway per batch task |
 | `max_paid_edits` | `firered_max_paid_edits` | none: no limit (else paid edits per batch task) |
 | `dry_run` | | `false` (`true`: plan the night, send nothing) |
+| `review` | `firered_catalogue_review` | `false` (`true`: a person approves before `publish`; 3.1+) |
 | `firered_conn_id` | | `firered_default` |
 | `model`, `parameters`, `poll_interval` | | `firered-image-edit-v1-1`, `{"output_format": "png"}`, 10 s |
 
@@ -91,17 +105,33 @@ from urllib.parse import urljoin, urlsplit
 
 from airflow.configuration import conf
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
-from airflow.sdk import DAG, ObjectStoragePath, Param, Variable, get_current_context, task
+from airflow.sdk import DAG, Asset, ObjectStoragePath, Param, Variable, get_current_context, task
 
 from airflow_provider_firered.batch import report as catalogue_report
 from airflow_provider_firered.batch.items import KEY_PATTERN
 from airflow_provider_firered.batch.locations import allowed_prefixes, is_url, location_param
 from airflow_provider_firered.operators.firered_batch import FireRedBatchEditOperator
+from airflow_provider_firered.plugins.links import sheet_path
+from airflow_provider_firered.version_compat import AIRFLOW_V_3_3_PLUS
+
+try:  # Airflow 3.1+: human-in-the-loop operators (the standard provider refuses them on 3.0)
+    from airflow.providers.common.compat.sdk import AirflowOptionalProviderFeatureException
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+except (ImportError, AirflowOptionalProviderFeatureException):
+    HAS_REVIEW = False
+else:
+    HAS_REVIEW = True
 
 DAG_ID = "firered_catalogue_reedit"
 POOL = "firered_gateway"
 LOAD_TASK_ID = "load_manifest"
 EDIT_TASK_ID = "edit_batch"
+#: `publish` records an event on it once the night is approved, the night's figures in the extra
+#: (`firered_catalogue_publish` runs on it). A static name: local and s3 output roots alike. Airflow 3.3+:
+#: 3.0 refuses to run a task whose outlet asset no DAG processor registered yet (as in `dag.test()`).
+CATALOGUE_ASSET = Asset(name="firered_catalogue")
+#: The figures of summarise's XCom that go into the asset event.
+NIGHT_FIGURES = ("total", "edited", "reused", "failed", "over_budget", "paid")
 SAMPLE_MANIFEST = Path(__file__).with_name("firered_catalogue_manifest.csv")
 MANIFEST_FIELDS = ("sku", "image_url", "prompt")
 DEFAULT_BATCH_SIZE = 500
@@ -113,6 +143,11 @@ RUN_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{6}Z)?")
 PREVIOUS_CANDIDATES = 5
 #: Row errors listed in one failure message (the count says how many more there are).
 ROW_ERRORS_SHOWN = 20
+SUMMARISE_TASK_ID = "summarise"
+REVIEW_TASK_ID = "review"
+PUBLISH_TASK_ID = "publish"
+#: How long the review waits for an answer: well before the next night (max_active_runs is 1).
+REVIEW_TIMEOUT = timedelta(hours=12)
 
 
 def _setting(params: dict[str, Any], name: str, variable: str | None, default: str) -> str:
@@ -258,6 +293,60 @@ def find_previous(output_root: str, current: str) -> str | None:
     return None
 
 
+def review_wanted(params: dict[str, Any]) -> bool:
+    """Whether a person approves before publishing: the ``review`` param, else its Variable, else no."""
+    text = _setting(params, "review", "firered_catalogue_review", "false").strip().lower()
+    return text in ("true", "1", "yes", "on")
+
+
+def review_text(dag_id: str, run_id: str, summary: dict[str, Any], batches: int) -> str:
+    """
+    The review's text (Markdown): the night's counts and where to look at its edits.
+
+    :param dag_id: this DAG.
+    :param run_id: the run under review.
+    :param summary: what ``summarise`` returned (the figures, ``summary`` and ``contact_sheet``).
+    :param batches: how many batch tasks the run mapped.
+    """
+    base = urlsplit(conf.get("api", "base_url", fallback="") or "")
+    origin = f"{base.scheme}://{base.netloc}" if base.scheme and base.netloc else ""
+    names = ("edited", "reused", "failed", "over_budget")
+    counts = ", ".join(f"{int(summary.get(name) or 0)} {name.replace('_', ' ')}" for name in names)
+    lines = [
+        f"**{int(summary.get('total') or 0)} SKU(s)**: {counts}.",
+        "",
+        "Contact sheet in Airflow, one page per batch task (input beside output, failures first):",
+        "",
+        *(
+            f"- [batch-{index:04d}]({origin}{sheet_path(dag_id, run_id, EDIT_TASK_ID, index)})"
+            for index in range(batches)
+        ),
+        "",
+        f"The whole night in one file: `{summary.get('contact_sheet', '')}`",
+        "",
+        "*Approve* publishes the night; *Reject* publishes nothing (a later run reuses these edits).",
+    ]
+    return "\n".join(lines)
+
+
+if HAS_REVIEW:
+
+    class CatalogueReview(ApprovalOperator):
+        """Ask a person whether to publish the night; approve without asking when review is off or a plan."""
+
+        def execute(self, context: Any) -> Any:
+            params = dict(context["params"])
+            if params.get("dry_run") or not review_wanted(params):
+                why = "a dry run publishes nothing" if params.get("dry_run") else "review is off"
+                print(f"Not asking a person: {why} (param review, Variable firered_catalogue_review)")
+                return {"chosen_options": [self.APPROVE], "params_input": {}, "responded_by_user": None}
+            ti = context["ti"]
+            summary = ti.xcom_pull(task_ids=SUMMARISE_TASK_ID) or {}
+            batches = len(ti.xcom_pull(task_ids=LOAD_TASK_ID) or [])
+            self.body = review_text(ti.dag_id, ti.run_id, summary, batches)
+            return super().execute(context)
+
+
 with DAG(
     dag_id=DAG_ID,
     description="Re-edit the product catalogue with FireRed every night, in batches",
@@ -288,6 +377,11 @@ with DAG(
         ),
         "dry_run": Param(
             False, type="boolean", description="Plan the night: check and compare, send nothing."
+        ),
+        "review": Param(
+            None,
+            type=["null", "boolean"],
+            description="A person approves before publishing (empty: the Variable, else no). Airflow 3.1+.",
         ),
     },
     doc_md=__doc__,
@@ -374,7 +468,7 @@ with DAG(
         map_index_template="{{ task.output_root.rstrip('/').rsplit('/', 1)[-1] }}",
     ).expand_kwargs(batches)
 
-    @task(trigger_rule="all_done")  # report whatever happened to the batches
+    @task(task_id=SUMMARISE_TASK_ID, trigger_rule="all_done")  # report whatever happened to the batches
     def summarise() -> dict[str, Any]:
         """Read every batch's manifest, write summary.json and index.html; fail if any SKU failed."""
         ti = get_current_context()["ti"]
@@ -410,4 +504,47 @@ with DAG(
             )
         return {**figures.as_dict(), "summary": summary, "contact_sheet": sheet}
 
-    edit >> summarise()
+    # The asset event comes after the review, not from the batch tasks: what runs on it (the shop's
+    # update, `firered_catalogue_publish`) must never see a night nobody approved.
+    @task(task_id=PUBLISH_TASK_ID, outlets=[CATALOGUE_ASSET] if AIRFLOW_V_3_3_PLUS else [])
+    def publish() -> dict[str, Any]:
+        """Publish the approved night: here, log what would go to the shop (replace with its call)."""
+        context = get_current_context()
+        ti = context["ti"]
+        summary = ti.xcom_pull(task_ids=SUMMARISE_TASK_ID) or {}
+        dry_run = bool(context["params"].get("dry_run"))
+        if AIRFLOW_V_3_3_PLUS:  # the night's figures, as summarise counted them from the manifests
+            figures = {name: int(summary.get(name) or 0) for name in NIGHT_FIGURES}
+            context["outlet_events"][CATALOGUE_ASSET].extra = {
+                **figures,
+                "dry_run": dry_run,
+                "manifest": summary.get("summary"),
+                "contact_sheet": summary.get("contact_sheet"),
+            }
+        if dry_run:
+            print("A dry run: a plan, nothing to publish")
+            return {"published": False, "summary": summary.get("summary")}
+        answer = (ti.xcom_pull(task_ids=REVIEW_TASK_ID) if HAS_REVIEW else None) or {}
+        who = (answer.get("responded_by_user") or {}).get("name") or "nobody: no review asked"
+        published = int(summary.get("edited") or 0) + int(summary.get("reused") or 0)
+        print(
+            f"Publishing {published} SKU(s) (approved by {who}): summary {summary.get('summary')}, "
+            f"contact sheet {summary.get('contact_sheet')}"
+        )
+        return {"published": True, "approved_by": who, "skus": published, "summary": summary.get("summary")}
+
+    summary = summarise()
+    edit >> summary
+    if HAS_REVIEW:
+        review = CatalogueReview(
+            task_id=REVIEW_TASK_ID,
+            subject="Publish tonight's catalogue edits?",
+            # Written when the review starts, from summarise's figures (see review_text).
+            body="",
+            defaults=ApprovalOperator.REJECT,  # no answer in time: nothing is published
+            response_timeout=REVIEW_TIMEOUT,
+            retries=0,  # a retry would ask again, for another REVIEW_TIMEOUT
+        )
+        summary >> review >> publish()  # a rejection skips publish
+    else:  # Airflow 3.0: no human-in-the-loop operators, published without the step (see the doc)
+        summary >> publish()

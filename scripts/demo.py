@@ -11,7 +11,14 @@ The one-command demo (``make demo``): the nightly catalogue example, end to end,
    the images; SKUs unchanged since an earlier demo run are copied from it instead of being edited
    again.
 4. Prints one line per SKU from the run's ``summary.json``, the run folder
-   (``demo-output/<date>T<time>Z/``) and the contact sheet to open in a browser (``index.html``).
+   (``demo-output/<date>T<time>Z/``), the contact sheet to open in a browser (``index.html``) and
+   its page in Airflow's UI (the FireRed plugin's, for each batch task), with the command that
+   starts the UI on the demo's Airflow home.
+
+With the emulator, the input images live on its CDN, which stops with the demo: the demo keeps a
+copy of each in its batch folder (``_inputs/``) and writes the contact sheet again, so that the
+sheet (the file and the page) still shows them afterwards. The catalogue's review step is off (the
+``review`` param's default): ``airflow dags test`` would wait for a person's answer.
 
 Exits non-zero if anything fails, and stops every process it started.
 
@@ -47,6 +54,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -63,6 +71,11 @@ ALLOWED_PREFIXES = "AIRFLOW_VAR_FIRERED_CATALOGUE_ALLOWED_PREFIXES"
 EDIT_TASK_ID = "edit_batch"
 #: The sample input of the FireRed reference documentation: the default image with a real key.
 REFERENCE_IMAGE = "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/f1.png"
+
+#: Where ``airflow api-server`` listens by default: the demo prints the contact sheet's page there.
+UI_URL = "http://localhost:8080"
+#: The largest input image copied from the emulator.
+MAX_INPUT_BYTES = 20 * 1024 * 1024
 
 _STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+) map_index=(-?\d+)")
 _DEFERRED = re.compile(r"\[DAG TEST\] running trigger in line")
@@ -302,6 +315,65 @@ def run_dag(
     return code, deferred
 
 
+def run_id_of_last_run() -> str | None:
+    """The run id of the DAG's last run in the demo's throwaway SQLite DB."""
+    try:
+        conn = sqlite3.connect(f"file:{HOME / 'airflow.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (DAG_ID,)
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
+
+
+def keep_inputs(run_folder: Path, run_id: str) -> int:
+    """
+    Keep a copy of each input image (served by the emulator) in its batch folder, then write the
+    contact sheet again, which shows the copies: the emulator stops with the demo, the copies stay.
+
+    :return: how many copies were kept.
+    """
+    from airflow_provider_firered.batch.contact_sheet import keep_input_copy, write_contact_sheet
+    from airflow_provider_firered.batch.run_results import read_run
+
+    report = read_run(run_folder)
+    kept: set[tuple[str, str]] = set()
+    for item in report.items:
+        for url in item.images:
+            if (item.batch, url) in kept or urlsplit(url).hostname not in ("127.0.0.1", "localhost"):
+                continue
+            with urlopen(url, timeout=30) as answer:  # the local emulator's http URL
+                data = answer.read(MAX_INPUT_BYTES + 1)
+            if len(data) > MAX_INPUT_BYTES:
+                continue
+            keep_input_copy(run_folder / item.batch, url, data)
+            kept.add((item.batch, url))
+    write_contact_sheet(report, title=f"{DAG_ID}: {run_id}")  # the DAG's own title
+    return len(kept)
+
+
+def ui_lines(run_id: str, batches: list[str]) -> list[str]:
+    """The contact sheet's page in Airflow's UI for each batch task, and how to start the UI."""
+    from airflow_provider_firered.plugins.links import sheet_path
+
+    indexes = [int(name.rsplit("-", 1)[-1]) for name in batches] or [0]
+    airflow = Path(sys.executable).parent / "airflow"
+    pad = " " * 15
+    passwords = f"{shown(HOME)}/simple_auth_manager_passwords.json.generated"
+    lines = [f"In Airflow:    {UI_URL}{sheet_path(DAG_ID, run_id, EDIT_TASK_ID, indexes[0])}"]
+    if len(indexes) > 1:
+        lines.append(f"{pad}(batch-{indexes[0]:04d}; map_index={indexes[1]}..{indexes[-1]} for the others)")
+    lines += [
+        f"{pad}once the UI runs: AIRFLOW_HOME={shown(HOME)} {shown(airflow)} api-server --port 8080",
+        f"{pad}signed in as admin (password: {passwords})",
+    ]
+    return lines
+
+
 def label(task: tuple[str, int]) -> str:
     """A task as the demo names it: ``edit_batch [batch-0001]`` for a batch."""
     task_id, index = task
@@ -439,7 +511,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         say(f"Run folder:    {run_folder}")
         say(f"Summary:       {summary_path}")
+        # Imported from here on: the provider reads the demo's Airflow home.
+        os.environ.update(env)
+        run_id = run_id_of_last_run()
+        if not real and run_id:
+            try:
+                kept = keep_inputs(run_folder, run_id)
+                say(
+                    f"Inputs kept:   {kept} cop(ies) of the emulator's images, in the batch folders' _inputs/"
+                )
+            except (OSError, ValueError) as err:  # the sheet still names each input's URL
+                say(f"Inputs kept:   none ({err}): once the emulator stops, the sheet shows URLs")
         say(f"Contact sheet: {run_folder / 'index.html'}  (open it in a browser)")
+        if run_id:
+            for line in ui_lines(run_id, [str(b.get("batch")) for b in batches]):
+                say(line)
         say(f"Took {time.monotonic() - started:.0f} s.")
         if code != 0 or not ok:
             failed = ", ".join(f["key"] for f in summary.get("failures") or []) or "none"

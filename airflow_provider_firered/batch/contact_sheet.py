@@ -4,10 +4,20 @@ Write a catalogue run's contact sheet: ``index.html``, a page a person opens in 
 The page is static and self-contained: inline CSS, a Content-Security-Policy that allows no script
 and no fetch, every text escaped. Input images link to their http(s) URLs, outputs relative to the
 run folder, so the page works wherever the folder is opened or copied.
+
+An input that no longer loads (an expired signed URL, a host that is gone) shows a placeholder with
+its URL, not a broken image, without script: the image (``alt=""``, so a broken one takes no room)
+lies over a box that says so (:func:`input_html`, :data:`INPUT_STYLE`); a loaded image hides the box.
+A batch folder may keep copies of its inputs in ``_inputs/``, each named by its URL
+(:func:`input_copy_name`, written by :func:`keep_input_copy`): the sheet shows a kept copy instead
+of the URL, so the inputs outlive their host (the demo keeps its emulator's images this way). The
+plugin's page does the same (:mod:`airflow_provider_firered.plugins.sheet`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import html
 import os
 import posixpath
@@ -15,17 +25,62 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from airflow_provider_firered.batch.run_results import is_web_url
+from airflow_provider_firered.batch.run_results import is_plain_segment, is_web_url
 from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.media.output_paths import as_target, check_inside
 from airflow_provider_firered.utils.atomic_files import write_atomic
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+
+    from airflow.providers.common.compat.sdk import ObjectStoragePath
 
     from airflow_provider_firered.batch.run_results import ItemResult, RunReport
 
 CONTACT_SHEET_NAME = "index.html"
+#: The folder, in a batch folder, of the copies kept of its input images.
+INPUT_COPIES = "_inputs"
+
+
+def input_copy_name(url: str) -> str:
+    """
+    Return the file name of the kept copy of the input image at ``url``: its URL's SHA-256.
+
+    :param url: the input image's URL, as the manifest lists it.
+    """
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()
+
+
+def input_copies(folder: Path | ObjectStoragePath) -> frozenset[str]:
+    """
+    Return the names of the input copies kept in ``folder``'s ``_inputs/`` (none when it is missing).
+
+    One listing, whatever the number of items: the sheet looks names up in it.
+
+    :param folder: a batch folder.
+    """
+    with contextlib.suppress(OSError, NotImplementedError, ValueError):
+        kept = folder / INPUT_COPIES
+        if isinstance(kept, Path):
+            return frozenset(os.listdir(kept))
+        return frozenset(child.name for child in kept.iterdir())
+    return frozenset()
+
+
+def keep_input_copy(folder: Path | ObjectStoragePath, url: str, data: bytes) -> Path | ObjectStoragePath:
+    """
+    Keep ``data``, the image at ``url``, in ``folder``'s ``_inputs/``; return the copy's location.
+
+    :param folder: a batch folder.
+    :param url: the input image's URL, as the manifest lists it.
+    :param data: the image's bytes.
+    """
+    kept = folder / INPUT_COPIES
+    if isinstance(kept, Path):
+        kept.mkdir(exist_ok=True)
+    target = kept / input_copy_name(url)
+    write_atomic(target, data)
+    return target
 
 
 def relative_link(location: str, run_folder: str) -> str | None:
@@ -69,8 +124,35 @@ img{max-width:220px;max-height:220px;background:#f4f4f4}
 .error{color:#a00;white-space:pre-wrap}.prompt{color:#555;font-size:.9rem}
 .problems li{color:#a00}
 """.strip()
+#: The placeholder under each input image (shared with the plugin's page): the image, when it loads,
+#: covers the box; a broken one with ``alt=""`` takes no room, so the box and its URL show.
+INPUT_STYLE = """
+.input{display:inline-block;position:relative;vertical-align:top;min-width:180px;min-height:120px;
+margin:0 .3rem .1rem 0;color:inherit;text-decoration:none}
+.input img{position:relative;z-index:1;display:block;background:#f4f4f4}
+.input .gone{position:absolute;inset:0;padding:.4rem;font-size:.8rem;color:#7a4a00;background:#fff6e5;
+border:1px dashed #d89a3c;overflow:hidden;overflow-wrap:anywhere}
+.source{display:block;font-size:.75rem;max-width:220px;overflow-wrap:anywhere;color:#555}
+""".strip()
 #: No scripts, no fetches: only images (the inputs are on the web, the outputs beside the page).
 _POLICY = "default-src 'none'; img-src * data: file:; style-src 'unsafe-inline'"
+
+
+def input_html(url: str, label: str, src: str | None = None) -> str:
+    """
+    Return an input image over its placeholder, then its source URL as a link.
+
+    :param url: the input's http(s) URL, as the manifest lists it.
+    :param label: what the image is, for assistive technology (``<key> input``).
+    :param src: where the image is loaded from (a kept copy), when not from ``url``.
+    """
+    link, shown = html.escape(url, quote=True), html.escape(src or url, quote=True)
+    return (
+        f'<a class="input" href="{shown}" aria-label="{html.escape(label, quote=True)}" '
+        f'rel="noreferrer noopener"><span class="gone">Input no longer loads:<br>{link}</span>'
+        f'<img src="{shown}" alt="" loading="lazy" referrerpolicy="no-referrer"></a>'
+        f'<a class="source" href="{link}" rel="noreferrer noopener">{link}</a>'
+    )
 
 
 def _images_cell(hrefs: Sequence[str | None], label: str) -> str:
@@ -82,12 +164,24 @@ def _images_cell(hrefs: Sequence[str | None], label: str) -> str:
             continue
         link = html.escape(href, quote=True)
         alt = html.escape(label, quote=True)
-        shown.append(f'<a href="{link}"><img src="{link}" alt="{alt}" loading="lazy"></a>')
+        shown.append(f'<a class="output" href="{link}"><img src="{link}" alt="{alt}" loading="lazy"></a>')
     return f"<td>{' '.join(shown) or '-'}</td>"
 
 
-def _row(item: ItemResult, run_folder: str) -> str:
-    inputs = _images_cell([url if is_web_url(url) else None for url in item.images], f"{item.key} input")
+def _inputs_cell(item: ItemResult, kept: frozenset[str]) -> str:
+    """Return the cell of an item's inputs: each kept copy, else its URL, over its placeholder."""
+    shown = []
+    for url in item.images:
+        if not is_web_url(url):
+            continue
+        name = input_copy_name(url)
+        src = f"{quote(item.batch)}/{INPUT_COPIES}/{name}" if name in kept else None
+        shown.append(input_html(url, f"{item.key} input", src))
+    return f"<td>{' '.join(shown) or '-'}</td>"
+
+
+def _row(item: ItemResult, run_folder: str, kept: frozenset[str] = frozenset()) -> str:
+    inputs = _inputs_cell(item, kept)
     if item.is_failure:
         result = f'<td class="error">{html.escape(item.error or item.status or item.outcome)}</td>'
     elif item.dry_run:  # a plan: no output, the reason instead
@@ -126,7 +220,7 @@ def contact_sheet_html(report: RunReport, *, title: str = "Catalogue re-edit") -
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{_POLICY}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<title>{html.escape(title)}</title><style>{_STYLE}\n{INPUT_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Run folder: <code>{html.escape(report.run_folder)}</code></p>",
         *(
@@ -156,9 +250,25 @@ def contact_sheet_html(report: RunReport, *, title: str = "Catalogue re-edit") -
         parts.append("</ul>")
     parts.append(f'<h2 id="items">Items ({len(items)})</h2><table>')
     parts.append("<tr><th>SKU</th><th>input</th><th>output</th></tr>")
-    parts.extend(_row(item, report.run_folder) for item in items)
+    kept = _kept_copies(report)
+    parts.extend(_row(item, report.run_folder, kept.get(item.batch, frozenset())) for item in items)
     parts.append("</table></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _kept_copies(report: RunReport) -> Mapping[str, frozenset[str]]:
+    """Return, for each batch folder of the run with kept input copies, their names."""
+    try:
+        root = as_target(report.run_folder, field_name="run_folder")
+    except (FireRedValidationError, ValueError, TypeError):
+        return {}
+    found = {}
+    for batch in report.batches:
+        if is_plain_segment(batch.name):
+            names = input_copies(root / batch.name)
+            if names:
+                found[batch.name] = names
+    return found
 
 
 def write_contact_sheet(report: RunReport, *, title: str = "Catalogue re-edit") -> str:

@@ -1,9 +1,9 @@
 """
 Count a batch's (or a catalogue night's) items, from its manifest: one function, so the figures agree.
 
-The batch's log and XCom, ``summary.json`` and the contact sheet all count through
-:func:`figures_from_manifest`, over the manifest's entries as the batch wrote them or as the report
-read them back.
+The batch's log and XCom, ``summary.json``, the contact sheet, the outlet assets' events and the
+OpenLineage run facet all count through :func:`figures_from_manifest`, over the manifest's entries as
+the batch wrote them or as the report read them back.
 """
 
 from __future__ import annotations
@@ -86,6 +86,20 @@ class NightFigures:
     def as_dict(self) -> dict[str, int | bool]:
         """Return every figure as plain JSON values (XCom, ``summary.json``, events and facets)."""
         return asdict(self)
+
+    def as_asset_extra(self) -> dict[str, int | bool]:
+        """
+        Return the figures an outlet asset's event carries, as plain JSON values.
+
+        ``total``, ``edited``, ``reused``, ``failed``, ``over_budget``, ``paid`` and ``dry_run``; a
+        plan's ``would_*`` and ``invalid`` too (its ``edited`` and ``paid`` are 0: a plan edits nothing).
+        """
+        names = ("total", "edited", "reused", "failed", OVER_BUDGET, "paid")
+        extra: dict[str, int | bool] = {name: int(getattr(self, name)) for name in names}
+        if self.dry_run:
+            extra.update({name: int(getattr(self, name)) for name in PLAN_OUTCOMES})
+        extra["dry_run"] = self.dry_run
+        return extra
 
     def counts(self) -> dict[str, int]:
         """Return the figures a person reads: a real run's, or a plan's, ``total`` first."""

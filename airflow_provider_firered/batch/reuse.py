@@ -9,6 +9,7 @@ run, with its outputs present, is copied instead of submitted.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,8 @@ from airflow_provider_firered.batch.earlier_runs import copy_outputs
 from airflow_provider_firered.batch.items import fingerprint, source_identities
 from airflow_provider_firered.batch.manifest import previous_entries
 from airflow_provider_firered.exceptions import FireRedError
+from airflow_provider_firered.utils import metrics
+from airflow_provider_firered.utils.metrics import Metric
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -103,9 +106,13 @@ def reuse_unchanged(
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         copied = list(pool.map(reuse, todo))
+    reused: Counter[str] = Counter()
     for item, outputs in copied:
         if outputs is not None:
             batch.reused(item, outputs, earlier[item.key][0].request_id)
+            reused[item.model] += 1
+    for model, n in reused.items():  # counted once copied: a dry run's plan copies nothing
+        metrics.count(Metric.EDITS_REUSED, n, model=model)
 
 
 def _reuse(

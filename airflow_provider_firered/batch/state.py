@@ -14,6 +14,7 @@ from airflow_provider_firered.batch.figures import OVER_BUDGET
 from airflow_provider_firered.batch.manifest import ManifestEntry
 from airflow_provider_firered.batch.store import is_newer
 from airflow_provider_firered.triggers.events import EndedStatus
+from airflow_provider_firered.utils import metrics
 
 if TYPE_CHECKING:
     from airflow_provider_firered.batch.items import BatchItem
@@ -309,6 +310,7 @@ class BatchState:
         completed = []
         for rid, ended in self.ended.items():
             key, _start = self.in_flight.pop(rid)
+            metrics.job_ended(ended.status.value, model=self.items[key].model, seconds=ended.duration)
             if ended.status is EndedStatus.COMPLETED:
                 completed.append((self.items[key], rid, ended))
                 continue

@@ -37,6 +37,8 @@ from airflow_provider_firered.gateway.results import (
     content_length,
     parse_gateway_answer,
 )
+from airflow_provider_firered.utils import metrics
+from airflow_provider_firered.utils.metrics import Metric
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -60,12 +62,15 @@ def gateway_call(
     body: Any = None,
     headers: Mapping[str, str] | None = None,
     request_id: str | None = None,
+    model: str | None = None,
 ) -> tuple[int, Any]:
     """
     One blocking exchange with the gateway; return its status and JSON data.
 
     A POST that failed after it left raises :class:`FireRedSubmitUncertainError`; one that never
-    left (and any failed GET) raises a retryable :class:`FireRedConnectionError`.
+    left (and any failed GET) raises a retryable :class:`FireRedConnectionError`. A GET (the gateway's
+    only one is the status endpoint) counts as a status read once it has left; a ``429`` answer
+    counts as rate limited.
 
     :param session: a session that carries no key (the key is added here, for the gateway only).
     :param settings: the gateway settings (root, key, ``request_timeout``).
@@ -74,6 +79,7 @@ def gateway_call(
     :param body: the JSON body of a POST.
     :param headers: request headers besides the documented ones.
     :param request_id: the job concerned, for messages.
+    :param model: the model id the exchange concerns, if known: the metrics' tag.
     """
     url = settings.base_url + path
     deadline = time.monotonic() + settings.request_timeout
@@ -88,9 +94,13 @@ def gateway_call(
             stream=True,  # read below, bounded in size and time
         )
     except requests.RequestException as err:
-        if method == "POST" and not never_sent(err):
+        sent = not never_sent(err)
+        if sent and method == "GET":
+            metrics.count(Metric.STATUS_READS, model=model)
+        if method == "POST" and sent:
             raise FireRedSubmitUncertainError(url_host(url), type(err).__name__) from None
         raise FireRedConnectionError(url_host(url), type(err).__name__, request_id=request_id) from None
+    _answered(response.status_code, method, model)
     with response:
         try:
             check_answer_length(
@@ -128,15 +138,29 @@ def submit_once(session: requests.Session, settings: GatewaySettings, request: E
     :param settings: the gateway settings.
     :param request: the edit, as :func:`~airflow_provider_firered.gateway.options.validate_edit` built it.
     """
+    model = request.model.model_id
     try:
-        status, data = gateway_call(
-            session, settings, "POST", request.model.submit_path, body=request.body, headers=request.headers
-        )
-        return SubmitResult.from_json(data, status)
-    except FireRedApiError as err:
-        if submit_refused(err, resend_on_5xx=settings.resend_submit_on_5xx):
-            raise  # the gateway answered, and did not take the edit (or asked for a retry)
-        raise FireRedSubmitUncertainError(url_host(settings.base_url), str(err)) from None
+        try:
+            status, data = gateway_call(
+                session,
+                settings,
+                "POST",
+                request.model.submit_path,
+                body=request.body,
+                headers=request.headers,
+                model=model,
+            )
+            result = SubmitResult.from_json(data, status)
+        except FireRedApiError as err:
+            if submit_refused(err, resend_on_5xx=settings.resend_submit_on_5xx):
+                raise  # the gateway answered, and did not take the edit (or asked for a retry)
+            raise FireRedSubmitUncertainError(url_host(settings.base_url), str(err)) from None
+    except FireRedSubmitUncertainError:
+        # Counted where a submit's fate is decided: once per submit, whatever made it uncertain.
+        metrics.count(Metric.SUBMITS_UNCERTAIN, model=model)
+        raise
+    metrics.count(Metric.SUBMITS_SENT, model=model)
+    return result
 
 
 @dataclass(frozen=True)
@@ -180,7 +204,8 @@ async def agateway_get(
     One GET of the gateway over aiohttp; return its status and JSON data.
 
     The timeout's ``total`` bounds the whole exchange, reading the body included. A failed exchange
-    raises a retryable :class:`FireRedConnectionError`.
+    raises a retryable :class:`FireRedConnectionError`. It counts as a status read once it has left; a
+    ``429`` answer counts as rate limited.
 
     :param session: a session that carries no key (see ``loop_shared``).
     :param settings: the gateway settings.
@@ -189,10 +214,13 @@ async def agateway_get(
     :param prepared: the same GET built beforehand from ``settings`` and ``path`` (a wait reuses one).
     """
     target = prepared if prepared is not None else PreparedGet.build(settings, path)
+    answered = False
     try:
         async with session.get(
             target.url, headers=target.headers, allow_redirects=False, timeout=settings.client_timeout
         ) as response:
+            answered = True
+            _answered(response.status, "GET", None)
             content = await _aread_bounded(response, request_id)
             return response.status, parse_gateway_answer(
                 response.status,
@@ -203,9 +231,19 @@ async def agateway_get(
                 secret=settings.api_key,
             )
     except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+        if not answered and not isinstance(err, aiohttp.ClientConnectorError):
+            metrics.count(Metric.STATUS_READS)  # it left: only a connection never opened sent nothing
         raise FireRedConnectionError(
             url_host(target.text), type(err).__name__, request_id=request_id
         ) from None
+
+
+def _answered(status: int, method: str, model: str | None) -> None:
+    """Count an exchange the gateway answered: a GET as a status read, a ``429`` as rate limited."""
+    if method == "GET":
+        metrics.count(Metric.STATUS_READS, model=model)
+    if status == 429:
+        metrics.count(Metric.RATE_LIMITED, model=model)
 
 
 def never_sent(err: requests.RequestException) -> bool:

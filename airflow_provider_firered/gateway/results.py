@@ -11,6 +11,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -366,6 +367,21 @@ class JobStatusResult:
             completed_at=_opt_str(data.get("completed_at"), _TIME_LIMIT),
         )
 
+    @property
+    def duration(self) -> float | None:
+        """
+        Return the seconds from the job's creation to its end, by the gateway's own timestamps.
+
+        ``None`` unless the job ended and both ``created_at`` and ``completed_at`` are ISO 8601 times
+        with a UTC offset, the end not before the creation: a time without an offset is not guessed.
+        """
+        if not self.status.is_terminal:
+            return None
+        created, completed = _timestamp(self.created_at), _timestamp(self.completed_at)
+        if created is None or completed is None or completed < created:
+            return None
+        return (completed - created).total_seconds()
+
     def to_dict(self) -> dict[str, Any]:
         """Return the result shape the operator and the sensor return, before any output is downloaded."""
         return {
@@ -390,6 +406,17 @@ def _media_urls(media: Any, bad: Callable[[str], FireRedResponseError]) -> list[
         if not is_http_url(url):
             raise bad(f"output.media_url[{index}] is not an http(s) URL: {_preview(url, 120)}")
     return list(media)
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    """Return a gateway time (``2026-03-31T10:00:15.000Z``) as an aware datetime; None without an offset."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def _opt_str(value: Any, limit: int) -> str | None:

@@ -27,7 +27,9 @@ from airflow_provider_firered.gateway.options import MAX_NUM_IMAGES
 from airflow_provider_firered.gateway.results import check_media_type, content_length
 from airflow_provider_firered.media.hosts import HostRefused, MediaExchange, MediaHostPolicy, media_exchange
 from airflow_provider_firered.media.output_paths import as_target, check_inside, output_name
+from airflow_provider_firered.utils import metrics
 from airflow_provider_firered.utils.atomic_files import atomic_writer, local_part
+from airflow_provider_firered.utils.metrics import Metric
 from airflow_provider_firered.utils.urls import http_url_parts, is_http_url
 
 if TYPE_CHECKING:
@@ -221,7 +223,9 @@ def _save(response: requests.Response, url: str, out: IO[bytes], limit: int, exc
     received = response.raw.tell()
     if expected is not None and received != expected:
         raise FireRedDownloadError(url, f"truncated: got {received} of {expected} bytes", retryable=True)
-    return suffix or _image_suffix(url, head)
+    suffix = suffix or _image_suffix(url, head)
+    metrics.count(Metric.DOWNLOAD_BYTES, size)  # a whole image: a try cut short counts nothing
+    return suffix
 
 
 #: Image signatures: the first bytes of every format an output file may have.

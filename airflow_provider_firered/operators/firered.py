@@ -35,9 +35,11 @@ from airflow_provider_firered.operators.firered_resume import (
     resume,
 )
 from airflow_provider_firered.operators.links import FireRedOutputLink, web_link
+from airflow_provider_firered.operators.reporting import announce, edit_lineage, edit_outcome
 from airflow_provider_firered.triggers.events import EventStatus, StatusEvent
 from airflow_provider_firered.triggers.firered import FireRedStatusTrigger
 from airflow_provider_firered.triggers.polling import DEFER_SLACK
+from airflow_provider_firered.utils import metrics
 from airflow_provider_firered.utils.airflow_errors import AirflowErrorAdapter
 from airflow_provider_firered.utils.saturation import (
     MIN_DEFERRAL_SECONDS,
@@ -78,7 +80,8 @@ class FireRedEditOperator(BaseOperator):
     timeout or a lost triggerer resumes the same job instead of paying for a new one. A user's clear
     submits a new edit, unless the stored job of the same edit is still running: it is collected.
 
-    Returns ``{"request_id", "model_id", "status", "media_urls", "media_type", "output_paths"}``.
+    Returns ``{"request_id", "model_id", "status", "media_urls", "media_type", "output_paths"}``; each
+    outlet asset's event carries the request id, output paths and counts (:mod:`.reporting`).
 
     :param prompt: the edit instruction. (templated)
     :param images: input image URLs, http or https. (templated)
@@ -216,7 +219,8 @@ class FireRedEditOperator(BaseOperator):
         """Return the result as of the submit, or wait for the job and collect it."""
         if not start.wait:  # the result as of the submit: QUEUED, nothing to collect yet
             queued = JobStatus.QUEUED
-            return JobStatusResult(start.status.request_id, queued, queued.value, self.model).to_dict()
+            status = JobStatusResult(start.status.request_id, queued, queued.value, self.model)
+            return self._done(context, status.to_dict())
         return self._wait(context, start.status)
 
     # -- 1. submit, or resume the request an earlier try submitted --------------------------------
@@ -336,6 +340,7 @@ class FireRedEditOperator(BaseOperator):
     def _wait(self, context: Context, status: JobStatusResult) -> dict[str, Any]:
         """Wait for the job (deferred or here) and collect it; resubmit an ERROR job while allowed."""
         while True:
+            metrics.job_ended(status.status.value, model=self.model, seconds=status.duration)  # a final one
             if status.status is JobStatus.ERROR and (left := self._resubmissions_left(context)):
                 status = self._resubmit(context, status.request_id, status.error, left)
                 continue
@@ -376,6 +381,7 @@ class FireRedEditOperator(BaseOperator):
         """
         with AirflowErrorAdapter():
             ended = StatusEvent.from_dict(event)
+            metrics.job_ended(ended.status.value, model=self.model, seconds=ended.duration)
             if ended.status is EventStatus.ERROR and (left := self._resubmissions_left(context)):
                 return self._wait(context, self._resubmit(context, ended.request_id, ended.message, left))
             refuse_retry_that_would_resubmit(context, ended)
@@ -418,4 +424,18 @@ class FireRedEditOperator(BaseOperator):
             len(result["media_urls"]),
             f", saved to {self.output_dir}" if result["output_paths"] else "",
         )
+        return self._done(context, result)
+
+    def _done(self, context: Context, result: dict[str, Any]) -> dict[str, Any]:
+        """Give the outlet assets' events the edit's figures, keep them for lineage; return the result."""
+        paid = 1 + self.resubmit_on_error - self._resubmissions_left(context)
+        announce(self, context, edit_outcome(result, self.images, paid, self.model))
         return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        Return the edit's OpenLineage datasets (source images in, files written out) and run facet.
+
+        :param task_instance: the finished task instance.
+        """
+        return edit_lineage(self, task_instance)

@@ -20,6 +20,12 @@ from airflow_provider_firered.batch.waves import wake_after
 from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.gateway.options import DEFAULT_MODEL
 from airflow_provider_firered.hooks.firered import FireRedHook
+from airflow_provider_firered.operators.reporting import (
+    announce,
+    batch_lineage,
+    batch_outcome,
+    contact_sheet_address,
+)
 from airflow_provider_firered.triggers.events import BatchEvent
 from airflow_provider_firered.triggers.firered_batch import RESUME_AFTER, FireRedBatchStatusTrigger
 from airflow_provider_firered.triggers.polling import DEFER_SLACK
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_provider_firered.batch.manifest import ManifestEntry
     from airflow_provider_firered.batch.state import BatchState
     from airflow_provider_firered.exceptions import FireRedApiError
 
@@ -62,7 +69,9 @@ class FireRedBatchEditOperator(BaseOperator):
     Returns the batch's figures (:class:`~airflow_provider_firered.batch.figures.NightFigures`:
     ``total``, ``edited``, ``reused``, ``failed``, ``over_budget``, ``paid``, ``pending``, the plan's
     ``would_*`` and ``invalid``, ``dry_run``) with ``manifest`` and ``output_root``; per-item results
-    are in the manifest, not in XCom.
+    are in the manifest, not in XCom. Each outlet asset's event carries the same figures with
+    ``manifest``, ``output_root`` and ``contact_sheet`` (a dry run's says ``dry_run``); its OpenLineage
+    lineage is the source images in and the output root out (:mod:`.reporting`).
 
     :param edits: the items: ``{"key", "prompt", "images"}`` and optionally ``model`` and
         ``parameters``. ``key`` names the item's output folder: a plain folder name, unique in the
@@ -173,7 +182,7 @@ class FireRedBatchEditOperator(BaseOperator):
         with AirflowErrorAdapter():
             run = self._run()
             if run.settings.dry_run:
-                return plan_batch(run)
+                return self._done(context, run, plan_batch(run), [])
             return self._advance(context, run, run.start(context))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -221,9 +230,9 @@ class FireRedBatchEditOperator(BaseOperator):
         while True:
             saturated = run.wave(context, batch)
             if saturated is not None:
-                return self._wait_for_room(run, batch, saturated)
+                return self._wait_for_room(context, run, batch, saturated)
             if not batch.in_flight:
-                return run.finish(batch)
+                return self._finish(context, run, batch)
             run.save(batch)
             trigger = FireRedBatchStatusTrigger(
                 requests=[[rid, start] for rid, (_key, start) in batch.in_flight.items()],
@@ -242,7 +251,9 @@ class FireRedBatchEditOperator(BaseOperator):
                 )
             batch.take_event(BatchEvent.from_dict(asyncio.run(_first_event(trigger))))
 
-    def _wait_for_room(self, run: BatchRun, batch: BatchState, error: FireRedApiError) -> dict[str, Any]:
+    def _wait_for_room(
+        self, context: Context, run: BatchRun, batch: BatchState, error: FireRedApiError
+    ) -> dict[str, Any]:
         """
         Wait out a saturated gateway with none of this batch's jobs running, holding no worker slot.
 
@@ -252,7 +263,7 @@ class FireRedBatchEditOperator(BaseOperator):
         delay = run.room_delay(error)
         if time.time() + delay >= batch.deadline:
             batch.give_up_waiting()
-            return run.finish(batch)
+            return self._finish(context, run, batch)
         run.save(batch)
         self.log.warning(
             "The gateway is saturated (%s) and no job of this batch is running: deferring for %.1fs, "
@@ -267,6 +278,33 @@ class FireRedBatchEditOperator(BaseOperator):
             timeout=timedelta(seconds=delay + DEFER_SLACK),
         )
         raise AssertionError("unreachable: defer() raises")  # pragma: no cover
+
+    # -- the end ------------------------------------------------------------------------------------
+
+    def _finish(self, context: Context, run: BatchRun, batch: BatchState) -> dict[str, Any]:
+        """End the batch (see :meth:`BatchRun.finish`); tell Airflow its figures."""
+        result = run.finish(batch)
+        return self._done(context, run, result, batch.manifest())
+
+    def _done(
+        self, context: Context, run: BatchRun, result: dict[str, Any], entries: list[ManifestEntry]
+    ) -> dict[str, Any]:
+        """Give the outlet assets' events the batch's figures, keep them for lineage; return the result."""
+        images = [image for item in run.items for image in item.images]
+        sheet = contact_sheet_address(context["ti"])
+        announce(self, context, batch_outcome(result, entries, images, [i.model for i in run.items], sheet))
+        return result
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:  # noqa: ARG002
+        """
+        Return the batch's OpenLineage datasets (source images in, the output root out) and run facet.
+
+        The inputs are capped at :data:`~airflow_provider_firered.utils.lineage.MAX_INPUT_DATASETS`
+        (then grouped by folder, or by host); a dry run writes no output dataset.
+
+        :param task_instance: the finished task instance (everything needed is kept on the operator).
+        """
+        return batch_lineage(self)
 
 
 async def _first_event(trigger: FireRedBatchStatusTrigger) -> dict[str, Any]:

@@ -8,9 +8,11 @@ as the ``Content-Security-Policy`` header; it also lets Airflow's UI (same origi
 its task instance view.
 
 An input that no longer loads (an expired signed URL, a host that is gone) shows a placeholder with
-its URL instead of a broken image: a broken ``<img>`` gets the ``::after`` box of :data:`STYLE`
-(browsers draw pseudo-elements only for an image that failed), and the URL is also a link under it.
-No ``onerror`` handler is needed, which the policy would block anyway.
+its URL instead of a broken image, as in the file
+(:func:`~airflow_provider_firered.batch.contact_sheet.input_html`): the image (``alt=""``: a
+broken one takes no room) lies over a box that gives the URL, and hides it once loaded. No
+``onerror`` handler is needed, which the policy would block anyway. An input the batch folder keeps
+a copy of (``_inputs/``) is shown from that copy, through the file route.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import html
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from airflow_provider_firered.batch.contact_sheet import INPUT_STYLE, input_html
 from airflow_provider_firered.batch.run_results import is_web_url
 from airflow_provider_firered.plugins.links import FILES_ROUTE
 from airflow_provider_firered.plugins.sheet import PAGE_SIZE, page_numbers
@@ -46,7 +49,8 @@ HEADERS = {
 #: The most failures listed at the top of the first page (each row shows its own error too).
 MAX_FAILURES_LISTED = 100
 
-STYLE = """
+STYLE = (
+    """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}
 .meta{color:#555}.meta code{overflow-wrap:anywhere}
@@ -58,19 +62,15 @@ img{max-width:220px;max-height:220px;background:#f4f4f4}
 .edited{background:#dff3df}.reused{background:#e3ecfa}.failed{background:#fadcdc}
 .error{color:#a00;white-space:pre-wrap}.prompt{color:#555;font-size:.9rem}
 .problems li{color:#a00}
-.input{display:inline-block;position:relative;vertical-align:top;min-width:180px;min-height:120px;
-margin:0 .3rem .3rem 0}
-.input img{display:block}
-.input img::after{content:"Input no longer loads: " attr(src);position:absolute;inset:0;padding:.4rem;
-font-size:.8rem;color:#7a4a00;background:#fff6e5;border:1px dashed #d89a3c;overflow:hidden;
-overflow-wrap:anywhere}
 .output{display:inline-block;position:relative;vertical-align:top;min-width:120px;min-height:60px}
 .output img::after{content:"Output no longer loads";position:absolute;inset:0;padding:.4rem;font-size:.8rem;
 color:#7a4a00;background:#fff6e5;border:1px dashed #d89a3c}
-.source{display:block;font-size:.75rem;max-width:220px;overflow-wrap:anywhere}
 .unavailable{color:#7a4a00;font-size:.85rem;overflow-wrap:anywhere}
 .pager a,.pager b,.pager span{margin-right:.5rem}
 """.strip()
+    + "\n"
+    + INPUT_STYLE
+)
 
 
 def _e(text: object) -> str:
@@ -260,14 +260,9 @@ class SheetPage:
             f'<div class="prompt">{_e(item.prompt)}</div></td><td>{inputs}</td>{result}</tr>'
         )
 
-    @staticmethod
-    def _input(url: str, item: ItemResult) -> str:
-        link = _e(url)
-        return (
-            f'<span class="input"><img src="{link}" alt="{_e(item.key)} input" loading="lazy" '
-            f'referrerpolicy="no-referrer"></span>'
-            f'<a class="source" href="{link}" rel="noreferrer noopener">{link}</a>'
-        )
+    def _input(self, url: str, item: ItemResult) -> str:
+        kept = self.sheet.inputs.get(url)
+        return input_html(url, f"{item.key} input", None if kept is None else self.file_href(kept))
 
     def _output(self, output: str, item: ItemResult) -> str:
         path = self.sheet.outputs.get(output)

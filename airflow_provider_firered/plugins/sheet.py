@@ -5,7 +5,9 @@ The manifest is read with the project's bounded reader
 (:func:`~airflow_provider_firered.batch.run_results.read_batch_manifest`): one line at a time, each
 line and the whole file bounded, every line checked (a plain key, outputs inside the output root,
 http(s) inputs). What it lists is the only set of files the plugin serves: each output's path below
-the output root, kept here as plain segments.
+the output root, kept here as plain segments, and each input's kept copy in the root's ``_inputs/``
+(named by the input's URL: :func:`~airflow_provider_firered.batch.contact_sheet.input_copy_name`),
+found by one listing of that folder.
 
 A page of thumbnails asks for a hundred images at once: each image request finds the sheet here
 instead of reading the manifest again. A few sheets are kept, each under the manifest's identity
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from airflow_provider_firered.batch.contact_sheet import INPUT_COPIES, input_copies, input_copy_name
 from airflow_provider_firered.batch.manifest import MANIFEST_NAME
 from airflow_provider_firered.batch.run_results import read_batch_manifest
 from airflow_provider_firered.exceptions import FireRedValidationError
@@ -54,6 +57,7 @@ class Sheet:
     :param items: the items in page order: failures first, then by key.
     :param files: each servable output: its path below the root (``/``-joined) -> its segments.
     :param outputs: each output location as the manifest lists it -> its path below the root.
+    :param inputs: each input URL with a kept copy -> the copy's path below the root.
     """
 
     root: Path | ObjectStoragePath
@@ -61,6 +65,7 @@ class Sheet:
     items: list[ItemResult] = field(default_factory=list)
     files: dict[str, tuple[str, ...]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         """Return ``total`` and the count of each outcome."""
@@ -136,6 +141,14 @@ def build_sheet(root: Path | ObjectStoragePath) -> Sheet:
                 path = "/".join(parts)
                 sheet.files[path] = parts
                 sheet.outputs[output] = path
+    kept = input_copies(root)
+    if kept:
+        for item in result.items:
+            for url in item.images:
+                name = input_copy_name(url)
+                if name in kept:
+                    sheet.files[f"{INPUT_COPIES}/{name}"] = (INPUT_COPIES, name)
+                    sheet.inputs[url] = f"{INPUT_COPIES}/{name}"
     return sheet
 
 

@@ -67,6 +67,8 @@ class StatusEvent:
     :param last_status: the last status seen before the deadline.
     :param timeout: the wait the deadline stood for, in seconds (for ``start_timeout``: the start's).
     :param deadline: the deadline, in epoch seconds.
+    :param duration: seconds from the job's creation to its end by the gateway's clock, when it ended
+        and the gateway said when (on the wire only then).
     """
 
     status: EventStatus
@@ -78,6 +80,7 @@ class StatusEvent:
     last_status: str | None = None
     timeout: float | None = None
     deadline: float | None = None
+    duration: float | None = None
 
     @classmethod
     def ended(cls, job: JobStatusResult) -> StatusEvent:
@@ -87,14 +90,16 @@ class StatusEvent:
         :param job: the status read.
         """
         if job.status is JobStatus.COMPLETED:
-            return cls(EventStatus.SUCCESS, job.request_id, result=job.to_dict())
+            return cls(EventStatus.SUCCESS, job.request_id, result=job.to_dict(), duration=job.duration)
         if job.status not in _JOB_ENDS:
             raise ValueError(f"job {job.request_id} has not ended: {job.raw_status}")
-        return cls(_JOB_ENDS[job.status], job.request_id, message=job.error)
+        return cls(_JOB_ENDS[job.status], job.request_id, message=job.error, duration=job.duration)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the event as the trigger sends it: plain JSON values, only the keys of its status."""
         fields = {name: getattr(self, name) for name in FIELDS[self.status]}
+        if self.duration is not None:
+            fields["duration"] = self.duration
         return {"status": self.status.value, "request_id": self.request_id, **fields}
 
     @classmethod
@@ -121,6 +126,7 @@ class StatusEvent:
             last_status=_text(data.get("last_status")),
             timeout=_float(data.get("timeout")),
             deadline=_float(data.get("deadline")),
+            duration=_float(data.get("duration")),
         )
 
     def job_result(self) -> dict[str, Any]:
@@ -208,6 +214,8 @@ class EndedJob:
     :param media_type: their MIME type, when the gateway gave it.
     :param error: the gateway's error text, or what went wrong reading the status.
     :param http_status: the gateway's HTTP status for an ``API_ERROR``, when it answered.
+    :param duration: seconds from the job's creation to its end by the gateway's clock, when it ended
+        and the gateway said when (on the wire only then).
     """
 
     status: EndedStatus
@@ -215,6 +223,7 @@ class EndedJob:
     media_type: str | None = None
     error: str | None = None
     http_status: int | None = None
+    duration: float | None = None
 
     @classmethod
     def ended(cls, job: JobStatusResult) -> EndedJob:
@@ -224,16 +233,19 @@ class EndedJob:
         :param job: the status read.
         """
         if job.status is JobStatus.COMPLETED:
-            return cls(EndedStatus.COMPLETED, media_urls=tuple(job.media_urls), media_type=job.media_type)
+            urls, media_type = tuple(job.media_urls), job.media_type
+            return cls(EndedStatus.COMPLETED, media_urls=urls, media_type=media_type, duration=job.duration)
         if job.status not in _JOB_ENDS:
             raise ValueError(f"job {job.request_id} has not ended: {job.raw_status}")
-        return cls(EndedStatus(job.status.value), error=job.error)
+        return cls(EndedStatus(job.status.value), error=job.error, duration=job.duration)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the entry as the trigger sends it: plain JSON values, only the keys of its status."""
         fields = {name: getattr(self, name) for name in ENDED_FIELDS[self.status]}
         if "media_urls" in fields:
             fields["media_urls"] = list(self.media_urls)
+        if self.duration is not None:
+            fields["duration"] = self.duration
         return {"status": self.status.value, **fields}
 
     @classmethod
@@ -256,6 +268,7 @@ class EndedJob:
             media_type=_text(data.get("media_type")),
             error=_text(data.get("error")),
             http_status=_int(data.get("http_status")),
+            duration=_float(data.get("duration")),
         )
 
 

@@ -44,6 +44,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEME_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MODEL_MAX_LENGTH = 256
+#: The most input datasets a batch's event lists (:func:`bounded_input_datasets`).
+MAX_INPUT_DATASETS = 1000
 
 
 def openlineage_available() -> bool:
@@ -104,6 +106,27 @@ def input_datasets(urls: Iterable[object]) -> list[Dataset]:
     :param urls: the images' URLs (or paths).
     """
     return _datasets(urls)
+
+
+def bounded_input_datasets(urls: Iterable[object], limit: int = MAX_INPUT_DATASETS) -> list[Dataset]:
+    """
+    Return the datasets of a batch's source images, at most ``limit`` of them.
+
+    Up to ``limit`` distinct images, each is a dataset. Beyond it, each folder the images come from is
+    one (namespace, folder path ending in ``/``), and if there are still more, each namespace is one
+    (name ``/``): an event stays small for 10,000 images, and still says where they were read.
+
+    :param urls: the images' URLs (or paths).
+    :param limit: the most datasets returned (at least 1).
+    """
+    from openlineage.client.generated.base import Dataset
+
+    names = list(dict.fromkeys(n for n in map(dataset_name, urls) if n is not None))
+    if len(names) > limit:
+        names = list(dict.fromkeys((namespace, name.rpartition("/")[0] + "/") for namespace, name in names))
+    if len(names) > limit:
+        names = list(dict.fromkeys((namespace, "/") for namespace, _name in names))
+    return [Dataset(namespace=namespace, name=name) for namespace, name in names[: max(limit, 1)]]
 
 
 def output_datasets(paths: Iterable[object]) -> list[Dataset]:

@@ -126,6 +126,36 @@ def job_duration(seconds: float, *, model: str | None = None) -> None:
         _lost(Metric.JOB_DURATION, error)
 
 
+#: The final job statuses, as the gateway and the triggers' events spell them, and their counters.
+_JOB_ENDS: Mapping[str, Metric] = MappingProxyType(
+    {
+        "COMPLETED": Metric.JOBS_COMPLETED,
+        "SUCCESS": Metric.JOBS_COMPLETED,
+        "FAILED": Metric.JOBS_FAILED,
+        "ERROR": Metric.JOBS_ERRORED,
+    }
+)
+
+
+def job_ended(status: str, *, model: str | None = None, seconds: float | None = None) -> None:
+    """
+    Count a job whose final status the worker took, and time it when its duration is known; never raise.
+
+    Any other status (still running, a timeout, a status that could not be read) counts nothing.
+
+    :param status: ``COMPLETED``, ``FAILED`` or ``ERROR`` (a trigger event's ``success``, ``failed``,
+        ``error`` too), in any case.
+    :param model: the model id the job used, if known.
+    :param seconds: the job's duration from its submit to its end; ``None`` when unknown (no timer).
+    """
+    metric = _JOB_ENDS.get(status.upper()) if isinstance(status, str) else None
+    if metric is None:
+        return
+    count(metric, model=model)
+    if seconds is not None:
+        job_duration(seconds, model=model)
+
+
 def model_tags(model: str | None) -> dict[str, Any] | None:
     """
     Return the tags for ``model``: ``{"model": <id>}`` with characters no backend refuses, or ``None``.

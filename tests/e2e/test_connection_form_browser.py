@@ -13,7 +13,6 @@ shows it). On failure, screenshots are kept in ``test-artifacts/connection-form/
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import secrets
@@ -27,7 +26,7 @@ from firered_devtools.deployment import AirflowDeployment, start_emulator
 
 from airflow_provider_firered.gateway.connection_extras import EXTRAS, PLACEHOLDERS, RELABELING
 from tests.conftest import without_masker_registration
-from tests.e2e.browser import CHROMIUM_ARGS, UI_USER, enable_ui_login, start_api_server
+from tests.e2e.browser import Browser, enable_ui_login, open_browser, sign_in_ui, start_api_server
 from tests.e2e.conftest import running_deployment, unavailable
 
 if TYPE_CHECKING:
@@ -82,49 +81,8 @@ def ui_deployment(tmp_path: Path) -> Iterator[AirflowDeployment]:
         yield deployment
 
 
-class Browser:
-    """One headless Chromium page; screenshots of each step it fails in go to the artifacts folder."""
-
-    def __init__(self, page: Any, label: str) -> None:
-        self.page = page
-        self.label = label
-
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        try:
-            yield
-        except BaseException:
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(Exception):
-                self.page.screenshot(path=str(ARTIFACTS / f"{self.label}-{name}.png"), full_page=True)
-            raise
-
-
-@contextlib.contextmanager
-def browser(chromium: str, label: str) -> Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chrome = playwright.chromium.launch(
-            executable_path=chromium, args=list(CHROMIUM_ARGS), timeout=STEP_MS
-        )
-        try:
-            page = chrome.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(STEP_MS)
-            page.set_default_navigation_timeout(STEP_MS)
-            yield Browser(page, label)
-        finally:
-            chrome.close()
-
-
 def sign_in(ui: Browser, deployment: AirflowDeployment, password: str) -> None:
-    page = ui.page
-    with ui.step("sign-in"):
-        page.goto(f"{deployment.api_url}/")
-        page.get_by_label("Username").fill(UI_USER)
-        page.get_by_label("Password").fill(password)
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(lambda url: "/login" not in url, timeout=STEP_MS)
+    sign_in_ui(ui, deployment.api_url, password)
 
 
 def open_add_form(ui: Browser) -> Any:
@@ -227,7 +185,7 @@ def test_connection_made_in_the_ui_runs_an_edit(
     deployment.wait_healthy(timeout=180, components=())
 
     label = f"airflow-{airflow.__version__}"
-    with browser(chromium_executable, label) as ui:
+    with open_browser(chromium_executable, ARTIFACTS, label) as ui:
         sign_in(ui, deployment, password)
         dialog = open_add_form(ui)
         check_form(ui, dialog)

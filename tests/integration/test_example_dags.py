@@ -7,10 +7,12 @@ import importlib.util
 import json
 import re
 import shutil
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from PIL import Image
@@ -65,7 +67,13 @@ def test_every_example_imports_without_errors() -> None:
 
     bag = DagBag(dag_folder=str(EXAMPLE_DAGS))  # examples are off: AIRFLOW__CORE__LOAD_EXAMPLES
     assert bag.import_errors == {}
-    assert set(bag.dag_ids) == {CATALOGUE, PER_SKU, "firered_edit_single", "firered_submit_then_sense"}
+    assert set(bag.dag_ids) == {
+        CATALOGUE,
+        PER_SKU,
+        "firered_catalogue_publish",
+        "firered_edit_single",
+        "firered_submit_then_sense",
+    }
     for dag_id, dag in bag.dags.items():
         assert dag.doc_md, f"{dag_id} has no docs"
 
@@ -73,13 +81,16 @@ def test_every_example_imports_without_errors() -> None:
 def test_catalogue_shape(catalogue: ModuleType) -> None:
     dag = catalogue.dag
     assert dag.schedule == "0 2 * * *"
-    assert [t.task_id for t in dag.topological_sort()] == ["load_manifest", EDIT_BATCH, "summarise"]
+    review = ["review"] if catalogue.HAS_REVIEW else []
+    tasks = ["load_manifest", EDIT_BATCH, "summarise", *review, "publish"]
+    assert [t.task_id for t in dag.topological_sort()] == tasks
     edit = dag.get_task(EDIT_BATCH)
     assert edit.operator_name == "FireRedBatchEditOperator"
     assert edit.pool == "firered_gateway"
     assert edit.partial_kwargs["deferrable"] is True
     assert dag.get_task("summarise").trigger_rule == "all_done"
     assert dag.params["batch_size"] is None  # then the Variable, then 500
+    assert dag.params["review"] is None  # then the Variable, then no review: unattended
 
 
 def test_per_sku_shape() -> None:
@@ -172,7 +183,15 @@ def _catalogue_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch, *allowed
 
 
 def _run(module: ModuleType, when: datetime, **conf: Any) -> Any:
-    return module.dag.test(logical_date=when, run_conf={"poll_interval": 1, **conf})
+    # review off unless asked: dag.test() waits for a person's answer (Airflow 3.3), and keeps a
+    # run's params on the DAG object.
+    return module.dag.test(logical_date=when, run_conf={"poll_interval": 1, "review": False, **conf})
+
+
+def _after_summarise(module: ModuleType, state: str) -> dict[tuple[str, int], str]:
+    """The states of ``review`` (Airflow 3.1+) and ``publish`` once ``summarise`` ended in ``state``."""
+    then = {"success": "success", "failed": "upstream_failed", "skipped": "skipped"}[state]
+    return {(task, -1): then for task in (["review"] if module.HAS_REVIEW else []) + ["publish"]}
 
 
 def _states(run: Any) -> dict[tuple[str, int], str]:
@@ -223,6 +242,7 @@ def test_catalogue_batches_edit_every_sku_and_report_a_failed_one(
         (EDIT_BATCH, 1): "success",
         (EDIT_BATCH, 2): "success",
         ("summarise", -1): "failed",  # ... the summary reports it and fails the run
+        **_after_summarise(module, "failed"),  # ... and nothing is published
     }
     # One POST per SKU, the failing one included, and no second one for it.
     assert _posted_prompts(firered_emulator) == sorted(row["prompt"] for row in rows)
@@ -386,6 +406,7 @@ def test_catalogue_with_a_bad_row_sends_nothing(
         ("load_manifest", -1): "failed",
         (EDIT_BATCH, -1): "upstream_failed",
         ("summarise", -1): "skipped",  # nothing to report: no batch was planned
+        **_after_summarise(module, "skipped"),
     }
     assert firered_emulator.submit_attempts() == []
     assert not list(tmp_path.glob("*/summary.json"))
@@ -534,6 +555,7 @@ def test_catalogue_param_outside_the_allowed_prefixes_fails_before_anything_is_s
         ("load_manifest", -1): "failed",
         (EDIT_BATCH, -1): "upstream_failed",
         ("summarise", -1): "skipped",
+        **_after_summarise(module, "skipped"),
     }
     assert firered_emulator.submit_attempts() == []
     assert hostile.seen == []
@@ -722,3 +744,130 @@ def test_small_examples_run_unchanged(
         assert image.format == image_format
     (submitted,) = firered_emulator.submissions()
     assert f"{firered_emulator.cdn_url}/samples/shoe.png" in json.dumps(submitted.body)
+
+
+# -- the review before publishing (Airflow 3.1+: human-in-the-loop) -----------------------------------
+
+
+def _answer_review(choice: str, seen: dict[str, Any]) -> threading.Thread:
+    """Answer the run's review as the api-server records a person's answer: the answer, then the resume."""
+
+    def answer() -> None:
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.models.trigger import handle_event_submit
+        from airflow.triggers.base import TriggerEvent
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with create_session() as session:
+                ti = session.scalar(
+                    select(TaskInstance).where(
+                        TaskInstance.dag_id == CATALOGUE,
+                        TaskInstance.task_id == "review",
+                        TaskInstance.state.in_(["awaiting_input", "deferred"]),
+                    )
+                )
+                detail = session.get(HITLDetail, ti.id) if ti is not None else None
+                if ti is not None and detail is not None and not detail.response_received:
+                    seen.update(subject=detail.subject, body=detail.body, defaults=detail.defaults)
+                    detail.responded_by = {"id": "reviewer", "name": "reviewer"}
+                    detail.responded_at = datetime.now(timezone.utc)
+                    detail.chosen_options = [choice]
+                    detail.params_input = {}
+                    event = TriggerEvent(detail.as_resume_event_payload())
+                    handle_event_submit(event, task_instance=ti, session=session)
+                    return
+            time.sleep(0.2)
+
+    # Every model mapped here, before the thread queries them: SQLAlchemy configures its mappers on
+    # first use, which fails when another thread does it while a model module is half imported.
+    from airflow.models import import_all_models
+    from sqlalchemy.orm import configure_mappers
+
+    import_all_models()  # type: ignore[no-untyped-call,unused-ignore]
+    configure_mappers()
+    thread = threading.Thread(target=answer, name="reviewer", daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_review_comes_after_summarise_or_not_at_all_without_human_in_the_loop(
+    catalogue: ModuleType,
+) -> None:
+    dag = catalogue.dag
+    if catalogue.HAS_REVIEW:
+        assert dag.get_task("review").upstream_task_ids == {"summarise"}
+        assert dag.get_task("publish").upstream_task_ids == {"review"}
+        assert dag.get_task("review").defaults == ["Reject"]  # no answer in time: not published
+    else:  # Airflow 3.0: published without the step, and the doc says why
+        assert "review" not in dag.task_ids
+        assert dag.get_task("publish").upstream_task_ids == {"summarise"}
+    assert "Airflow 3.0** has no human-in-the-loop operators" in str(dag.doc_md)
+
+
+@pytest.mark.usefixtures("airflow_db", "firered_conn")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("choice", "published"), [("Approve", True), ("Reject", False)])
+def test_publish_runs_only_when_a_person_approves(
+    firered_emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    choice: str,
+    published: bool,
+) -> None:
+    module = install(CATALOGUE)
+    if not module.HAS_REVIEW:
+        pytest.skip("human-in-the-loop operators need Airflow 3.1+: the DAG publishes without a review")
+    _catalogue_env(firered_emulator, monkeypatch, tmp_path)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(ONE_SKU))
+    seen: dict[str, Any] = {}
+    reviewer = _answer_review(choice, seen)
+
+    when = FIRST_RUN + timedelta(days=40 + published)
+    run = _run(module, when, manifest=str(manifest), output_root=str(tmp_path / "out"), review=True)
+
+    reviewer.join(timeout=10)
+    log = "".join(capfd.readouterr())
+    states = _states(run)
+    assert states[("review", -1)] == "success", states
+    assert states[("publish", -1)] == ("success" if published else "skipped"), states
+    assert str(run.state) == "success"
+    # The text a person reads: the counts, each batch's page in Airflow's UI, the file.
+    assert seen["subject"] == "Publish tonight's catalogue edits?"
+    body = str(seen["body"])
+    assert "**1 SKU(s)**: 1 edited, 0 reused, 0 failed, 0 over budget." in body
+    page = f"/firered/contact-sheet/{CATALOGUE}/{quote(run.run_id, safe='')}/{EDIT_BATCH}?map_index=0"
+    assert f"- [batch-0000]({page})" in body
+    assert f"{tmp_path / 'out' / when.strftime('%Y-%m-%dT%H%M%SZ') / 'index.html'}" in body
+    assert ("Publishing 1 SKU(s) (approved by reviewer)" in log) is published
+    # Only an approved night reaches the asset that `firered_catalogue_publish` runs on.
+    events = _catalogue_asset_events(run)
+    if published:
+        (extra,) = events
+        assert {k: extra[k] for k in ("total", "edited", "reused", "failed", "paid", "dry_run")} == {
+            "total": 1,
+            "edited": 1,
+            "reused": 0,
+            "failed": 0,
+            "paid": 1,
+            "dry_run": False,
+        }
+        assert str(extra["contact_sheet"]).endswith("index.html")
+        assert str(extra["manifest"]).endswith("summary.json")
+    else:
+        assert events == []
+
+
+def _catalogue_asset_events(run: Any) -> list[dict[str, Any]]:
+    """The extras of the events the run recorded on the catalogue's asset, from the metadata database."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(AssetEvent).filter_by(source_dag_id=run.dag_id, source_run_id=run.run_id)
+        return [dict(event.extra) for event in rows if event.asset.name == "firered_catalogue"]

@@ -803,8 +803,9 @@ def cleared_batch_dag(root: Path, items: list[dict[str, Any]], stopped: bool) ->
 def test_a_cleared_batch_collects_its_still_running_jobs_instead_of_paying_again(
     firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    # Long enough that the jobs still run when the cleared task reads them.
-    firered_emulator.set_timings(queued_seconds=0, processing_seconds=8)
+    # Long enough that the jobs still run when the cleared task reads them, even on a loaded machine
+    # (8 s was not: the clear then rightly pays again for jobs that had ended).
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=20)
     root = tmp_path / "run"
     items = edits(firered_emulator, 3)
     stopped = run_dag_on("batch_cleared", cleared_batch_dag(root, items, True), keep_the_run=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -278,10 +279,113 @@ def test_10000_skus_load_a_page_at_a_time(api: Api, batch_run: BatchRun) -> None
 def test_an_input_that_no_longer_loads_shows_its_url_in_a_placeholder(api: Api, batch_run: BatchRun) -> None:
     page = api.get(page_url(batch_run, "batch")).text
     source = html.escape(batch_run.sample_image)
-    # The placeholder is drawn by the stylesheet for a broken image only; the URL is also a link.
-    assert '.input img::after{content:"Input no longer loads: " attr(src)' in page
-    assert f'<span class="input"><img src="{source}"' in page
+    # The image (alt="": a broken one takes no room) lies over a box that gives the URL; no script.
+    assert f'<span class="gone">Input no longer loads:<br>{source}</span><img src="{source}" alt=""' in page
     assert f'<a class="source" href="{source}"' in page
+    assert ".input .gone{position:absolute" in page
+
+
+def test_the_contact_sheet_file_shows_a_dead_input_as_a_placeholder_with_its_escaped_url(
+    tmp_path: Path,
+) -> None:
+    from airflow_provider_firered.batch.contact_sheet import contact_sheet_html
+    from airflow_provider_firered.batch.run_results import read_run
+
+    dead = 'http://127.0.0.1:9/expired.png?sig="a"&b=<c>'
+    output = tmp_path / "run" / "batch-0000" / "A" / "a.png"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(PNG)
+    entry = ManifestEntry("A", "edited", "COMPLETED", "req-A", outputs=[str(output)], images=[dead])
+    write_manifest(output.parent.parent, [entry])
+
+    page = contact_sheet_html(read_run(tmp_path / "run"))
+
+    escaped = html.escape(dead, quote=True)
+    assert dead not in page
+    assert f'<span class="gone">Input no longer loads:<br>{escaped}</span>' in page
+    assert f'<img src="{escaped}" alt=""' in page
+    assert "<script" not in page
+
+
+def test_a_kept_copy_of_an_input_is_shown_instead_of_its_url(
+    api: Api, batch_run: BatchRun, tmp_path: Path
+) -> None:
+    """A batch folder's ``_inputs/`` copy outlives the input's host: the file and the page show it."""
+    from airflow_provider_firered.batch.contact_sheet import contact_sheet_html, keep_input_copy
+    from airflow_provider_firered.batch.run_results import read_run
+
+    root = batch_run.root("scratch")
+    gone = "http://127.0.0.1:9/gone/shoe.png"
+    output = root / "KEPT" / "out.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(PNG)
+    rewrite_manifest(
+        root, [ManifestEntry("KEPT", "edited", "COMPLETED", "req-K", outputs=[str(output)], images=[gone])]
+    )
+    copy = keep_input_copy(root, gone, PNG)
+    (root / "_inputs" / "not-listed").write_bytes(PNG)
+
+    url = page_url(batch_run, "scratch")
+    page = api.get(url).text
+    kept = f"./scratch/files/_inputs/{Path(str(copy)).name}?map_index=-1"
+    assert f'<img src="{html.escape(kept)}" alt=""' in page
+    assert f'<a class="source" href="{html.escape(gone)}"' in page  # the source is still named
+    answer = api.get(urljoin(url, kept))
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/png"
+    assert api.get(files_url(batch_run, "scratch", "_inputs/not-listed")).status_code == 404
+
+    # The file: the copy, relative to the run folder.
+    run = tmp_path / "run"
+    batch = run / "batch-0000"
+    (batch / "KEPT").mkdir(parents=True)
+    shutil.copy(output, batch / "KEPT" / "out.png")
+    kept_output = str(batch / "KEPT" / "out.png")
+    entry = ManifestEntry("KEPT", "edited", "COMPLETED", outputs=[kept_output], images=[gone])
+    write_manifest(batch, [entry])
+    keep_input_copy(batch, gone, PNG)
+    sheet = contact_sheet_html(read_run(run))
+    assert f'<img src="batch-0000/_inputs/{Path(str(copy)).name}" alt=""' in sheet
+    assert html.escape(gone) in sheet
+
+
+def test_plan_and_budget_outcomes_are_failures_with_their_reasons_and_counts(
+    api: Api, batch_run: BatchRun
+) -> None:
+    from airflow_provider_firered.batch.figures import figures_from_manifest
+
+    root = batch_run.root("scratch")
+    image = batch_run.sample_image
+    output = root / "R-OK" / "out.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(PNG)
+    plan = [
+        ManifestEntry("P-NEW", "would_edit", "NEW", error="new: never edited", images=[image], dry_run=True),
+        ManifestEntry("P-SAME", "would_reuse", "UNCHANGED", error="unchanged since", dry_run=True),
+        ManifestEntry("P-FAIL", "would_fail", "UNCHANGED", error="ended FAILED last night", dry_run=True),
+        ManifestEntry("P-BAD", "invalid", "INVALID", error="prompt: must be <non-empty>", dry_run=True),
+        ManifestEntry("P-OVER", "over_budget", "OVER_BUDGET", error="over max_paid_edits=1", dry_run=True),
+    ]
+    real = [
+        ManifestEntry("R-OK", "edited", "COMPLETED", "req-1", outputs=[str(output)], images=[image]),
+        ManifestEntry("R-OVER", "over_budget", "OVER_BUDGET", error="not sent: over max_paid_edits=1"),
+        ManifestEntry("R-FAIL", "failed", "FAILED", "req-2", error="the model refused"),
+    ]
+    for entries, failing in ((plan, ("P-FAIL", "P-BAD", "P-OVER")), (real, ("R-OVER", "R-FAIL"))):
+        rewrite_manifest(root, entries)
+        page = api.get(page_url(batch_run, "scratch")).text
+        counts = figures_from_manifest(read_manifest(root) or []).counts()
+        shown = dict(re.findall(r"<span>([a-z_]+): <b>(\d+)</b></span>", page))
+        assert shown == {name: str(value) for name, value in counts.items()}, (shown, counts)
+        failures = page.split('<h2 id="failures">', 1)[1].split("</table>", 1)[0]
+        assert f"Failures ({len(failing)})" in failures
+        listed = re.findall(r'<a href="[^"]*#sku-([^"]+)">', failures)
+        assert sorted(listed) == sorted(failing)
+        for entry in entries:
+            if entry.key in failing:
+                assert f'<td class="error">{html.escape(str(entry.error))}</td>' in failures, entry.key
+            else:
+                assert entry.key not in failures
 
 
 def test_a_browser_signed_in_to_airflow_is_let_in_by_its_cookie(api: Api, batch_run: BatchRun) -> None:

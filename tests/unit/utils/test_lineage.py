@@ -325,3 +325,39 @@ def test_naming_does_not_depend_on_the_working_directory_for_absolute_paths(
     monkeypatch.chdir(tmp_path)
 
     assert dataset_name(os.sep + "data") == ("file", "/data")
+
+
+# -- a batch's inputs: bounded -----------------------------------------------------------------------
+
+
+@needs_openlineage
+def test_a_batch_lists_each_distinct_image_up_to_the_cap() -> None:
+    urls = [f"https://cdn.example.com/p/{n % 3}.png?sig={TEST_KEY}" for n in range(9)]
+
+    found = lineage.bounded_input_datasets([*urls, "data:image/png;base64,AA"], limit=3)
+
+    assert [(d.namespace, d.name) for d in found] == [
+        ("https://cdn.example.com", f"/p/{n}.png") for n in range(3)
+    ]
+
+
+@needs_openlineage
+def test_past_the_cap_a_batch_lists_the_images_folders_then_their_hosts() -> None:
+    urls = [f"https://cdn.example.com/{folder}/{n}.png" for folder in ("shoes", "mugs") for n in range(5)]
+    urls.append("s3://bucket/shoes/x.png")
+
+    by_folder = lineage.bounded_input_datasets(urls, limit=3)
+    by_host = lineage.bounded_input_datasets(urls, limit=2)
+    one = lineage.bounded_input_datasets(urls, limit=1)
+
+    assert [(d.namespace, d.name) for d in by_folder] == [
+        ("https://cdn.example.com", "/shoes/"),
+        ("https://cdn.example.com", "/mugs/"),
+        ("s3://bucket", "shoes/"),
+    ]
+    assert [(d.namespace, d.name) for d in by_host] == [
+        ("https://cdn.example.com", "/"),
+        ("s3://bucket", "/"),
+    ]
+    assert [(d.namespace, d.name) for d in one] == [("https://cdn.example.com", "/")]
+    assert lineage.MAX_INPUT_DATASETS == 1000

@@ -211,3 +211,85 @@ def test_with_airflow_as_configured_by_default_metrics_send_nothing_and_raise_no
     # No [metrics] backend is on in the tests' Airflow home: Airflow's client drops what it is given.
     metrics.count(Metric.SUBMITS_SENT, model="m")
     metrics.job_duration(0.5, model="m")
+
+
+@pytest.mark.parametrize(
+    ("status", "metric"),
+    [
+        ("COMPLETED", Metric.JOBS_COMPLETED),
+        ("success", Metric.JOBS_COMPLETED),  # a trigger event's spelling
+        ("FAILED", Metric.JOBS_FAILED),
+        ("failed", Metric.JOBS_FAILED),
+        ("ERROR", Metric.JOBS_ERRORED),
+        ("error", Metric.JOBS_ERRORED),
+    ],
+)
+def test_job_ended_counts_the_final_status_and_times_the_job(
+    stats: FakeStats, status: str, metric: Metric
+) -> None:
+    metrics.job_ended(status, model="m1", seconds=2.5)
+
+    assert stats.calls == [
+        ("incr", metric.value, 1, {"model": "m1"}),
+        ("timing", "firered.job_duration", timedelta(seconds=2.5), {"model": "m1"}),
+    ]
+
+
+def test_job_ended_without_a_duration_counts_without_a_timer(stats: FakeStats) -> None:
+    metrics.job_ended("COMPLETED", model="m1")
+
+    assert stats.calls == [("incr", "firered.jobs.completed", 1, {"model": "m1"})]
+
+
+@pytest.mark.parametrize(
+    "status", ["QUEUED", "PROCESSING", "UNKNOWN", "timeout", "start_timeout", "api_error", "API_ERROR", ""]
+)
+def test_job_ended_counts_nothing_for_a_status_that_is_not_final(stats: FakeStats, status: str) -> None:
+    metrics.job_ended(status, model="m1", seconds=1.0)
+
+    assert stats.calls == []
+
+
+def _ended(status: str, created: str | None, completed: str | None) -> Any:
+    from airflow_provider_firered.gateway.results import JobStatusResult
+
+    data: dict[str, Any] = {"status": status, "created_at": created, "completed_at": completed}
+    if status == "COMPLETED":
+        data["output"] = {"media_url": ["https://cdn.test/out.png"]}
+    return JobStatusResult.from_json(data, "firered-image-edit_1")
+
+
+def test_a_job_duration_is_taken_from_the_gateways_timestamps() -> None:
+    job = _ended("COMPLETED", "2026-03-31T10:00:00.000Z", "2026-03-31T10:00:15.250Z")
+    assert job.duration == 15.25
+    assert _ended("ERROR", "2026-03-31T10:00:00+02:00", "2026-03-31T08:00:01Z").duration == 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "created", "completed"),
+    [
+        ("PROCESSING", "2026-03-31T10:00:00.000Z", "2026-03-31T10:00:15.000Z"),  # not ended
+        ("COMPLETED", "2026-05-22T13:17:32.110Z", "2026-05-22 13:19:23"),  # no offset: not guessed
+        ("COMPLETED", None, "2026-03-31T10:00:15.000Z"),
+        ("FAILED", "2026-03-31T10:00:15.000Z", None),
+        ("COMPLETED", "2026-03-31T10:00:15.000Z", "2026-03-31T10:00:00.000Z"),  # ends before it began
+        ("COMPLETED", "yesterday", "today"),
+    ],
+)
+def test_no_job_duration_is_invented(status: str, created: str | None, completed: str | None) -> None:
+    assert _ended(status, created, completed).duration is None
+
+
+def test_the_trigger_events_carry_the_duration_to_the_worker_only_when_known() -> None:
+    from airflow_provider_firered.triggers.events import BatchEvent, EndedJob, StatusEvent
+
+    job = _ended("COMPLETED", "2026-03-31T10:00:00.000Z", "2026-03-31T10:00:04.000Z")
+    wire = StatusEvent.ended(job).to_dict()
+    assert wire["duration"] == 4.0
+    assert StatusEvent.from_dict(wire).duration == 4.0
+    batch = BatchEvent({job.request_id: EndedJob.ended(job)}).to_dict()
+    assert batch["ended"][job.request_id]["duration"] == 4.0
+    assert BatchEvent.from_dict(batch).ended[job.request_id].duration == 4.0
+    unknown = _ended("FAILED", None, None)
+    assert "duration" not in StatusEvent.ended(unknown).to_dict()
+    assert "duration" not in EndedJob.ended(unknown).to_dict()
