@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import time
 
@@ -79,4 +80,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # `kill` or a test's timeout: unwind through the finally blocks so every server it started stops.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     sys.exit(main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -204,4 +205,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # `kill` or a test's timeout: unwind through the finally blocks so every server it started stops.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     sys.exit(main())

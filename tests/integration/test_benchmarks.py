@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 
+from tests.subprocesses import run_script
+
 if TYPE_CHECKING:
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
@@ -18,14 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+    return run_script([sys.executable, str(BENCHMARKS / script), *args], timeout=timeout)
 
 
 @pytest.mark.timeout(280)

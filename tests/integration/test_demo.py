@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,8 +13,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import TEST_KEY
+from tests.subprocesses import run_script
 
 if TYPE_CHECKING:
+    import subprocess
+
     from airflow_provider_firered.emulator import Emulator
 
 DEMO = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
@@ -25,15 +27,8 @@ SAMPLE_SKUS = ["SHOE-1001", "SHOE-1002", "MUG-2001", "MUG-2002", "TEE-3001"]
 def run_demo(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FIRERED_")}
     base.update(FIRERED_DEMO_HOME=str(tmp_path / "home"), FIRERED_DEMO_OUTPUT=str(tmp_path / "out"), **env)
-    return subprocess.run(
-        [sys.executable, str(DEMO)],
-        env=base,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=420,  # a loaded 2-core machine: a demo run took 240 s with a load of 11
-        check=False,
-    )
+    # A loaded 2-core machine: a demo run took 240 s with a load of 11.
+    return run_script([sys.executable, str(DEMO)], env=base, timeout=420)
 
 
 def run_folders(tmp_path: Path) -> list[Path]:
