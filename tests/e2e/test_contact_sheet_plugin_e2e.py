@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import urllib.error
@@ -53,6 +54,7 @@ from tests.e2e.browser import UI_USER, enable_ui_login, open_browser, sign_in_ui
 from tests.e2e.conftest import running_deployment
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Iterator
     from email.message import Message
 
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.e2e, pytest.mark.oldest, pytest.mark.timeout(900)]
 
 DAG_ID = "firered_contact_sheet_e2e"
+CATALOGUE_DAG = "firered_catalogue_reedit"
 API_KEY = "sk-firered-SHEET-3c1f5e7a9b2d"
 AIRFLOW_VERSION = tuple(int(part) for part in airflow.__version__.split(".")[:2])
 #: Airflow 3.1+: external views, and the UI's sign-in cookie read by the api-server.
@@ -102,7 +105,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def http(
-    url: str, *, token: str | None = None, cookie: str | None = None, body: Any = None
+    url: str,
+    *,
+    token: str | None = None,
+    cookie: str | None = None,
+    body: Any = None,
+    method: str | None = None,
 ) -> tuple[int, Message, bytes]:
     """One request, never following a redirect: (status, headers, body)."""
     headers = {"Accept": "*/*"}
@@ -114,7 +122,9 @@ def http(
     if body is not None:
         data = json.dumps(body).encode()
         headers["Content-Type"] = "application/json"
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+    request = urllib.request.Request(
+        url, data=data, headers=headers, method=method or ("POST" if data else "GET")
+    )
 
     opener = urllib.request.build_opener(_NoRedirect)
     try:
@@ -352,3 +362,73 @@ def test_a_person_opens_the_contact_sheet_from_the_task_instance(
             assert answer.status == 404, answer.status
             listed = page.request.get(urljoin(f"{api}{sheet_path(DAG_ID, run_id, 'batch')}", outputs[0][0]))
             assert listed.status == 200, listed.status
+
+
+@pytest.mark.skipif(not HAS_EXTERNAL_VIEWS, reason="human-in-the-loop operators need Airflow 3.1+")
+def test_a_person_approves_the_catalogue_through_the_api_and_publish_runs(
+    sheet_server: SheetServer, tmp_path: Path
+) -> None:
+    """The catalogue example with its review on: the review waits, a person approves, publish runs."""
+    deployment = sheet_server.deployment
+    shutil.copy(ROOT / "example_dags" / "firered_catalogue_reedit.py", deployment.dags_folder)
+    base, name = sheet_server.live_input.rsplit("/", 1)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps([{"sku": "SHOE-1", "image_url": name, "prompt": "Make the shoe red"}]))
+    deployment.env["AIRFLOW_VAR_FIRERED_IMAGE_BASE_URL"] = f"{base}/"
+    deployment.env["AIRFLOW_VAR_FIRERED_CATALOGUE_ALLOWED_PREFIXES"] = json.dumps([str(tmp_path)])
+    deployment.cli("dags", "reserialize")
+    conf = {
+        "manifest": str(manifest),
+        "output_root": str(tmp_path / "out"),
+        "review": True,
+        "poll_interval": 1,
+    }
+    ran: list[subprocess.CompletedProcess[str]] = []
+    night = threading.Thread(
+        target=lambda: ran.append(
+            deployment.cli(
+                "dags", "test", CATALOGUE_DAG, "--conf", json.dumps(conf), timeout=400, check=False
+            )
+        ),
+        daemon=True,
+    )
+    night.start()
+
+    # The review waits for a person: the run stays open until someone answers.
+    deadline = time.monotonic() + 300
+    waiting: list[tuple[Any, ...]] = []
+    while not waiting and time.monotonic() < deadline and night.is_alive():
+        time.sleep(1)
+        waiting = deployment.query(
+            "SELECT run_id FROM task_instance WHERE dag_id = ? AND task_id = 'review'"
+            " AND state IN ('deferred', 'awaiting_input')",
+            (CATALOGUE_DAG,),
+        )
+    assert waiting, ran[0].stdout[-4000:] + ran[0].stderr[-4000:] if ran else "the review never waited"
+    ((run_id,),) = waiting
+    token = sign_in(deployment, sheet_server.password)
+    answer_url = (
+        f"{deployment.api_url}/api/v2/dags/{CATALOGUE_DAG}/dagRuns/{quote(run_id, safe='')}"
+        "/taskInstances/review/-1/hitlDetails"
+    )
+    status, _, body = http(answer_url, token=None, body={"chosen_options": ["Approve"]}, method="PATCH")
+    assert status in (401, 403), body[:300]  # nobody signed in answers nothing
+    status, _, body = http(answer_url, token=token, body={"chosen_options": ["Approve"]}, method="PATCH")
+    assert status == 200, body[:1000]
+
+    night.join(timeout=300)
+    assert ran
+    assert not night.is_alive()
+    states = dict(
+        deployment.query(
+            "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+            (CATALOGUE_DAG, run_id),
+        )
+    )
+    assert (states["review"], states["publish"]) == ("success", "success"), (states, ran[0].stdout[-3000:])
+    ((published,),) = deployment.query(
+        "SELECT value FROM xcom WHERE dag_id = ? AND run_id = ? AND task_id = 'publish'"
+        " AND key = 'return_value'",
+        (CATALOGUE_DAG, run_id),
+    )
+    assert f'"approved_by": "{UI_USER}"' in str(published), published
