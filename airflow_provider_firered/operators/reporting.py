@@ -18,12 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
-
-from airflow.providers.common.compat.sdk import conf
 
 from airflow_provider_firered.batch.figures import NightFigures, figures_from_manifest
 from airflow_provider_firered.batch.manifest import read_manifest
+from airflow_provider_firered.operators.links import sheet_path
 from airflow_provider_firered.utils import lineage
 
 if TYPE_CHECKING:
@@ -36,8 +34,6 @@ if TYPE_CHECKING:
 
 #: The operator attribute that keeps a finished task's :class:`Outcome`.
 OUTCOME_ATTRIBUTE = "_firered_outcome"
-#: Where the FireRed plugin serves a batch task's contact sheet (its extra link "Contact sheet").
-CONTACT_SHEET_ROUTE = "/firered/contact-sheet"
 
 JsonValue = str | int | bool | list[str] | None
 
@@ -228,11 +224,8 @@ def contact_sheet_address(ti: Any) -> str:
     """
     Return the root-relative address of a batch task instance's contact sheet in Airflow's UI.
 
-    The FireRed plugin serves it (the task's extra link "Contact sheet" leads there), below the path
-    of ``[api] base_url``.
+    The FireRed plugin serves it (the task's extra link "Contact sheet" leads there).
 
     :param ti: the task instance.
     """
-    base = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
-    parts = "/".join(quote(str(part), safe="") for part in (ti.dag_id, ti.run_id, ti.task_id))
-    return f"{base}{CONTACT_SHEET_ROUTE}/{parts}?map_index={ti.map_index}"
+    return sheet_path(ti.dag_id, ti.run_id, ti.task_id, ti.map_index)
