@@ -17,14 +17,13 @@ from airflow_provider_firered.batch.progress import earlier_tries, read_progress
 from airflow_provider_firered.batch.reuse import fingerprint_items, reuse_unchanged
 from airflow_provider_firered.batch.state import RESUBMITTED_STATUSES, RESUMED_STATUSES, BatchState
 from airflow_provider_firered.batch.store import (
+    RequestLedger,
     StoredRequest,
     cleared_request,
     edit_digest,
-    keep_request,
     retry_store,
     stored_paid,
     stored_request,
-    stored_value,
 )
 from airflow_provider_firered.batch.waves import SaturatedError, WaveAnswers, submit_wave
 from airflow_provider_firered.exceptions import FireRedBatchFailedError
@@ -70,6 +69,8 @@ class BatchRun:
         self.hook = hook
         self.log = log
         self.root = settings.root()
+        #: where accepted request ids are stored (Airflow 3.3+), once this process knows it
+        self.ledger: RequestLedger | None = None
 
     def state(self, deadline: float) -> BatchState:
         """
@@ -98,10 +99,13 @@ class BatchRun:
         earlier, paid = earlier_tries(self.root, progress, self.log)
         batch = self.state(time.time() + self.settings.timeout)
         store = retry_store(context, self.log)
+        values: dict[str, Any] = {}
+        if store is not None:
+            self.ledger, values = RequestLedger.read(store, ti.max_tries, self.items)
         stored: dict[str, StoredRequest | None] = {}
         cleared: dict[str, StoredRequest] = {}
         for item in self.items:
-            value = stored_value(store, item)
+            value = values.get(item.key)
             stored[item.key] = stored_request(value, ti.max_tries)
             # What every earlier try paid, before a clear too: max_paid_edits counts it all.
             paid[item.key] = max(paid.get(item.key, 0), stored_paid(value))
@@ -113,12 +117,15 @@ class BatchRun:
         for item in self.items:
             entry = earlier.get(item.key) if earlier else None
             batch.resume(item, entry, stored[item.key] or running.get(item.key), paid.get(item.key, 0))
-        for key, request in running.items():
-            if batch.entries[key].request_id == request.request_id:
-                batch.collected_after_clear.append(batch.items[key])
-                if store is not None:  # (always: only a stored request is found running)
-                    # Stored again as this try's own: a retry of it then resumes the job as any retry does.
-                    keep_request(store, batch.items[key], request, ti.max_tries)
+        collected = [
+            (batch.items[key], request)
+            for key, request in running.items()
+            if batch.entries[key].request_id == request.request_id
+        ]
+        batch.collected_after_clear.extend(item for item, _request in collected)
+        if collected and self.ledger is not None:  # (always: only a stored request is found running)
+            # Stored again as this try's own: a retry of it then resumes the job as any retry does.
+            self.ledger.keep(collected)
         write_progress(self.root, {**progress, "deadline": batch.deadline})
         if self.settings.previous and not self.settings.force:
             # Compared with the earlier run before anything is submitted; otherwise the fingerprints
@@ -183,8 +190,7 @@ class BatchRun:
                     answers,
                     settings=self.settings,
                     hook=self.hook,
-                    store=task_state_store(context),
-                    max_tries=context["ti"].max_tries,
+                    ledger=self.request_ledger(context),
                     log=self.log,
                 )
             except SaturatedError as saturated:
@@ -199,6 +205,8 @@ class BatchRun:
                 # Every accepted request id is recorded before anything else can fail or wait:
                 # a worker lost during the downloads below leaves its retry nothing to pay again.
                 self.save(batch)
+                if self.ledger is not None:
+                    self.ledger.mark()
             self.fingerprint(batch, answers.accepted + batch.collected_after_clear)
             batch.collected_after_clear = []
         self.download(batch, completed)
@@ -214,6 +222,21 @@ class BatchRun:
             len(batch.queue),
         )
         return None
+
+    def request_ledger(self, context: Context) -> RequestLedger | None:
+        """
+        Return where this try stores accepted request ids; None before Airflow 3.3.
+
+        A try's first process writes from the first group (its start read any earlier ones); a
+        process taken up after a wait finds the last group written.
+
+        :param context: the task's context.
+        """
+        if self.ledger is None:
+            store = task_state_store(context)
+            if store is not None:
+                self.ledger = RequestLedger.carry_on(store, context["ti"].max_tries)
+        return self.ledger
 
     def fingerprint(self, batch: BatchState, items: list[BatchItem]) -> None:
         """

@@ -3,8 +3,9 @@ Keep each item's request id in Airflow's ``task_state_store``, so that a retry r
 
 An id is stored as soon as the gateway accepts the item's submit, with the item's submit count (which
 of the stored id and the manifest's is newer) and its edit's digest (a clear collects a job still
-running only for the same edit). Every access goes through
-:func:`airflow_provider_firered.version_compat.task_state_store`.
+running only for the same edit). The ids answered at one moment go in one write (a group): each write
+is a call to Airflow's execution API, so a wave costs a few calls instead of one per item. Every
+access goes through :func:`airflow_provider_firered.version_compat.task_state_store`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,16 @@ if TYPE_CHECKING:
     from airflow_provider_firered.batch.settings import BatchLog
     from airflow_provider_firered.version_compat import TaskStateStore
 
-#: task_state_store key of an item's request id: ``<prefix><key>``.
+#: task_state_store key of an item's request id as versions before groups kept it: ``<prefix><key>``.
 STATE_KEY_PREFIX = "firered_batch:"
+#: task_state_store key of a group of request ids: ``<prefix><n>``, written in order from 0.
+GROUP_KEY_PREFIX = "firered_batch_ids:"
+#: task_state_store key of how many groups were written (a hint: a reader looks past it).
+GROUP_COUNT_KEY = "firered_batch_ids"
+#: A group's JSON stays under Airflow's default ``[state_store] max_value_storage_bytes`` (64 KiB).
+MAX_GROUP_BYTES = 48 * 1024
+#: Groups read at most: a bound on the reading loop, far more than any batch writes.
+MAX_GROUPS = 100_000
 
 
 @dataclass(frozen=True)
@@ -152,35 +161,119 @@ def retry_store(context: Context, log: BatchLog) -> TaskStateStore | None:
     return store if context["ti"].try_number > 1 else None
 
 
-def stored_value(store: TaskStateStore | None, item: BatchItem) -> Any:
+class RequestLedger:
     """
-    Return what the store holds for an item (None without a store).
+    Record accepted request ids in ``task_state_store``, all those answered at one moment in one write.
 
-    :param store: the task's store, if any.
-    :param item: the item.
-    """
-    return None if store is None else store.get(STATE_KEY_PREFIX + item.key)
-
-
-def keep_request(store: TaskStateStore, item: BatchItem, request: StoredRequest, max_tries: int) -> None:
-    """
-    Store an item's request id as this try's own: a crash from here on resumes it.
-
-    The submit count tells a retry which of this id and the manifest's is newer; the edit's digest
-    lets a clear collect the job if a user stops the task before it ends.
+    Groups are numbered 0, 1, 2, ... in the order written, each ``{"items": {key: value}}``; an
+    item's newest value is in the last group that names it (a later submit of the item, or a try
+    after a clear, writes it again).
 
     :param store: the task's store.
-    :param item: the item.
-    :param request: its request id and submit count.
-    :param max_tries: the task instance's ``max_tries`` (a clear changes it).
+    :param max_tries: the task instance's ``max_tries`` (a clear changes it), stored with each id.
+    :param next_group: the number of the next group to write.
     """
-    store.set(
-        STATE_KEY_PREFIX + item.key,
-        {
-            "request_id": request.request_id,
-            "max_tries": max_tries,
-            "attempt": request.attempt,
-            "paid": request.paid,
-            "edit": edit_digest(item),
-        },
-    )
+
+    def __init__(self, store: TaskStateStore, max_tries: int, next_group: int = 0) -> None:
+        self.store = store
+        self.max_tries = max_tries
+        self.next_group = next_group
+        self._unmarked = False
+
+    @classmethod
+    def read(
+        cls, store: TaskStateStore, max_tries: int, items: list[BatchItem]
+    ) -> tuple[RequestLedger, dict[str, Any]]:
+        """
+        Read every group an earlier try (or a try before a clear) wrote: for a retry's start.
+
+        Return the ledger that writes after them, and each item's newest stored value by key. With no
+        group at all, the per-item keys of a version before groups are read, and kept again as groups.
+
+        :param store: the task's store.
+        :param max_tries: the task instance's ``max_tries``.
+        :param items: the batch's items.
+        """
+        values: dict[str, Any] = {}
+        count = 0
+        while count < MAX_GROUPS and (group := store.get(GROUP_KEY_PREFIX + str(count))) is not None:
+            if isinstance(group, dict) and isinstance(group.get("items"), dict):
+                values.update(group["items"])
+            count += 1
+        ledger = cls(store, max_tries, count)
+        if count == 0:
+            for item in items:
+                value = store.get(STATE_KEY_PREFIX + item.key)
+                if value is not None:
+                    values[item.key] = value
+            if values:
+                ledger.write(values)
+        return ledger, values
+
+    @classmethod
+    def carry_on(cls, store: TaskStateStore, max_tries: int) -> RequestLedger:
+        """
+        Return the ledger of a try taken up after a wait: it writes after the last group written.
+
+        The count kept at the end of each wave says where to start; a group written after it (the
+        count's write failed) is looked past, never overwritten.
+
+        :param store: the task's store.
+        :param max_tries: the task instance's ``max_tries``.
+        """
+        hint = store.get(GROUP_COUNT_KEY)
+        count = hint if isinstance(hint, int) and not isinstance(hint, bool) and 0 <= hint < MAX_GROUPS else 0
+        while count < MAX_GROUPS and store.get(GROUP_KEY_PREFIX + str(count)) is not None:
+            count += 1
+        return cls(store, max_tries, count)
+
+    def keep(self, requests: list[tuple[BatchItem, StoredRequest]]) -> None:
+        """
+        Store items' request ids as this try's own, in one write: a crash from here on resumes them.
+
+        The submit count tells a retry which of an id and the manifest's is newer; the edit's digest
+        lets a clear collect the job if a user stops the task before it ends.
+
+        :param requests: each item with its request id, submit count and paid submits.
+        """
+        self.write(
+            {
+                item.key: {
+                    "request_id": request.request_id,
+                    "max_tries": self.max_tries,
+                    "attempt": request.attempt,
+                    "paid": request.paid,
+                    "edit": edit_digest(item),
+                }
+                for item, request in requests
+            }
+        )
+
+    def write(self, values: dict[str, Any]) -> None:
+        """
+        Write values by item key as the next group(s), each under :data:`MAX_GROUP_BYTES`.
+
+        :param values: what to keep for each item.
+        """
+        group: dict[str, Any] = {}
+        size = 0
+        for key, value in values.items():
+            part = len(json.dumps({key: value}))
+            if group and size + part > MAX_GROUP_BYTES:
+                self._put(group)
+                group, size = {}, 0
+            group[key] = value
+            size += part
+        if group:
+            self._put(group)
+
+    def _put(self, group: dict[str, Any]) -> None:
+        self.store.set(GROUP_KEY_PREFIX + str(self.next_group), {"items": group})
+        self.next_group += 1
+        self._unmarked = True
+
+    def mark(self) -> None:
+        """Keep how many groups were written (once per wave): a task taken up later reads it."""
+        if self._unmarked:
+            self.store.set(GROUP_COUNT_KEY, self.next_group)
+            self._unmarked = False

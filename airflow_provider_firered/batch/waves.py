@@ -2,17 +2,18 @@
 Submit a wave of a batch's items into the free slots, and decide how long the next wait lasts.
 
 Submits run ``download_threads`` at a time; every answer is recorded (in the batch's state, and the
-accepted request ids in ``task_state_store``) before a failure that ends the try is raised.
+accepted request ids in ``task_state_store``, those answered at one moment in one write) before a
+failure that ends the try is raised.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
-from airflow_provider_firered.batch.store import StoredRequest, keep_request
+from airflow_provider_firered.batch.store import StoredRequest
 from airflow_provider_firered.exceptions import (
     FireRedApiError,
     FireRedConnectionError,
@@ -25,8 +26,8 @@ if TYPE_CHECKING:
     from airflow_provider_firered.batch.items import BatchItem
     from airflow_provider_firered.batch.settings import BatchLog, BatchSettings
     from airflow_provider_firered.batch.state import BatchState
+    from airflow_provider_firered.batch.store import RequestLedger
     from airflow_provider_firered.hooks.firered import FireRedHook
-    from airflow_provider_firered.version_compat import TaskStateStore
 
 #: Answers that refuse every submit of the batch alike (the key, the subscription).
 BATCH_REFUSALS = frozenset({401, 402, 403})
@@ -117,15 +118,15 @@ def submit_wave(
     *,
     settings: BatchSettings,
     hook: FireRedHook,
-    store: TaskStateStore | None,
-    max_tries: int,
+    ledger: RequestLedger | None,
     log: BatchLog,
 ) -> None:
     """
     Submit queued items into the free slots (fewer than ``max_in_flight`` jobs unfinished).
 
     Submits run ``download_threads`` at a time; their answers are collected into ``answers``. Each
-    accepted request id is stored (``task_state_store``) and recorded as its answer comes in; an id
+    accepted request id is recorded as its answer comes in, and stored (``task_state_store``) with
+    every other answered while the last write was under way, in one write; an id
     the gateway already gave to another item fails the later item as ``UNCERTAIN``. A saturated or
     unreachable gateway pauses the wave (the rest stay queued for the next one); a refused key or
     subscription fails every queued item; an uncertain submit fails its item for good. A failure
@@ -138,8 +139,7 @@ def submit_wave(
     :param answers: where the wave's answers go.
     :param settings: the batch's settings.
     :param hook: the FireRed hook.
-    :param store: the task's ``task_state_store``, if this Airflow has one.
-    :param max_tries: the task instance's ``max_tries``, stored with each id.
+    :param ledger: where accepted request ids are stored, if this Airflow has ``task_state_store``.
     :param log: where to say what failed or paused.
     """
     wave = batch.queue[: max(0, settings.max_in_flight - len(batch.in_flight))]
@@ -162,7 +162,8 @@ def submit_wave(
                 answers.stop.set()
             return err
 
-    def record(item: BatchItem, answer: SubmitResult | Exception | None) -> None:
+    def record(item: BatchItem, answer: SubmitResult | Exception | None) -> StoredRequest | None:
+        """Record an answer in the batch; return the request to store, if accepted."""
         if answer is not None:
             answers.answered += 1
         if isinstance(answer, SubmitResult):
@@ -171,17 +172,10 @@ def submit_wave(
             attempt = batch.submitted(item, answer.request_id)
             if not attempt:
                 log.warning("Item %s failed: %s", item.key, batch.entries[item.key].error)
-                return
+                return None
             answers.accepted.append(item)
-            if store is None:
-                return
-            try:
-                paid = batch.entries[item.key].paid
-                keep_request(store, item, StoredRequest(answer.request_id, attempt, paid), max_tries)
-            except Exception as err:  # Airflow's API refused (e.g. the try was failed meanwhile)
-                answers.stop.set()
-                answers.fatal = answers.fatal or err
-        elif isinstance(answer, FireRedSubmitUncertainError):
+            return StoredRequest(answer.request_id, attempt, batch.entries[item.key].paid)
+        if isinstance(answer, FireRedSubmitUncertainError):
             batch.uncertain(item, str(answer))  # may have been accepted: never sent again, counted paid
         elif isinstance(answer, FireRedApiError) and not answer.retryable:
             if answer.status_code in BATCH_REFUSALS:
@@ -192,6 +186,16 @@ def submit_wave(
             answers.paused = answers.paused or answer  # saturated or unreachable: the next wave tries
         elif isinstance(answer, Exception):
             answers.fatal = answers.fatal or answer
+        return None
+
+    def keep(accepted: list[tuple[BatchItem, StoredRequest]]) -> None:
+        if ledger is None or not accepted:
+            return
+        try:
+            ledger.keep(accepted)
+        except Exception as err:  # Airflow's API refused (e.g. the try was failed meanwhile)
+            answers.stop.set()
+            answers.fatal = answers.fatal or err
 
     if not batch.in_flight:
         # Nothing to wait for: the first submit waits out a 429's Retry-After here, as the hook
@@ -203,13 +207,23 @@ def submit_wave(
             # Never opened, so surely not taken: sent again with the hook's own retries, as before.
             answers.stop.clear()
             first = send(wave[0], True)
-        record(wave[0], first)
+        request = record(wave[0], first)
+        keep([(wave[0], request)] if request else [])
         wave = wave[1:]
     if wave and not answers.stop.is_set():
         with ThreadPoolExecutor(max_workers=min(settings.download_threads, len(wave))) as pool:
             sent = {pool.submit(send, item, False): item for item in wave}
-            for done in as_completed(sent):
-                record(sent[done], done.result())
+            order = {item.key: position for position, item in enumerate(wave)}
+            while sent:
+                # Every answer that came in during the last write goes in the next one (the
+                # threads go on sending meanwhile): a wave costs a few writes, not one per item.
+                done, _ = wait(sent, return_when=FIRST_COMPLETED)
+                accepted = []
+                for future in sorted(done, key=lambda future: order[sent[future].key]):
+                    item = sent.pop(future)
+                    if request := record(item, future.result()):
+                        accepted.append((item, request))
+                keep(accepted)
     if answers.refused is not None:
         batch.fail_queue("REFUSED", str(answers.refused))  # the same answer awaits every item
     if budget is not None:

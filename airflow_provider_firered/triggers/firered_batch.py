@@ -191,6 +191,6 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         gateway has no cancel endpoint: the jobs run on and are charged. Nothing is sent and nothing
         is deleted.
         """
-        kept = "task_state_store keys 'firered_batch:<key>'"
+        kept = "task_state_store keys 'firered_batch_ids:<n>'"
         kept += f" and the manifest {self.manifest}" if self.manifest else " and the batch's manifest"
         self.log.warning(stopped_by_user_text([rid for rid, _ in self.requests], kept, AFTER_CLEAR))

@@ -97,12 +97,6 @@ class CeleryDeployment(AirflowDeployment):
             self.start_triggerer()
         self.wait_workers_ready(workers)
 
-    def start_triggerer(self) -> ManagedProcess:
-        """Start one more triggerer; its trigger logs are read from the shared logs folder."""
-        count = sum(p.name.startswith("triggerer") for p in self.processes)
-        # Airflow's log server listens on every interface: not started, so nothing leaves loopback.
-        return self.start(f"triggerer-{count + 1}", "triggerer", "--skip-serve-logs")
-
     def stop_all(self, grace: float = 15) -> list[int]:
         """
         Stop every process started here: all are asked at once (each shuts down on its own), then

@@ -28,7 +28,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_firered.emulator.process import EmulatorProcess, start_emulator_process
-from firered_devtools.processes import alive, descendants, free_port, launch, pids_with_env
+from firered_devtools.processes import (
+    alive,
+    descendants,
+    free_port,
+    launch,
+    non_loopback_listeners,
+    pids_with_env,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -218,7 +225,9 @@ class AirflowDeployment:
         self.start(
             "api-server", "api-server", "--port", str(self.api_port), "--host", "127.0.0.1", niceness=nice
         )
-        self.start("scheduler", "scheduler", niceness=nice)
+        # Airflow's log server listens on every interface: not started (task logs are read from the
+        # deployment's own logs folder), so nothing of the deployment leaves loopback.
+        self.start("scheduler", "scheduler", "--skip-serve-logs", niceness=nice)
         self.start("dag-processor", "dag-processor", niceness=nice)
         count = self.triggerers if triggerers is None else triggerers
         if count == 1:
@@ -227,8 +236,9 @@ class AirflowDeployment:
             self.start_triggerers(count)
 
     def start_triggerer(self) -> ManagedProcess:
+        """Start one more triggerer (without Airflow's log server, which listens on every interface)."""
         count = sum(p.name.startswith("triggerer") for p in self.processes)
-        return self.start(f"triggerer-{count + 1}", "triggerer")
+        return self.start(f"triggerer-{count + 1}", "triggerer", "--skip-serve-logs")
 
     def start_triggerers(self, count: int, timeout: float = 120) -> list[ManagedProcess]:
         """
@@ -345,6 +355,9 @@ class AirflowDeployment:
             if health and all(
                 (health.get(name) or {}).get("status") == "healthy" for name in ("metadatabase", *components)
             ):
+                exposed = non_loopback_listeners(list(self.titles()))
+                if exposed:
+                    raise RuntimeError(f"the deployment listens beyond loopback: {exposed}")
                 return
             time.sleep(1)
         raise TimeoutError(f"deployment not healthy after {timeout:.0f}s: {health}\n{self.tail_logs()}")

@@ -144,3 +144,22 @@ class ThrowawayServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def non_loopback_listeners(pids: Sequence[int | None]) -> list[str]:
+    """
+    Return the TCP listeners of these processes that are not on a loopback address.
+
+    :param pids: the processes (None is skipped: a server whose pid is not known).
+    """
+    import psutil
+
+    found = []
+    for pid in pids:
+        if pid is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in ("127.0.0.1", "::1"):
+                    found.append(f"{pid}: {conn.laddr.ip}:{conn.laddr.port}")
+    return found

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
-import psutil
 import pytest
 from PIL import Image
 
@@ -127,6 +126,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from firered_devtools.celery import CeleryDeployment
     from firered_devtools.deployment import start_emulator
     from firered_devtools.postgres import PostgresCluster, PostgresUnavailable
+    from firered_devtools.processes import non_loopback_listeners
     from firered_devtools.redis_server import RedisServer, RedisUnavailable
     from firered_devtools.seaweedfs import SeaweedS3, SeaweedUnavailable
 
@@ -211,19 +211,6 @@ def postgres_pid(cluster: PostgresCluster) -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
     return None
-
-
-def non_loopback_listeners(pids: list[int | None]) -> list[str]:
-    """The TCP listeners of these processes that are not on a loopback address."""
-    found = []
-    for pid in pids:
-        if pid is None:
-            continue
-        with contextlib.suppress(psutil.Error):
-            for conn in psutil.Process(pid).net_connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr.ip not in ("127.0.0.1", "::1"):
-                    found.append(f"{pid}: {conn.laddr.ip}:{conn.laddr.port}")
-    return found
 
 
 # -- observing ----------------------------------------------------------------------------------------

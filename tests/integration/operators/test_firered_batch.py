@@ -324,7 +324,8 @@ class CrashingBatch(FireRedBatchEditOperator):
 
 STORE_FAILS_BATCH = """
 class FailingStore:
-    # Airflow's API refuses the third write, as when the scheduler failed the try meanwhile.
+    # Airflow's API refuses the second write (the first group of ids after the first submit's), as
+    # when the scheduler failed the try meanwhile.
     def __init__(self, store):
         self.store, self.writes = store, 0
 
@@ -333,7 +334,7 @@ class FailingStore:
 
     def set(self, key, value):
         self.writes += 1
-        if self.writes == 3:
+        if self.writes == 2:
             raise RuntimeError("API_SERVER_ERROR: 404 Task instance not found")
         return self.store.set(key, value)
 
@@ -353,8 +354,8 @@ class StoreFailsBatch(FireRedBatchEditOperator):
         # Those accepted before the crash (two, and those already on their way in other threads) were
         # kept in task_state_store and resumed; the retry submitted only the rest.
         ("batch_crash_resumed", CRASHING_BATCH, "CrashingBatch"),
-        # The gateway accepted the third submit but Airflow refused to store its id: the manifest
-        # written as the try failed still holds it, so the retry waits for it instead of paying again.
+        # The gateway accepted submits but Airflow refused to store their ids: the manifest
+        # written as the try failed still holds them, so the retry waits for them instead of paying again.
         ("batch_store_fails", STORE_FAILS_BATCH, "StoreFailsBatch"),
     ],
 )

@@ -21,7 +21,7 @@ from airflow_provider_firered.batch.manifest import (
 from airflow_provider_firered.batch.report import summary_of
 from airflow_provider_firered.batch.run_results import read_run
 from airflow_provider_firered.batch.state import BatchState
-from airflow_provider_firered.batch.store import StoredRequest, keep_request, stored_paid, stored_request
+from airflow_provider_firered.batch.store import RequestLedger, StoredRequest, stored_paid, stored_request
 from airflow_provider_firered.batch.waves import WaveAnswers, submit_wave
 from airflow_provider_firered.exceptions import FireRedSubmitUncertainError, FireRedValidationError
 from tests.unit.batch.test_state_and_waves import FakeHook, edits, fresh_batch, settings
@@ -127,8 +127,7 @@ def test_a_wave_spends_no_more_than_the_budget_and_holds_the_rest_back() -> None
         WaveAnswers(),
         settings=settings(max_paid_edits=3),
         hook=hook,  # type: ignore[arg-type]
-        store=None,
-        max_tries=0,
+        ledger=None,
         log=LOG,
     )
     assert len(hook.sent) == 3
@@ -151,8 +150,7 @@ def test_an_uncertain_submit_costs_budget_and_a_refused_one_does_not() -> None:
         WaveAnswers(),
         settings=settings(max_paid_edits=2, download_threads=1),
         hook=hook,  # type: ignore[arg-type]
-        store=None,
-        max_tries=0,
+        ledger=None,
         log=LOG,
     )
     assert len(hook.sent) == 2  # the uncertain one may have been taken: it counts
@@ -174,9 +172,10 @@ class MemoryStore:
 def test_what_earlier_tries_paid_is_carried_and_an_over_budget_item_is_taken_up_again() -> None:
     items, _ = check_items(edits(3), "firered-image-edit-v1-1", None)
     store = MemoryStore()
-    keep_request(store, items[0], StoredRequest("rid-0", 1, 3), 5)  # type: ignore[arg-type]
-    assert store.values["firered_batch:SKU-0"]["paid"] == 3
-    assert stored_request(store.get("firered_batch:SKU-0"), 5) == StoredRequest("rid-0", 1, 3)
+    RequestLedger(store, 5).keep([(items[0], StoredRequest("rid-0", 1, 3))])  # type: ignore[arg-type]
+    _ledger, values = RequestLedger.read(store, 5, items)  # type: ignore[arg-type]
+    assert values["SKU-0"]["paid"] == 3
+    assert stored_request(values["SKU-0"], 5) == StoredRequest("rid-0", 1, 3)
     # A value stored before ``paid`` counts its submits; a malformed one nothing.
     assert stored_paid({"request_id": "rid", "max_tries": 1, "attempt": 2}) == 2
     assert stored_paid({"paid": "many"}) == stored_paid(None) == 0

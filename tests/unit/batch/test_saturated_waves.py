@@ -65,7 +65,7 @@ def test_a_partly_refused_wave_keeps_the_refused_items_queued_and_unpaid() -> No
     items, batch = batch_of(8)
     gateway = SharedGateway(room=3)
     answers = WaveAnswers()
-    submit_wave(batch, answers, settings=settings(), hook=gateway, store=None, max_tries=0, log=LOG)  # type: ignore[arg-type]
+    submit_wave(batch, answers, settings=settings(), hook=gateway, ledger=None, log=LOG)  # type: ignore[arg-type]
     assert gateway.refused >= 1
     assert len(answers.accepted) == len(batch.in_flight) == 3
     # Refused or never sent: queued for the next wave, not failed, not paid.
@@ -74,7 +74,7 @@ def test_a_partly_refused_wave_keeps_the_refused_items_queued_and_unpaid() -> No
     assert batch.count("failed") == 0
     # The next wave, with room again, sends exactly the queued items: each item is accepted once.
     gateway.room = 8
-    submit_wave(batch, WaveAnswers(), settings=settings(), hook=gateway, store=None, max_tries=0, log=LOG)  # type: ignore[arg-type]
+    submit_wave(batch, WaveAnswers(), settings=settings(), hook=gateway, ledger=None, log=LOG)  # type: ignore[arg-type]
     assert batch.queue == []
     assert sorted(key for key, _start in batch.in_flight.values()) == sorted(item.key for item in items)
     assert batch.paid() == gateway.accepted == 8
@@ -84,5 +84,5 @@ def test_a_wholly_refused_wave_with_nothing_in_flight_waits_on_a_timer_unpaid() 
     _items, batch = batch_of(4)
     gateway = SharedGateway(room=0)
     with pytest.raises(SaturatedError):
-        submit_wave(batch, WaveAnswers(), settings=settings(), hook=gateway, store=None, max_tries=0, log=LOG)  # type: ignore[arg-type]
+        submit_wave(batch, WaveAnswers(), settings=settings(), hook=gateway, ledger=None, log=LOG)  # type: ignore[arg-type]
     assert (len(batch.queue), batch.paid(), batch.count("failed"), len(batch.in_flight)) == (4, 0, 0, 0)

@@ -86,7 +86,7 @@ def test_each_item_is_validated_once_and_its_request_is_what_the_wave_sends(
     batch = fresh_batch(items)
     hook = FakeHook()
     answers = WaveAnswers()
-    submit_wave(batch, answers, settings=settings(), hook=hook, store=None, max_tries=0, log=LOG)  # type: ignore[arg-type]
+    submit_wave(batch, answers, settings=settings(), hook=hook, ledger=None, log=LOG)  # type: ignore[arg-type]
     assert len(calls) == 4  # nothing was validated again on the way to the gateway
     assert sorted(map(id, hook.sent)) == sorted(id(item.request) for item in items)
     assert len(answers.accepted) == 4

@@ -62,7 +62,7 @@ def test_a_stopped_batch_counts_its_jobs_names_a_few_and_points_to_the_manifest(
     assert "so 40 FireRed jobs are still running and will be charged" in text
     assert f"({RID.format(0)}, {RID.format(1)}, {RID.format(2)} and 37 more)" in text
     assert RID.format(3) not in text
-    assert "task_state_store keys 'firered_batch:<key>' and the manifest /data/run/_manifest.jsonl" in text
+    assert "task_state_store keys 'firered_batch_ids:<n>' and the manifest /data/run/_manifest.jsonl" in text
     assert (
         "clearing it runs the batch again: it collects the jobs still running of items left unchanged" in text
     )
