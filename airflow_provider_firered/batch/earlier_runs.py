@@ -11,7 +11,8 @@ relative to the one above it, the file itself with ``O_NOFOLLOW | O_NONBLOCK`` (
 block the open) and must then be a regular file (``fstat``). An output is copied only when it is
 an image by its first bytes, within the connection's ``max_download_bytes``, and is saved under
 this run's own output name. On object storage there are no links: a location must lie inside the
-earlier root by its path alone.
+earlier root by its path alone; within one S3 store the output is checked and copied server-side
+(:mod:`~airflow_provider_firered.batch.object_copy`), anywhere else it is streamed.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
+from airflow_provider_firered.batch.object_copy import SIGNATURE_BYTES, NotReusable, copy_in_store
+from airflow_provider_firered.exceptions import FireRedValidationError
 from airflow_provider_firered.media.downloads import image_suffix
 from airflow_provider_firered.media.output_paths import EXTENSIONS, as_target, check_inside, output_name
 from airflow_provider_firered.utils.atomic_files import atomic_writer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
@@ -54,15 +56,10 @@ MAX_EARLIER_FOLDERS = 1_000
 MAX_EARLIER_BYTES = 256 * 1024 * 1024
 
 _CHUNK = 1024 * 1024
-_SIGNATURE_BYTES = 12
 _MEDIA_TYPES = {suffix: media_type for media_type, suffix in EXTENSIONS.items()}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
 _NO_LINK_DIR_FLAGS = _DIR_FLAGS | os.O_NOFOLLOW
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-class NotReusable(FireRedError):
-    """An earlier output that is not copied: the item is edited instead."""
 
 
 class EarlierItem(Protocol):
@@ -210,8 +207,7 @@ def copy_outputs(
     copied: list[Path | ObjectStoragePath] = []
     try:
         for index, output in enumerate(entry.outputs):
-            with _open_output(batch, entry.key, output) as source:
-                copied.append(_copy(source, output, entry, index, target_dir, max_bytes))
+            copied.append(_copy_output(batch, entry, index, output, target_dir, max_bytes))
     except BaseException:
         for done in copied:
             with contextlib.suppress(OSError, NotImplementedError):
@@ -220,8 +216,40 @@ def copy_outputs(
     return [str(target) for target in copied]
 
 
-@contextlib.contextmanager
-def _open_output(batch: EarlierBatch, key: str, output: str) -> Iterator[IO[bytes]]:
+def _copy_output(
+    batch: EarlierBatch,
+    entry: EarlierItem,
+    index: int,
+    output: str,
+    target_dir: Path | ObjectStoragePath,
+    max_bytes: int,
+) -> Path | ObjectStoragePath:
+    """Copy one output: server-side within one S3 store, else streamed through :func:`_copy`."""
+
+    def name(head: bytes) -> str:
+        suffix = image_suffix(head)
+        if suffix is None:
+            raise NotReusable(f"{output[:200]!r} is not a PNG, JPEG, WebP or GIF image")
+        try:
+            return output_name(str(entry.request_id), index, _MEDIA_TYPES[suffix])
+        except FireRedValidationError as err:
+            raise NotReusable(str(err)) from None
+
+    source = _locate(batch, entry.key, output)
+    if not isinstance(source, tuple) and not isinstance(target_dir, Path):
+        done = copy_in_store(source, target_dir, name, max_bytes=max_bytes, what=repr(output[:200]))
+        if done is not None:
+            return done
+    with _open_output(source, output) as handle:
+        return _copy(handle, output, name, target_dir, max_bytes)
+
+
+def _locate(batch: EarlierBatch, key: str, output: str) -> tuple[Path, tuple[str, ...]] | ObjectStoragePath:
+    """
+    Return where an output lies: a local earlier root and the parts below it, or its object-store path.
+
+    :raises NotReusable: unless it is a file directly in the earlier batch's ``<key>/`` folder.
+    """
     try:
         source = as_target(output, field_name="previous")
     except (FireRedValidationError, ValueError) as err:
@@ -230,20 +258,28 @@ def _open_output(batch: EarlierBatch, key: str, output: str) -> Iterator[IO[byte
     if isinstance(root, Path):
         if not isinstance(source, Path):
             raise NotReusable(f"{output[:200]!r} is not a local path like its earlier run")
-        name = _local_name(root, batch.parts, key, source)
+        return root, (*batch.parts, key, _local_name(root, batch.parts, key, source))
+    if isinstance(source, Path):
+        raise NotReusable(f"{output[:200]!r} is not in the object store of its earlier run")
+    folder = root / key if batch.folder is None else root / batch.folder / key
+    name = posixpath.relpath(posixpath.normpath("/" + source.path), posixpath.normpath("/" + folder.path))
+    if source.protocol != folder.protocol or not _plain(name):
+        raise NotReusable(f"{output[:200]!r} is not a file of {folder}")
+    return folder / name
+
+
+@contextlib.contextmanager
+def _open_output(
+    source: tuple[Path, tuple[str, ...]] | ObjectStoragePath, output: str
+) -> Iterator[IO[bytes]]:
+    if isinstance(source, tuple):
         try:
-            handle = open_regular_below(root, (*batch.parts, key, name))
+            handle = open_regular_below(*source)
         except OSError as err:
             raise NotReusable(f"{output[:200]!r}: {err.strerror or err}") from None
     else:
-        if isinstance(source, Path):
-            raise NotReusable(f"{output[:200]!r} is not in the object store of its earlier run")
-        folder = root / key if batch.folder is None else root / batch.folder / key
-        name = posixpath.relpath(posixpath.normpath("/" + source.path), posixpath.normpath("/" + folder.path))
-        if source.protocol != folder.protocol or not _plain(name):
-            raise NotReusable(f"{output[:200]!r} is not a file of {folder}")
         try:
-            handle = (folder / name).open("rb")
+            handle = source.open("rb")
         except (OSError, NotImplementedError) as err:
             raise NotReusable(f"{output[:200]!r}: {err}") from None
     with handle:
@@ -263,28 +299,29 @@ def _local_name(root: Path, parts: tuple[str, ...], key: str, source: Path) -> s
 def _copy(
     source: IO[bytes],
     output: str,
-    entry: EarlierItem,
-    index: int,
+    name: Callable[[bytes], str],
     target_dir: Path | ObjectStoragePath,
     max_bytes: int,
 ) -> Path | ObjectStoragePath:
     head = b""
-    while len(head) < _SIGNATURE_BYTES and (more := source.read(_SIGNATURE_BYTES - len(head))):
+    while len(head) < SIGNATURE_BYTES and (more := source.read(SIGNATURE_BYTES - len(head))):
         head += more
-    suffix = image_suffix(head)
-    if suffix is None:
-        raise NotReusable(f"{output[:200]!r} is not a PNG, JPEG, WebP or GIF image")
+    target = target_dir / name(head)
     try:
-        target = target_dir / output_name(str(entry.request_id), index, _MEDIA_TYPES[suffix])
         check_inside(target, target_dir)
     except FireRedValidationError as err:
         raise NotReusable(str(err)) from None
-    size = len(head)
-    with atomic_writer(target) as out:
-        out.write(head)
-        while chunk := source.read(_CHUNK):
-            size += len(chunk)
-            if size > max_bytes:
-                raise NotReusable(f"{output[:200]!r} is larger than the {max_bytes}-byte max_download_bytes")
-            out.write(chunk)
+    with atomic_writer(target) as out:  # a refusal halfway publishes nothing, on disk or object store
+        _pour(head, source, out, output, max_bytes)
     return target
+
+
+def _pour(head: bytes, source: IO[bytes], out: IO[bytes], output: str, max_bytes: int) -> None:
+    """Write ``head`` and the rest of ``source`` to ``out``, refusing more than ``max_bytes`` in all."""
+    size = len(head)
+    out.write(head)
+    while chunk := source.read(_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise NotReusable(f"{output[:200]!r} is larger than the {max_bytes}-byte max_download_bytes")
+        out.write(chunk)

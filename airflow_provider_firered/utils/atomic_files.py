@@ -7,13 +7,15 @@ written through.
 Locally the bytes go to a fresh temporary file created exclusively (``O_CREAT | O_EXCL``: a planted
 link at that name makes the creation fail rather than be followed) in the target's folder, which is
 then renamed over the target (``os.replace`` replaces a link at the target; it does not follow it).
-On object storage the file is one upload, published only once complete.
+On object storage the file is one upload, sent only once the writing succeeded (the bytes wait in a
+local temporary file meanwhile), so a failure halfway publishes nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,9 @@ __all__ = ["PART_SUFFIX", "LocalPart", "atomic_writer", "local_part", "write_ato
 
 #: The temporary files' suffix; a temporary name is ``.<target name>.<random>.part``.
 PART_SUFFIX = ".part"
+#: What an object-store write keeps in memory before its temporary file goes to disk.
+_SPOOL_BYTES = 1024 * 1024
+_COPY_CHUNK = 1024 * 1024
 
 
 def _file_mode() -> int:
@@ -89,10 +94,15 @@ def atomic_writer(target: Path | ObjectStoragePath) -> Iterator[IO[bytes]]:
     :param target: the file to write (its folder is created when missing).
     """
     if not isinstance(target, Path):
-        with contextlib.suppress(OSError, NotImplementedError):
-            target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
-        with target.open("wb") as remote:
-            yield remote
+        # An object store publishes whatever its file holds when it is closed, a failure included:
+        # the bytes wait here until the writing succeeded, then go up in one upload.
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, prefix="firered-") as spool:
+            yield spool
+            spool.seek(0)
+            with contextlib.suppress(OSError, NotImplementedError):
+                target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
+            with target.open("wb") as remote:
+                shutil.copyfileobj(spool, remote, _COPY_CHUNK)
         return
     with local_part(target) as part:
         yield part.file
