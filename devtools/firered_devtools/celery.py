@@ -6,8 +6,8 @@ as if on a machine of its own. Task results go to the metadata database (Postgre
 A development tool (Linux only): the provider never imports it.
 
 Each worker reports its name as the host name of the task instances it runs (Airflow's
-``[core] hostname_callable``, :func:`worker_hostname`), so the ``task_instance`` and
-``task_instance_history`` tables tell which worker ran each try.
+``[core] hostname_callable``, :func:`~firered_devtools.celery_worker.worker_hostname`), so the
+``task_instance`` and ``task_instance_history`` tables tell which worker ran each try.
 """
 
 from __future__ import annotations
@@ -15,22 +15,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 
+from firered_devtools.celery_worker import WORKER_VAR
 from firered_devtools.deployment import AirflowDeployment, ManagedProcess
 
-#: The environment variable that names the worker a process belongs to.
-WORKER_VAR = "FIRERED_CELERY_WORKER"
 #: The name of every worker's process in the deployment's list: ``celery-worker-<n>``.
 WORKER_PREFIX = "celery-worker-"
-
-
-def worker_hostname() -> str:
-    """Return the name of the Celery worker this process belongs to, else the machine's name."""
-    return os.environ.get(WORKER_VAR) or socket.getfqdn()
 
 
 def result_backend(database_url: str) -> str:
@@ -60,7 +53,11 @@ class CeleryDeployment(AirflowDeployment):
         env = super()._environment()
         config = {
             "CORE__EXECUTOR": "CeleryExecutor",
-            "CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+            "CORE__HOSTNAME_CALLABLE": "firered_devtools.celery_worker.worker_hostname",
+            # What every task imports is imported once per worker, before its pool forks: the
+            # provider through its plugin, S3 and DAG parsing through Celery's ``imports``.
+            "CORE__LAZY_LOAD_PLUGINS": "False",
+            "CELERY__CELERY_CONFIG_OPTIONS": "firered_devtools.celery_worker.CELERY_CONFIG",
             "CELERY__BROKER_URL": self.broker_url,
             "CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
             "CELERY__SYNC_PARALLELISM": "1",
