@@ -226,22 +226,25 @@ def _copy_output(
 ) -> Path | ObjectStoragePath:
     """Copy one output: server-side within one S3 store, else streamed through :func:`_copy`."""
 
-    def name(head: bytes) -> str:
+    def target(head: bytes) -> Path | ObjectStoragePath:
+        """Return the copy's location, named by this run from the output's first bytes."""
         suffix = image_suffix(head)
         if suffix is None:
             raise NotReusable(f"{output[:200]!r} is not a PNG, JPEG, WebP or GIF image")
         try:
-            return output_name(str(entry.request_id), index, _MEDIA_TYPES[suffix])
+            copy = target_dir / output_name(str(entry.request_id), index, _MEDIA_TYPES[suffix])
+            check_inside(copy, target_dir)
         except FireRedValidationError as err:
             raise NotReusable(str(err)) from None
+        return copy
 
     source = _locate(batch, entry.key, output)
     if not isinstance(source, tuple) and not isinstance(target_dir, Path):
-        done = copy_in_store(source, target_dir, name, max_bytes=max_bytes, what=repr(output[:200]))
+        done = copy_in_store(source, target_dir, target, max_bytes=max_bytes, what=repr(output[:200]))
         if done is not None:
             return done
     with _open_output(source, output) as handle:
-        return _copy(handle, output, name, target_dir, max_bytes)
+        return _copy(handle, output, target, max_bytes)
 
 
 def _locate(batch: EarlierBatch, key: str, output: str) -> tuple[Path, tuple[str, ...]] | ObjectStoragePath:
@@ -299,18 +302,13 @@ def _local_name(root: Path, parts: tuple[str, ...], key: str, source: Path) -> s
 def _copy(
     source: IO[bytes],
     output: str,
-    name: Callable[[bytes], str],
-    target_dir: Path | ObjectStoragePath,
+    target_of: Callable[[bytes], Path | ObjectStoragePath],
     max_bytes: int,
 ) -> Path | ObjectStoragePath:
     head = b""
     while len(head) < SIGNATURE_BYTES and (more := source.read(SIGNATURE_BYTES - len(head))):
         head += more
-    target = target_dir / name(head)
-    try:
-        check_inside(target, target_dir)
-    except FireRedValidationError as err:
-        raise NotReusable(str(err)) from None
+    target = target_of(head)
     with atomic_writer(target) as out:  # a refusal halfway publishes nothing, on disk or object store
         _pour(head, source, out, output, max_bytes)
     return target

@@ -29,8 +29,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_firered.exceptions import FireRedError, FireRedValidationError
-from airflow_provider_firered.media.output_paths import check_inside
+from airflow_provider_firered.exceptions import FireRedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,7 +69,7 @@ def _one_s3_store(source: ObjectStoragePath, target_dir: ObjectStoragePath) -> A
 def copy_in_store(
     source: ObjectStoragePath,
     target_dir: ObjectStoragePath,
-    name: Callable[[bytes], str],
+    target_of: Callable[[bytes], Any],
     *,
     max_bytes: int,
     what: str,
@@ -80,8 +79,9 @@ def copy_in_store(
 
     :param source: the earlier output (already checked to lie in its key folder).
     :param target_dir: this run's folder for the item.
-    :param name: gives the copy's file name from the output's first bytes; raises
-        :class:`NotReusable` when they are not an image's.
+    :param target_of: gives the copy's location in ``target_dir`` (this run's own name, checked to lie
+        inside it) from the output's first bytes; raises :class:`NotReusable` when they are not an
+        image's.
     :param max_bytes: the largest output copied (the connection's ``max_download_bytes``).
     :param what: the output as named in messages.
     :return: the copy, or None when the caller streams the output instead.
@@ -104,11 +104,7 @@ def copy_in_store(
         return None  # nothing to pin the copy to: stream it
     bucket, key, _ = fs.split_path(source.path)
     head = _first_bytes(fs, bucket, key, min(size, SIGNATURE_BYTES), etag, what) if size else b""
-    target = target_dir / name(head)
-    try:
-        check_inside(target, target_dir)
-    except FireRedValidationError as err:
-        raise NotReusable(str(err)) from None
+    target: ObjectStoragePath = target_of(head)
     if target.path != source.path:  # a copy onto itself would only rewrite what was checked
         _copy_object(fs, (bucket, key), target.path, etag, what)
     return target

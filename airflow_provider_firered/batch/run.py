@@ -227,8 +227,8 @@ class BatchRun:
         """
         Return where this try stores accepted request ids; None before Airflow 3.3.
 
-        A try's first process writes from the first group (its start read any earlier ones); a
-        process taken up after a wait finds the last group written.
+        A retry's start has read every earlier group already; any other process (a first try, or
+        one taken up after a wait) finds the last group written from the kept count, then past it.
 
         :param context: the task's context.
         """

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -28,7 +27,7 @@ from airflow_provider_firered.gateway.results import check_media_type, content_l
 from airflow_provider_firered.media.hosts import HostRefused, MediaExchange, MediaHostPolicy, media_exchange
 from airflow_provider_firered.media.output_paths import as_target, check_inside, output_name
 from airflow_provider_firered.utils import metrics
-from airflow_provider_firered.utils.atomic_files import atomic_writer, local_part
+from airflow_provider_firered.utils.atomic_files import local_part, upload_whole
 from airflow_provider_firered.utils.metrics import Metric
 from airflow_provider_firered.utils.urls import http_url_parts, is_http_url
 
@@ -123,14 +122,12 @@ def _download_local(fetch: Callable[[IO[bytes]], str], target: Path, suffix_from
 def _download_remote(
     fetch: Callable[[IO[bytes]], str], target: ObjectStoragePath, suffix_from_content: bool
 ) -> str:
-    # The body waits in an anonymous local file until it is checked whole; object stores then
-    # publish the object only once its upload completes.
+    # The body waits in an anonymous local file until it is checked whole (its name comes from it),
+    # then goes up in one upload.
     with tempfile.TemporaryFile(prefix="firered-") as part:
         suffix = fetch(part)
         final = target.with_suffix(suffix) if suffix_from_content else target
-        part.seek(0)
-        with atomic_writer(final) as dst:
-            shutil.copyfileobj(part, dst, _CHUNK)
+        upload_whole(final, part)
     return str(final)
 
 

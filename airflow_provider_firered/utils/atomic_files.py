@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from airflow.providers.common.compat.sdk import ObjectStoragePath
 
-__all__ = ["PART_SUFFIX", "LocalPart", "atomic_writer", "local_part", "write_atomic"]
+__all__ = ["PART_SUFFIX", "LocalPart", "atomic_writer", "local_part", "upload_whole", "write_atomic"]
 
 #: The temporary files' suffix; a temporary name is ``.<target name>.<random>.part``.
 PART_SUFFIX = ".part"
@@ -98,14 +98,27 @@ def atomic_writer(target: Path | ObjectStoragePath) -> Iterator[IO[bytes]]:
         # the bytes wait here until the writing succeeded, then go up in one upload.
         with tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES, prefix="firered-") as spool:
             yield spool
-            spool.seek(0)
-            with contextlib.suppress(OSError, NotImplementedError):
-                target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
-            with target.open("wb") as remote:
-                shutil.copyfileobj(spool, remote, _COPY_CHUNK)
+            upload_whole(target, spool)
         return
     with local_part(target) as part:
         yield part.file
+
+
+def upload_whole(target: ObjectStoragePath, source: IO[bytes]) -> None:
+    """
+    Upload a complete local file to object storage in one upload: the object appears whole.
+
+    For bytes already written and checked (a download learns its name from its body); anything
+    still being written goes through :func:`atomic_writer`, which calls this once it succeeded.
+
+    :param target: the object to write (its folder is created when the store has folders).
+    :param source: the local file, read from its start.
+    """
+    source.seek(0)
+    with contextlib.suppress(OSError, NotImplementedError):
+        target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
+    with target.open("wb") as remote:
+        shutil.copyfileobj(source, remote, _COPY_CHUNK)
 
 
 def write_atomic(target: Path | ObjectStoragePath, data: bytes | str) -> None:
