@@ -70,3 +70,13 @@ def test_a_line_statement_prefix_counts_as_template_syntax() -> None:
     )
     op.render_template_fields({"ds": "2026-03-01"})
     assert op.edits[0]["prompt"] == "1\n2\n"
+
+
+def test_a_plain_string_stays_a_string_under_native_rendering() -> None:
+    op = batch(
+        [{"key": "123", "prompt": "{{ 2 + 3 }}", "images": [IMAGE]}],
+        render_template_as_native_obj=True,
+    )
+    op.render_template_fields({"ds": "2026-03-01"})
+    assert op.edits[0]["key"] == "123"  # no template syntax: kept as given, not made a number
+    assert op.edits[0]["prompt"] == 5  # rendered natively, as Airflow renders it
