@@ -66,6 +66,10 @@ class BatchState:
         self.owners: dict[str, str] = {}
         #: items whose job, submitted before a user's clear, is collected: fingerprinted with the first wave
         self.collected_after_clear: list[BatchItem] = []
+        #: request id -> when this process had the gateway's acceptance (epoch seconds)
+        self.sent_at: dict[str, float] = {}
+        #: the median duration, by the gateway's clock, of the jobs that ended in the event taken
+        self.job_seconds: float | None = None
 
     # building
     def _entry(
@@ -171,6 +175,8 @@ class BatchState:
         for rid, ended in event.ended.items():
             if rid in self.in_flight:
                 self.ended[rid] = ended
+        durations = sorted(ended.duration for ended in self.ended.values() if ended.duration is not None)
+        self.job_seconds = durations[len(durations) // 2] if durations else None
         for rid, (key, _start) in list(self.in_flight.items()):
             if rid in event.starts:
                 self.in_flight[rid] = (key, event.starts[rid])
@@ -203,6 +209,7 @@ class BatchState:
         entry.request_id = request_id
         self.owners[request_id] = item.key
         self.in_flight[request_id] = (item.key, self._start_deadline())
+        self.sent_at[request_id] = time.time()
         return entry.attempt
 
     def fail(self, item: BatchItem, status: str, error: str) -> None:

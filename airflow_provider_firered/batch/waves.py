@@ -82,6 +82,35 @@ def wake_after(in_flight: int, queued: int) -> int:
     return max(1, min(queued, in_flight // 2))
 
 
+#: Seconds after a wave's expected end that the read timed for it comes: the gateway dates a job's
+#: creation before its answer reaches the worker, so its end is due a little before this.
+READ_MARGIN = 0.25
+
+
+def first_read_at(batch: BatchState, earliest: float, poll_interval: float) -> float:
+    """
+    Return when the trigger reads first: so that one read comes just after the last wave is due to end.
+
+    The jobs of one wave tend to end together, about as long after their submits as the jobs of the
+    wave before took (the median of their durations by the gateway's clock). Reads stay
+    ``poll_interval`` apart from ``earliest`` on, their grid only shifted: the first read comes less
+    than one interval after ``earliest`` whatever that duration says, so a late or untrue duration
+    delays nothing beyond the plain grid, and a job ending early is still seen within an interval.
+    Without a duration (the try's first wave) or a submit of this process in flight: ``earliest``.
+
+    :param batch: the batch's state, its latest wave submitted.
+    :param earliest: the first moment a read may come (epoch seconds).
+    :param poll_interval: seconds between reads.
+    """
+    sent = [batch.sent_at[rid] for rid in batch.in_flight if rid in batch.sent_at]
+    if batch.job_seconds is None or not sent:
+        return earliest
+    due = max(sent) + batch.job_seconds + READ_MARGIN
+    if due <= earliest:
+        return earliest
+    return due - ((due - earliest) // poll_interval) * poll_interval
+
+
 def hold_back_if_spent(batch: BatchState, budget: int, log: BatchLog) -> bool:
     """
     Hold back every item still to submit once ``max_paid_edits`` is spent; return whether it is.

@@ -16,7 +16,7 @@ from airflow_provider_firered.batch.manifest import manifest_path
 from airflow_provider_firered.batch.plan import plan_batch
 from airflow_provider_firered.batch.run import BatchRun
 from airflow_provider_firered.batch.settings import BatchSettings
-from airflow_provider_firered.batch.waves import wake_after
+from airflow_provider_firered.batch.waves import first_read_at, wake_after
 from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.gateway.options import DEFAULT_MODEL
 from airflow_provider_firered.hooks.firered import FireRedHook
@@ -254,7 +254,8 @@ class FireRedBatchEditOperator(BaseOperator):
         Run waves until the batch waits (deferred, or here) or finishes.
 
         Each wave frees the slots of what ended, submits the next items into them and downloads what
-        completed; the batch then waits for half a wave to end (:func:`wake_after`).
+        completed; the batch then waits for half a wave to end (:func:`wake_after`), its first read
+        timed for the wave's expected end (:func:`first_read_at`).
         """
         while True:
             saturated = run.wave(context, batch)
@@ -263,13 +264,15 @@ class FireRedBatchEditOperator(BaseOperator):
             if not batch.in_flight:
                 return self._finish(context, run, batch)
             run.save(batch)
+            # The hold: Airflow 3.3 can fail a task resumed before its deferral was recorded.
+            earliest = time.time() + (RESUME_AFTER if self.deferrable else 0.0)
             trigger = FireRedBatchStatusTrigger(
                 requests=[[rid, start] for rid, (_key, start) in batch.in_flight.items()],
                 firered_conn_id=self.firered_conn_id,
                 poll_interval=self.poll_interval,
                 deadline=batch.deadline,
                 min_ended=wake_after(len(batch.in_flight), len(batch.queue)),
-                not_before=time.time() + RESUME_AFTER if self.deferrable else 0.0,
+                not_before=first_read_at(batch, earliest, run.settings.poll_interval),
                 manifest=str(manifest_path(self.output_root)),
             )
             if self.deferrable:

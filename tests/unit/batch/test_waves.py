@@ -1,10 +1,17 @@
-"""When a batch's wait ends: half a wave while items are left to submit, everything at the end."""
+"""When a batch's wait ends (half a wave while items are left to submit), and when its first read comes."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from airflow_provider_firered.batch.waves import wake_after
+from airflow_provider_firered.batch.items import check_items
+from airflow_provider_firered.batch.state import BatchState
+from airflow_provider_firered.batch.waves import READ_MARGIN, first_read_at, wake_after
+from airflow_provider_firered.triggers.events import BatchEvent, EndedJob, EndedStatus
+
+IMAGE = "https://example.com/a.png"
 
 
 @pytest.mark.parametrize(
@@ -21,3 +28,77 @@ def test_the_wait_ends_once_half_a_wave_or_the_rest_of_the_queue_ended(
     in_flight: int, queued: int, expected: int
 ) -> None:
     assert wake_after(in_flight, queued) == expected
+
+
+# -- the first read of a wait, timed for the wave's expected end ---------------------------------------
+
+
+def _waited_wave(durations: list[float | None], sent: list[float]) -> BatchState:
+    """A batch whose last event ended jobs of ``durations``, then submitted jobs at the times ``sent``."""
+    items, _ = check_items(
+        [
+            {"key": f"SKU-{n}", "prompt": "Make it blue", "images": [IMAGE]}
+            for n in range(len(durations) + len(sent))
+        ],
+        "firered-image-edit-v1-1",
+        None,
+    )
+    batch = BatchState(items, {}, deadline=0.0, timeout=600.0)
+    for item in items:
+        batch.resume(item, None, None)
+    for n, _duration in enumerate(durations):
+        batch.submitted(items[n], f"old-{n}")
+    batch.take_event(
+        BatchEvent(
+            {f"old-{n}": EndedJob(EndedStatus.FAILED, error="x", duration=d) for n, d in enumerate(durations)}
+        )
+    )
+    batch.settle()
+    for n, at in enumerate(sent):
+        batch.submitted(items[len(durations) + n], f"new-{n}")
+        batch.sent_at[f"new-{n}"] = at
+    return batch
+
+
+def test_the_first_read_comes_just_after_the_last_submit_plus_the_median_duration() -> None:
+    batch = _waited_wave([19.0, 20.0, 35.0], sent=[1000.0, 1001.0])  # median 20 s, last submit at 1001
+    due = 1001.0 + 20.0 + READ_MARGIN
+    # Reads stay 5 s apart from the earliest moment on, their grid shifted so that one lands on `due`.
+    assert first_read_at(batch, earliest=1005.0, poll_interval=5.0) == pytest.approx(due - 15.0)
+    assert first_read_at(batch, earliest=1010.0, poll_interval=5.0) == pytest.approx(due - 10.0)
+    assert first_read_at(batch, earliest=due, poll_interval=5.0) == pytest.approx(due)
+
+
+def test_an_untrue_duration_delays_the_first_read_by_less_than_an_interval() -> None:
+    earliest = 1005.0
+    for duration in (0.0, 7.3, 20.0, 3600.0, 86400.0 * 365):
+        batch = _waited_wave([duration], sent=[1000.0])
+        first = first_read_at(batch, earliest=earliest, poll_interval=5.0)
+        assert earliest <= first < earliest + 5.0
+
+
+def test_without_a_duration_or_a_submit_of_its_own_the_first_read_is_the_earliest() -> None:
+    # The try's first wave: no event yet, so no duration.
+    no_event = _waited_wave([], sent=[1000.0])
+    assert first_read_at(no_event, earliest=1005.0, poll_interval=5.0) == 1005.0
+    # Durations the gateway did not date.
+    undated = _waited_wave([None, None], sent=[1000.0])
+    assert first_read_at(undated, earliest=1005.0, poll_interval=5.0) == 1005.0
+    # Nothing in flight was submitted by this process (a wave that submitted nothing).
+    nothing_sent = _waited_wave([20.0], sent=[])
+    nothing_sent.in_flight["carried"] = ("SKU-0", None)
+    assert first_read_at(nothing_sent, earliest=1005.0, poll_interval=5.0) == 1005.0
+    # Expected to end within the hold: read when the hold ends.
+    soon = _waited_wave([1.0], sent=[1000.0])
+    assert first_read_at(soon, earliest=1005.0, poll_interval=5.0) == 1005.0
+
+
+def test_a_submit_records_when_it_was_accepted() -> None:
+    items, _ = check_items(
+        [{"key": "SKU-0", "prompt": "Make it blue", "images": [IMAGE]}], "firered-image-edit-v1-1", None
+    )
+    batch = BatchState(items, {}, deadline=0.0, timeout=600.0)
+    batch.resume(items[0], None, None)
+    before = time.time()
+    batch.submitted(items[0], "rid-1")
+    assert before <= batch.sent_at["rid-1"] <= time.time()
