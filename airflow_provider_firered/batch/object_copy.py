@@ -4,20 +4,22 @@ Copy an earlier output inside one S3 store server-side: its bytes never pass thr
 A batch that reuses an unchanged item's outputs on S3 would otherwise read each output and upload it
 again (S3 -> worker -> S3). When the earlier output and this run's folder are in one store (one
 filesystem object: the same protocol and connection), the object is checked where it lies and
-copied by the store itself (``CopyObject``):
+copied by the store itself (``CopyObject``), in two requests:
 
-1. its metadata is read once (``HEAD``): a regular object, at most ``max_download_bytes`` long;
-2. only its first bytes are read (a ranged ``GET``) and must be a PNG, JPEG, WebP or GIF image;
-3. the store copies it to this run's own output name.
+1. only its first bytes are read (a ranged ``GET``): they must be a PNG, JPEG, WebP or GIF image,
+   and the answer tells the object's whole size (``Content-Range``), at most ``max_download_bytes``,
+   and its ``ETag``;
+2. the store copies it to this run's own output name, pinned to that ``ETag``
+   (``x-amz-copy-source-if-match``): an object replaced after its check is refused by the store
+   itself (412) and nothing is copied.
 
-Both the ranged read and the copy are pinned to the ETag read in step 1 (``If-Match`` on the
-``GET``, ``x-amz-copy-source-if-match`` on the copy): an object replaced after its check is refused
-by the store itself (412) and nothing is copied. A precondition rather than a check of the copy
-afterwards: it costs no request, and a copy's ETag need not equal its source's (multipart uploads,
-SSE-KMS), so an after-check would have to read the copy again. s3fs passes both arguments to the
-S3 call as they are; AWS S3 and SeaweedFS honour them (the integration tests replace the object
-just before each of the two requests). A store that ignored them would copy what the object holds
-at the copy: that is not guarded against.
+A precondition rather than a check of the copy afterwards: it costs no request, and a copy's ETag
+need not equal its source's (multipart uploads, SSE-KMS), so an after-check would have to read the
+copy again. s3fs passes the argument to the S3 call as it is; AWS S3 and SeaweedFS honour it (the
+integration tests replace the object just before the copy). A store that ignored it would copy what
+the object holds at the copy: that is not guarded against. Each request costs the worker more CPU
+than the bytes it moves (signing, parsing: about 3 ms here), so none is spent twice: the metadata
+the ranged read answers is not asked again with a ``HEAD``.
 
 A ``CopyObject`` makes the target appear whole, so no temporary name is needed. Local disks, other
 stores and any case where the two are not one S3 store are left to the streaming copy of
@@ -27,9 +29,11 @@ stores and any case where the two are not one S3 store are left to the streaming
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_firered.exceptions import FireRedError
+from airflow_provider_firered.utils.object_stores import is_s3
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,13 +61,7 @@ def _one_s3_store(source: ObjectStoragePath, target_dir: ObjectStoragePath) -> A
     run's; only with one filesystem are those the same.
     """
     fs = source.fs
-    if fs is not target_dir.fs:
-        return None
-    try:
-        from s3fs import S3FileSystem
-    except ImportError:  # no S3 filesystem installed: the object is not on S3
-        return None
-    return fs if isinstance(fs, S3FileSystem) else None
+    return fs if fs is target_dir.fs and is_s3(fs) else None
 
 
 def copy_in_store(
@@ -90,43 +88,47 @@ def copy_in_store(
     fs = _one_s3_store(source, target_dir)
     if fs is None:
         return None
-    try:
-        info = fs.info(source.path)
-    except (OSError, ValueError) as err:
-        raise NotReusable(f"{what}: {err}") from None
-    if info.get("type") != "file":
-        raise NotReusable(f"{what} is not a regular object")
-    size = info.get("size")
-    if not isinstance(size, int) or size > max_bytes:
-        raise NotReusable(f"{what} is larger than the {max_bytes}-byte max_download_bytes")
-    etag = info.get("ETag")
-    if not isinstance(etag, str) or not etag:
-        return None  # nothing to pin the copy to: stream it
     bucket, key, _ = fs.split_path(source.path)
-    head = _first_bytes(fs, bucket, key, min(size, SIGNATURE_BYTES), etag, what) if size else b""
+    head, size, etag = _first_bytes(fs, bucket, key, what)
+    if size > max_bytes:
+        raise NotReusable(f"{what} is larger than the {max_bytes}-byte max_download_bytes")
+    if not etag:
+        return None  # nothing to pin the copy to: stream it
     target: ObjectStoragePath = target_of(head)
     if target.path != source.path:  # a copy onto itself would only rewrite what was checked
         _copy_object(fs, (bucket, key), target.path, etag, what)
     return target
 
 
-def _first_bytes(fs: Any, bucket: str, key: str, count: int, etag: str, what: str) -> bytes:
-    """Return the object's first ``count`` bytes, read with one ranged ``GET`` of the version checked."""
+#: ``Content-Range: bytes <first>-<last>/<size>``: the object's whole size after the slash.
+_WHOLE_SIZE = re.compile(r"bytes \d+-\d+/(\d+)")
+
+
+def _first_bytes(fs: Any, bucket: str, key: str, what: str) -> tuple[bytes, int, str | None]:
+    """
+    Return an object's first bytes, its whole size and its ``ETag``, from one ranged ``GET``.
+
+    The size is the ``Content-Range`` total, or the length of the whole body from a store that
+    ignores ``Range``; of that body only :data:`SIGNATURE_BYTES` are read.
+    """
     from fsspec.asyn import sync
 
     try:
-        response = fs.call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{count - 1}", IfMatch=etag
-        )
+        response = fs.call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{SIGNATURE_BYTES - 1}")
         body = response["Body"]
         try:
-            # At most `count` bytes even from a store that ignores Range; closing drops the rest.
-            data = sync(fs.loop, body.read, count)
+            # At most SIGNATURE_BYTES even from a store that ignores Range; closing drops the rest.
+            data = bytes(sync(fs.loop, body.read, SIGNATURE_BYTES))
         finally:
             body.close()
-    except OSError as err:
-        raise NotReusable(f"{what} could not be read as checked (replaced since?): {err}") from None
-    return bytes(data)
+    except (OSError, ValueError) as err:  # an empty object answers 416: nothing to check either
+        raise NotReusable(f"{what}: {err}") from None
+    whole = _WHOLE_SIZE.fullmatch(str(response.get("ContentRange") or ""))
+    size = int(whole.group(1)) if whole else response.get("ContentLength")
+    if not isinstance(size, int) or size < len(data):
+        raise NotReusable(f"{what}: the store did not say how large it is")
+    etag = response.get("ETag")
+    return data, size, etag if isinstance(etag, str) and etag else None
 
 
 def _copy_object(fs: Any, source: tuple[str, str], target: str, etag: str, what: str) -> None:

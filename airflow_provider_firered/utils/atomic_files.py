@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from airflow_provider_firered.utils.object_stores import is_s3
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -115,8 +117,9 @@ def upload_whole(target: ObjectStoragePath, source: IO[bytes]) -> None:
     :param source: the local file, read from its start.
     """
     source.seek(0)
-    with contextlib.suppress(OSError, NotImplementedError):
-        target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://, a no-op on buckets
+    if not is_s3(target.fs):  # S3 has no folders (s3fs would ask whether the bucket exists)
+        with contextlib.suppress(OSError, NotImplementedError):
+            target.parent.mkdir(parents=True, exist_ok=True)  # needed for file://
     with target.open("wb") as remote:
         shutil.copyfileobj(source, remote, _COPY_CHUNK)
 

@@ -1,7 +1,8 @@
 """
 Reusing an earlier output on S3 (SeaweedFS, a real S3 server on loopback): within one store the
-object is checked by its metadata and first bytes and copied server-side, pinned to the version
-checked; between stores, or on a filesystem without a server-side copy, it is streamed as before.
+object is checked by its first bytes (the answer also gives its size) and copied server-side, pinned
+to the version checked; between stores, or on a filesystem without a server-side copy, it is
+streamed as before.
 
 What the worker asks the store is seen through the S3 client's own events: every operation, and the
 length of every object body it is sent (``GetObject``).
@@ -174,7 +175,8 @@ def test_a_reuse_on_s3_is_copied_server_side_reading_only_the_signature(s3: S3, 
     # The store copied them: the worker was sent only their signatures and uploaded nothing.
     assert 0 < traffic.downloaded <= 2 * SIGNATURE_BYTES, traffic.downloaded
     assert not UPLOADS & set(traffic.calls), traffic.calls
-    assert traffic.calls.count("CopyObject") == 2, traffic.calls
+    # Two requests per output: its first bytes (with its size and ETag), then the copy.
+    assert sorted(traffic.calls) == ["CopyObject", "CopyObject", "GetObject", "GetObject"], traffic.calls
 
 
 def _refused(s3: S3, prefix: str, case: str) -> tuple[list[str], int, str]:
@@ -189,7 +191,10 @@ def _refused(s3: S3, prefix: str, case: str) -> tuple[list[str], int, str]:
         return [s3.put(f"{prefix}/night1/B/other.png", image(PNG, 100))], MEGABYTE, "is not a file of"
     if case == "a folder":
         s3.put(f"{prefix}/night1/A/sub/x.png", image(PNG, 100))
-        return [str(s3.path(f"{prefix}/night1/A/sub"))], MEGABYTE, "is not a regular object"
+        # Only a prefix of other objects: no object by that name (nothing to read, nothing copied).
+        return [str(s3.path(f"{prefix}/night1/A/sub"))], MEGABYTE, "key does not exist"
+    if case == "empty":
+        return [s3.put(f"{prefix}/night1/A/empty.png", b"")], MEGABYTE, "empty.png"
     if case == "missing":
         return [str(s3.path(f"{prefix}/night1/A/gone.png"))], MEGABYTE, "gone.png"
     assert case == "the second of two"
@@ -198,7 +203,8 @@ def _refused(s3: S3, prefix: str, case: str) -> tuple[list[str], int, str]:
 
 @pytest.mark.newest
 @pytest.mark.parametrize(
-    "case", ["too large", "not an image", "another item's", "a folder", "missing", "the second of two"]
+    "case",
+    ["too large", "not an image", "another item's", "a folder", "empty", "missing", "the second of two"],
 )
 def test_an_output_refused_on_s3_leaves_nothing_behind(s3: S3, prefix: str, case: str) -> None:
     outputs, max_bytes, why = _refused(s3, prefix, case)
@@ -216,21 +222,15 @@ def test_an_output_refused_on_s3_leaves_nothing_behind(s3: S3, prefix: str, case
 
 
 @pytest.mark.newest
-@pytest.mark.parametrize(
-    ("operation", "refused"),
-    [("GetObject", "could not be read as checked"), ("CopyObject", "was not copied")],
-)
-def test_an_object_replaced_after_its_check_is_not_copied(
-    s3: S3, prefix: str, operation: str, refused: str
-) -> None:
-    # Replaced by another image of the same size just before the signature is read, or just before
-    # the copy: the store refuses that very request, pinned to the version checked.
+def test_an_object_replaced_after_its_check_is_not_copied(s3: S3, prefix: str) -> None:
+    # Replaced by another image of the same size between the read of its first bytes and the copy:
+    # the store refuses the copy, pinned to the version checked.
     checked, replacement = image(PNG, 2000), image(PNG, 2000)
     output = s3.put(f"{prefix}/night1/A/old.png", checked)
     target_dir = s3.path(f"{prefix}/night2/A")
     with (
-        before(target_dir.fs, operation, lambda: s3.put(f"{prefix}/night1/A/old.png", replacement)),
-        pytest.raises(NotReusable, match=f"{refused} .*replaced since"),
+        before(target_dir.fs, "CopyObject", lambda: s3.put(f"{prefix}/night1/A/old.png", replacement)),
+        pytest.raises(NotReusable, match=r"was not copied as checked .*replaced since"),
     ):
         copy_outputs(
             Item("A", RID, [output]),
@@ -240,6 +240,36 @@ def test_an_object_replaced_after_its_check_is_not_copied(
         )
     assert s3.keys(f"{prefix}/night2/") == []
     assert s3.get(f"{prefix}/night1/A/old.png") == replacement
+
+
+@pytest.mark.newest
+def test_the_version_checked_is_the_version_copied(s3: S3, prefix: str) -> None:
+    # Replaced before its first bytes are read: the replacement is what is checked, so it is what
+    # is copied (a non-image replacement is refused as any non-image is).
+    output = s3.put(f"{prefix}/night1/A/old.png", image(PNG, 2000))
+    replacement = image(JPEG, 3000)
+    target_dir = s3.path(f"{prefix}/night2/A")
+    with before(target_dir.fs, "GetObject", lambda: s3.put(f"{prefix}/night1/A/old.png", replacement)):
+        copies = copy_outputs(
+            Item("A", RID, [output]),
+            EarlierBatch(s3.path(f"{prefix}/night1")),
+            target_dir,
+            max_bytes=MEGABYTE,
+        )
+    assert copies == [str(target_dir / f"{RID}_0.jpg")]
+    assert s3.get(f"{prefix}/night2/A/{RID}_0.jpg") == replacement
+    page = b"<html><script>alert(1)</script></html>"
+    with (
+        before(target_dir.fs, "GetObject", lambda: s3.put(f"{prefix}/night1/A/old.png", page)),
+        pytest.raises(NotReusable, match="is not a PNG, JPEG, WebP or GIF image"),
+    ):
+        copy_outputs(
+            Item("A", RID, [output]),
+            EarlierBatch(s3.path(f"{prefix}/night1")),
+            s3.path(f"{prefix}/night3/A"),
+            max_bytes=MEGABYTE,
+        )
+    assert s3.keys(f"{prefix}/night3/") == []
 
 
 @pytest.mark.newest
