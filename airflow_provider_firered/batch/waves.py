@@ -8,6 +8,7 @@ failure that ends the try is raised.
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -106,9 +107,9 @@ def first_read_at(batch: BatchState, earliest: float, poll_interval: float) -> f
     if batch.job_seconds is None or not sent:
         return earliest
     due = max(sent) + batch.job_seconds + READ_MARGIN
-    if due <= earliest:
+    if not earliest < due < math.inf:
         return earliest
-    return due - ((due - earliest) // poll_interval) * poll_interval
+    return earliest + (due - earliest) % poll_interval  # a remainder: within one interval, exactly
 
 
 def hold_back_if_spent(batch: BatchState, budget: int, log: BatchLog) -> bool:
