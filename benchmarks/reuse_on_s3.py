@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker_cost import cpu_seconds
+
 from airflow_provider_firered.batch.earlier_runs import EarlierBatch, copy_outputs
 
 BUCKET = "firered"
@@ -45,13 +47,6 @@ class Item:
     key: str
     request_id: str | None
     outputs: list[str]
-    etags: list[str | None] | None = None
-
-
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid``, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _own_cpu() -> float:
@@ -91,7 +86,7 @@ def _copy_chunk(
 
 
 def _warm(conn_env: tuple[str, str]) -> None:
-    """Start a worker process as a task process starts: Airflow, s3fs and the provider imported."""
+    """Ready a copying process before the clock starts: the connection set, Airflow and s3fs imported."""
     os.environ[conn_env[0]] = conn_env[1]
     import airflow.providers.common.compat.sdk  # noqa: F401
     import s3fs  # noqa: F401
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             list(procs.map(_warm, [conn_env] * args.processes))  # every process started before the clock
             for number in range(1, args.rounds + 1):
                 target_url = f"s3://{conn}@{BUCKET}/night{number + 1}"
-                wall, store = time.perf_counter(), _proc_cpu(server.pid or 0)
+                wall, store = time.perf_counter(), cpu_seconds([server.pid or 0])
                 futures = [
                     procs.submit(_copy_chunk, chunk, earlier_url, target_url, args.threads, 10 * args.size)
                     for chunk in chunks
@@ -160,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     "round": number,
                     "wall_s": round(time.perf_counter() - wall, 3),
                     "worker_cpu_s": round(sum(cpu for cpu, _ops, _n in done), 3),
-                    "store_cpu_s": round(_proc_cpu(server.pid or 0) - store, 3),
+                    "store_cpu_s": round(cpu_seconds([server.pid or 0]) - store, 3),
                     "operations_per_item": {
                         op: round(n / args.items, 2) for op, n in sorted(operations.items())
                     },

