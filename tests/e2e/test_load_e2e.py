@@ -7,6 +7,7 @@ exactly once, and the triggerer never reports its event loop blocked.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from datetime import datetime
@@ -36,13 +37,27 @@ BLOCKED = "Triggerer's async thread was blocked"
 #: this two-core machine for stalls that were not the triggers' doing (0.28-0.29 s, once per run:
 #: test_trigger_loop.py shows no trigger step near 50 ms, so the triggerer process itself was paused).
 BLOCKED_THRESHOLD = 1.0
-#: Seconds after the first deferral in which the one-time trigger import may be reported.
-WARMUP_SECONDS = 10
+#: Seconds after the triggerer started its first trigger in which the one-time import may be reported.
+WARMUP_SECONDS = 5
+#: What the triggerer writes to a trigger's log as its coroutine starts (after its class was imported).
+STARTING = re.compile(r"^trigger .+ starting$")
 
 
 def _epoch(log_line: str) -> float:
     """The time of a log line that starts with an ISO timestamp (``2026-11-25T17:21:01.46Z ...``)."""
     return datetime.fromisoformat(log_line.split()[0].replace("Z", "+00:00")).timestamp()
+
+
+def _first_trigger_started(airflow_home: Path) -> float:
+    """When the triggerer started its first trigger, from the triggers' own logs (JSON lines)."""
+    started = [
+        datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+        for path in (airflow_home / "logs").glob("dag_id=*/**/*.log.trigger.*.log")
+        for record in map(json.loads, path.read_text().splitlines())
+        if STARTING.match(str(record.get("event", "")))
+    ]
+    assert started, f"no trigger log under {airflow_home / 'logs'} records a trigger starting"
+    return min(started)
 
 
 def test_200_edits_through_a_storm(tmp_path: Path) -> None:
@@ -83,7 +98,6 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
         deployment.trigger(DAG_ID, RUN_ID)
 
         storm_at = None
-        first_deferred_at: float | None = None
         max_deferred = 0
         state = None
         while state not in ("success", "failed"):
@@ -94,8 +108,6 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
                 "SELECT count(*) FROM task_instance WHERE run_id = ? AND state = 'deferred'", (RUN_ID,)
             )[0]
             max_deferred = max(max_deferred, deferred)
-            if deferred and first_deferred_at is None:
-                first_deferred_at = time.time()
             if storm_at is None and deferred >= 50:
                 # A 429 storm while the waits are on: the next 600 status reads are refused.
                 emulator.control(
@@ -119,7 +131,6 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
         states = Counter(row[1] for row in tis)
         assert (state, states) == ("success", Counter({"success": EDITS})), deployment.tail_logs()
         assert storm_at is not None, "the storm never started: too few edits waited at once"
-        assert first_deferred_at is not None
 
         submitted = Counter(record["body"]["prompt"] for record in emulator.control("GET", "submissions"))
         assert len(submitted) == EDITS
@@ -141,13 +152,16 @@ def test_200_edits_through_a_storm(tmp_path: Path) -> None:
             for line in proc.log_text().splitlines()
             if BLOCKED in line
         ]
+        first_started = _first_trigger_started(deployment.home)
         # Airflow imports a trigger's module on the event loop when the first one arrives (about
-        # 0.16 s for this provider's, idle, most of it `requests`); on two busy cores that one-time
-        # import took up to 0.94 s. From then on, while the waits and the storm go on, the loop must
-        # never stall for BLOCKED_THRESHOLD. (How long the triggers' own steps hold the loop is
-        # measured directly, in milliseconds, by tests/integration/triggers/test_event_loop.py.)
-        steady = [line for line in blocked if _epoch(line) > first_deferred_at + WARMUP_SECONDS]
-        assert steady == [], steady
+        # 0.26 s for this provider's, idle, most of it aiohttp and `requests`); on two busy cores that
+        # one-time import took up to 1.92 s, and a busy triggerer may pick the first trigger up well after
+        # the task deferred: the window is counted from the triggerer's own record of its first trigger
+        # starting, which comes just after the import. From then on, while the waits and the storm go
+        # on, the loop must never stall for BLOCKED_THRESHOLD. (How long the triggers' own steps hold
+        # the loop is measured directly, in milliseconds, by tests/integration/triggers/test_event_loop.py.)
+        steady = [line for line in blocked if _epoch(line) > first_started + WARMUP_SECONDS]
+        assert steady == [], (f"first trigger started at {first_started:.2f}", steady)
         retried = sum(try_number > 1 for _, _, try_number in tis)
         print(
             f"load: {EDITS} edits, at most {max_deferred} deferred at once, {refused[429]} x 429, "

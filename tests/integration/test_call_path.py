@@ -145,8 +145,14 @@ def _recorded(template: str, dag_id: str, image: str, out: Path) -> PathRecorder
     return recorder
 
 
+#: Long enough that the first status read, however slow the profiled run, finds the job unfinished:
+#: with the emulator's default 0.25 s, whether it had ended by then depended on the machine's load.
+JOB_SECONDS = 3.0
+
+
 @pytest.fixture
 def emulator_image(firered_emulator: Emulator) -> str:
+    firered_emulator.set_timings(queued_seconds=0.5, processing_seconds=JOB_SECONDS - 0.5)
     return firered_emulator.sample_images[0]
 
 
