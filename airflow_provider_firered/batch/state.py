@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 RESUMED_STATUSES = frozenset({"TIMEOUT", "DOWNLOAD", "UNFINISHED"})
 #: ... or submitted again (not charged; never sent; or the gateway forgot the request).
 RESUBMITTED_STATUSES = frozenset({"ERROR", "NOT_SUBMITTED", "UNKNOWN_REQUEST"})
+#: The longest way back from trigger to task taken as true: a slower one (a busy scheduler, clocks of two
+#: machines apart) must not bring the task back long before its wave ends, holding a worker slot.
+MAX_LEAD = 10.0
 #: A completed job whose outputs are still to download: its item, its request id, how it ended.
 Completed = tuple["BatchItem", str, "EndedJob"]
 
@@ -70,6 +73,10 @@ class BatchState:
         self.sent_at: dict[str, float] = {}
         #: the median duration, by the gateway's clock, of the jobs that ended in the event taken
         self.job_seconds: float | None = None
+        #: seconds from the trigger's event to this process taking it in (the task's way back), if known
+        self.lead: float | None = None
+        #: the wave's expected end when the event came ahead of it (the task waits for it here); else 0
+        self.ahead_of = 0.0
 
     # building
     def _entry(
@@ -165,13 +172,18 @@ class BatchState:
         else:
             self.queue.append(item)
 
-    def take_event(self, event: BatchEvent) -> None:
+    def take_event(self, event: BatchEvent, resumed_at: float | None = None) -> None:
         """
         Take the trigger's event in: what ended, what is still running and its start deadlines.
 
         :param event: the batch trigger's event.
+        :param resumed_at: when a task resumed by the event took it in (epoch seconds): the way back
+            from trigger to task is measured (:data:`MAX_LEAD` at most).
         """
         self.deadline = event.deadline
+        self.ahead_of = event.ahead_of
+        if resumed_at is not None and event.fired_at:
+            self.lead = min(max(resumed_at - event.fired_at, 0.0), MAX_LEAD)
         for rid, ended in event.ended.items():
             if rid in self.in_flight:
                 self.ended[rid] = ended

@@ -88,28 +88,57 @@ def wake_after(in_flight: int, queued: int) -> int:
 READ_MARGIN = 0.25
 
 
-def first_read_at(batch: BatchState, earliest: float, poll_interval: float) -> float:
+def wave_end(batch: BatchState) -> float | None:
     """
-    Return when the trigger reads first: so that one read comes just after the last wave is due to end.
+    Return when the latest wave is expected to end (epoch seconds); None when it cannot be told.
 
     The jobs of one wave tend to end together, about as long after their submits as the jobs of the
-    wave before took (the median of their durations by the gateway's clock). Reads stay
-    ``poll_interval`` apart from ``earliest`` on, their grid only shifted: the first read comes less
-    than one interval after ``earliest`` whatever that duration says, so a late or untrue duration
-    delays nothing beyond the plain grid, and a job ending early is still seen within an interval.
-    Without a duration (the try's first wave) or a submit of this process in flight: ``earliest``.
+    wave before took (the median of their durations by the gateway's clock), plus
+    :data:`READ_MARGIN`. Without a duration (the try's first wave) or a submit of this process in
+    flight: the end an event that came ahead of the wave named, else None.
 
     :param batch: the batch's state, its latest wave submitted.
+    """
+    sent = [batch.sent_at[rid] for rid in batch.in_flight if rid in batch.sent_at]
+    if batch.job_seconds is not None and sent:
+        due = max(sent) + batch.job_seconds + READ_MARGIN
+        return due if due < math.inf else None
+    return batch.ahead_of or None
+
+
+def first_read_at(due: float | None, earliest: float, poll_interval: float) -> float:
+    """
+    Return when the trigger reads first: so that one read comes just when the wave is ``due`` to end.
+
+    Reads stay ``poll_interval`` apart from ``earliest`` on, their grid only shifted: the first read
+    comes less than one interval after ``earliest`` whatever ``due`` says, so a late or untrue
+    duration delays nothing beyond the plain grid, and a job ending early is still seen within an
+    interval. Without a ``due`` after ``earliest``: ``earliest``.
+
+    :param due: when the wave is expected to end (:func:`wave_end`), or None.
     :param earliest: the first moment a read may come (epoch seconds).
     :param poll_interval: seconds between reads.
     """
-    sent = [batch.sent_at[rid] for rid in batch.in_flight if rid in batch.sent_at]
-    if batch.job_seconds is None or not sent:
-        return earliest
-    due = max(sent) + batch.job_seconds + READ_MARGIN
-    if not earliest < due < math.inf:
+    if due is None or not earliest < due < math.inf:
         return earliest
     return earliest + (due - earliest) % poll_interval  # a remainder: within one interval, exactly
+
+
+def ready_at(due: float | None, lead: float | None, earliest: float) -> float:
+    """
+    Return when a deferred batch's trigger fires however few jobs ended; 0 for only when they did.
+
+    The way back from trigger to task (:attr:`BatchState.lead`, measured at the last resume: the
+    scheduler, the worker, the task's start) then passes while the wave's jobs still run, and the task
+    reads them itself as they end: the next wave goes in that much sooner. Not before ``earliest``.
+
+    :param due: when the wave is expected to end (:func:`wave_end`), or None.
+    :param lead: the last way back from trigger to task, in seconds, or None (not measured yet).
+    :param earliest: the first moment the trigger may fire (epoch seconds).
+    """
+    if due is None or not lead:
+        return 0.0
+    return due - lead if earliest < due - lead else 0.0
 
 
 def hold_back_if_spent(batch: BatchState, budget: int, log: BatchLog) -> bool:

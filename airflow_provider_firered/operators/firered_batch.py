@@ -16,7 +16,8 @@ from airflow_provider_firered.batch.manifest import manifest_path
 from airflow_provider_firered.batch.plan import plan_batch
 from airflow_provider_firered.batch.run import BatchRun
 from airflow_provider_firered.batch.settings import BatchSettings
-from airflow_provider_firered.batch.waves import first_read_at, wake_after
+from airflow_provider_firered.batch.state import MAX_LEAD
+from airflow_provider_firered.batch.waves import first_read_at, ready_at, wake_after, wave_end
 from airflow_provider_firered.exceptions import FireRedError
 from airflow_provider_firered.gateway.options import DEFAULT_MODEL
 from airflow_provider_firered.hooks.firered import FireRedHook
@@ -224,7 +225,7 @@ class FireRedBatchEditOperator(BaseOperator):
         with AirflowErrorAdapter():
             run = self._run()
             batch = run.carry_on()
-            batch.take_event(BatchEvent.from_dict(event))
+            batch.take_event(BatchEvent.from_dict(event), resumed_at=time.time())
             return self._advance(context, run, batch)
 
     def resume_after_saturation(
@@ -255,9 +256,13 @@ class FireRedBatchEditOperator(BaseOperator):
 
         Each wave frees the slots of what ended, submits the next items into them and downloads what
         completed; the batch then waits for half a wave to end (:func:`wake_after`), its first read
-        timed for the wave's expected end (:func:`first_read_at`).
+        timed for the wave's expected end (:func:`first_read_at`). A deferred batch comes back that
+        much ahead of the end that the way back from trigger to task is over by then
+        (:func:`ready_at`), and waits for the end here.
         """
         while True:
+            if batch.ahead_of:
+                self._wait_here(run, batch)
             saturated = run.wave(context, batch)
             if saturated is not None:
                 return self._wait_for_room(context, run, batch, saturated)
@@ -266,14 +271,12 @@ class FireRedBatchEditOperator(BaseOperator):
             run.save(batch)
             # The hold: Airflow 3.3 can fail a task resumed before its deferral was recorded.
             earliest = time.time() + (RESUME_AFTER if self.deferrable else 0.0)
-            trigger = FireRedBatchStatusTrigger(
-                requests=[[rid, start] for rid, (_key, start) in batch.in_flight.items()],
-                firered_conn_id=self.firered_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=batch.deadline,
-                min_ended=wake_after(len(batch.in_flight), len(batch.queue)),
-                not_before=first_read_at(batch, earliest, run.settings.poll_interval),
-                manifest=str(manifest_path(self.output_root)),
+            due = wave_end(batch)
+            trigger = self._trigger(
+                batch,
+                not_before=first_read_at(due, earliest, run.settings.poll_interval),
+                ready_at=ready_at(due, batch.lead, earliest) if self.deferrable else 0.0,
+                due=due or 0.0,
             )
             if self.deferrable:
                 self.defer(
@@ -282,6 +285,42 @@ class FireRedBatchEditOperator(BaseOperator):
                     timeout=timedelta(seconds=max(batch.deadline - time.time(), 0) + DEFER_SLACK),
                 )
             batch.take_event(BatchEvent.from_dict(asyncio.run(_first_event(trigger))))
+
+    def _wait_here(self, run: BatchRun, batch: BatchState) -> None:
+        """
+        Wait on the worker for the wave the task came back ahead of, a poll and a second at most.
+
+        A wave later than that is waited for deferred again, from the next wave on.
+
+        :param run: the try.
+        :param batch: the batch's state; the event that brought it back said ``ahead_of``.
+        """
+        now = time.time()
+        # The trigger fired at most MAX_LEAD before the end it names: never wait here longer than that.
+        due = min(batch.ahead_of, now + MAX_LEAD)
+        self.log.info("Back %.1fs ahead of the wave's expected end: waiting for it here", max(due - now, 0.0))
+        trigger = self._trigger(
+            batch,
+            not_before=first_read_at(due, now, run.settings.poll_interval),
+            ready_at=max(due, now) + run.settings.poll_interval + 1.0,
+        )
+        batch.take_event(BatchEvent.from_dict(asyncio.run(_first_event(trigger))))
+
+    def _trigger(
+        self, batch: BatchState, *, not_before: float, ready_at: float, due: float = 0.0
+    ) -> FireRedBatchStatusTrigger:
+        """Return the trigger that waits for the batch's jobs in flight (see its parameters)."""
+        return FireRedBatchStatusTrigger(
+            requests=[[rid, start] for rid, (_key, start) in batch.in_flight.items()],
+            firered_conn_id=self.firered_conn_id,
+            poll_interval=self.poll_interval,
+            deadline=batch.deadline,
+            min_ended=wake_after(len(batch.in_flight), len(batch.queue)),
+            not_before=not_before,
+            manifest=str(manifest_path(self.output_root)),
+            ready_at=ready_at,
+            due=due,
+        )
 
     def _wait_for_room(
         self, context: Context, run: BatchRun, batch: BatchState, error: FireRedApiError

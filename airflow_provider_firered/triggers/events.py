@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -172,6 +173,12 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _finite(value: Any) -> float:
+    """Return ``value`` if it is a finite, positive time, else 0 (unknown)."""
+    number = _float(value)
+    return number if number is not None and 0 < number < math.inf else 0.0
+
+
 # -- the batch event ------------------------------------------------------------------------------
 # The batch trigger waits for many jobs and sends one event per wait. On the wire it is
 # ``{"ended": {request_id: {"status", ...}}, "pending": [request_id, ...], "starts": {request_id:
@@ -281,21 +288,31 @@ class BatchEvent:
     :param pending: the request ids still running.
     :param starts: request id -> start deadline (epoch seconds), for the pending jobs that have one.
     :param deadline: the deadline of the batch's try (epoch seconds); 0 when unknown.
+    :param fired_at: when the trigger yielded the event (epoch seconds); 0 when unknown.
+    :param ahead_of: the wave's expected end (epoch seconds) when the trigger fired before it, on its
+        ``ready_at``, so that the task is running again as the wave ends; 0 otherwise.
     """
 
     ended: dict[str, EndedJob]
     pending: tuple[str, ...] = ()
     starts: dict[str, float] = field(default_factory=dict)
     deadline: float = 0.0
+    fired_at: float = 0.0
+    ahead_of: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the event as the trigger sends it: plain JSON values."""
-        return {
+        """Return the event as the trigger sends it: plain JSON values (the two times only when set)."""
+        wire: dict[str, Any] = {
             "ended": {rid: job.to_dict() for rid, job in self.ended.items()},
             "pending": list(self.pending),
             "starts": dict(self.starts),
             "deadline": self.deadline,
         }
+        if self.fired_at:
+            wire["fired_at"] = self.fired_at
+        if self.ahead_of:
+            wire["ahead_of"] = self.ahead_of
+        return wire
 
     @classmethod
     def from_dict(cls, data: Any) -> BatchEvent:
@@ -323,4 +340,6 @@ class BatchEvent:
                 if (start := _float(value)) is not None
             },
             deadline=_float(data.get("deadline")) or 0.0,
+            fired_at=_finite(data.get("fired_at")),
+            ahead_of=_finite(data.get("ahead_of")),
         )

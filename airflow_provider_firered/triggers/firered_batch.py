@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ AFTER_CLEAR = (
 #: that resumes while the scheduler has yet to hear that its deferring process exited; a batch whose
 #: other half-wave already ended would otherwise resume at once.
 RESUME_AFTER = 5.0
+#: How much before ``ready_at`` a wake-up still counts as on time (the loop's clock is not the wall's).
+READY_SLACK = 0.05
 
 
 class FireRedBatchStatusTrigger(BaseTrigger):
@@ -48,6 +51,10 @@ class FireRedBatchStatusTrigger(BaseTrigger):
     :param min_ended: fire once this many requests ended (at most all of them).
     :param not_before: no read, and so no event, before this wall-clock time (epoch seconds) unless the
         deadline comes first.
+    :param ready_at: yield by this wall-clock time (epoch seconds) however few requests ended, so that
+        the task is running again when its wave is due to end; 0 for never. The event then says
+        ``ahead_of=due``.
+    :param due: when the wave is expected to end (epoch seconds), for the event of ``ready_at``.
     :param manifest: where the batch's manifest is (a path or URL, as the operator wrote it), named
         in the log if a user stops the task; optional.
     """
@@ -61,6 +68,8 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         min_ended: int = 1,
         not_before: float = 0.0,
         manifest: str | None = None,
+        ready_at: float = 0.0,
+        due: float = 0.0,
     ) -> None:
         # Airflow leaves BaseTrigger.__init__ untyped (a super() call escapes untyped_calls_exclude).
         super().__init__()  # type: ignore[no-untyped-call]
@@ -77,6 +86,8 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         self.deadline = float(deadline)
         self.min_ended = max(1, min(int(min_ended), len(self.requests)))
         self.not_before = float(not_before)
+        self.ready_at = float(ready_at)
+        self.due = float(due)
         if manifest is not None and not isinstance(manifest, str):
             raise FireRedValidationError(
                 "manifest", f"must be a string or None, got {type(manifest).__name__}"
@@ -95,6 +106,8 @@ class FireRedBatchStatusTrigger(BaseTrigger):
                 "min_ended": self.min_ended,
                 "not_before": self.not_before,
                 "manifest": self.manifest,
+                "ready_at": self.ready_at,
+                "due": self.due,
             },
         )
 
@@ -103,7 +116,8 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         pending: dict[str, float | None] = {str(rid): start for rid, start in self.requests}
         ended: dict[str, EndedJob] = {}
         interval = self.policy.poll_interval
-        hold = min(self.not_before, self.deadline) - time.time()
+        ready_at = self.ready_at or math.inf
+        hold = min(self.not_before, self.deadline, ready_at) - time.time()
         if hold > 0:
             await asyncio.sleep(hold)
         loop = asyncio.get_running_loop()
@@ -111,6 +125,10 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         refreshed = False
         async with FireRedHook(self.firered_conn_id) as hook:
             while True:
+                if time.time() >= ready_at - READY_SLACK and time.time() < self.deadline:
+                    # Nothing is read: the task reads the wave itself, from the moment it is due.
+                    yield self._event(ended, pending, ahead_of=self.due)
+                    return
                 ids = list(pending)
                 reads = await asyncio.gather(*(self._read(hook, rid) for rid in ids))
                 now = time.time()
@@ -144,17 +162,22 @@ class FireRedBatchStatusTrigger(BaseTrigger):
                         continue
                     del pending[rid]
                 if len(ended) >= self.min_ended or not pending or now >= self.deadline:
-                    starts = {rid: start for rid, start in pending.items() if start is not None}
-                    yield TriggerEvent(BatchEvent(ended, tuple(pending), starts, self.deadline).to_dict())
+                    yield self._event(ended, pending)
                     return
                 planned += interval
                 now_loop = loop.time()
                 if planned <= now_loop:  # reads slower than the interval: plan afresh
                     planned = now_loop + interval
                 wake = grid_point(planned, interval) - now_loop
-                await asyncio.sleep(
-                    max(0.0, min(wake, self.deadline - now, self._next_start_deadline(pending) - now))
-                )
+                until = min(wake + now, self.deadline, self._next_start_deadline(pending), ready_at)
+                await asyncio.sleep(max(0.0, until - now))
+
+    def _event(
+        self, ended: dict[str, EndedJob], pending: dict[str, float | None], ahead_of: float = 0.0
+    ) -> TriggerEvent:
+        starts = {rid: start for rid, start in pending.items() if start is not None}
+        event = BatchEvent(ended, tuple(pending), starts, self.deadline, time.time(), ahead_of)
+        return TriggerEvent(event.to_dict())
 
     @staticmethod
     def _next_start_deadline(pending: dict[str, float | None]) -> float:

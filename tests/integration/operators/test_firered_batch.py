@@ -122,6 +122,39 @@ def test_a_batch_in_waves_edits_every_item_once(
     assert "Downloaded " not in out
 
 
+def test_a_deferred_batch_comes_back_ahead_of_each_wave_and_pays_once(
+    firered_emulator: Emulator, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Jobs longer than the 5 s hold after deferring, so that coming back ahead of them is allowed.
+    firered_emulator.set_timings(queued_seconds=0.5, processing_seconds=6.5)
+    root = tmp_path / "run"
+    ti = run_batch(
+        "batch_ahead",
+        edits=edits(firered_emulator, 6),
+        output_root=str(root),
+        max_in_flight=2,
+        poll_interval=1,
+        deferrable=True,
+    )
+    out = capfd.readouterr().out
+    assert ti.state == "success"
+    assert posts(firered_emulator) == 6  # coming back early never sends anything twice
+    assert xcom(ti)["edited"] == 6
+    # The first wait measures the way back from trigger to task; every later wave's trigger fires that
+    # much ahead of the wave's expected end, and the task waits for it on the worker.
+    ahead = dict.fromkeys(
+        re.findall(r"Back (\d+\.\d)s ahead of the wave's expected end: waiting for it here", out)
+    )
+    assert len(ahead) >= 1, out[-3000:]
+    entries = read_manifest(root)
+    assert entries is not None
+    assert sorted((e.outcome, e.status) for e in entries) == [("edited", "COMPLETED")] * 6
+    for entry in entries:
+        (output,) = entry.outputs
+        with Image.open(output) as image:
+            image.verify()
+
+
 def test_invalid_items_are_reported_and_never_sent(firered_emulator: Emulator, tmp_path: Path) -> None:
     good = edits(firered_emulator, 3)
     bad = [

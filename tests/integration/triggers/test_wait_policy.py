@@ -149,3 +149,49 @@ async def test_not_before_gives_way_to_the_deadline(firered_emulator: Emulator, 
     (event,) = await asyncio.wait_for(events(trigger), timeout=10)
     assert event["ended"][request_id]["status"] == "COMPLETED"
     assert time.time() - began < 5
+
+
+async def test_ready_at_fires_ahead_of_the_wave_without_reading(
+    firered_emulator: Emulator, firered_conn: str
+) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=30)
+    request_id = submit(firered_emulator, firered_conn)
+    began = time.time()
+    trigger = FireRedBatchStatusTrigger(
+        [[request_id, None]],
+        firered_conn,
+        poll_interval=1,
+        deadline=began + 60,
+        not_before=began + 10,
+        ready_at=began + 1.5,
+        due=began + 30,
+    )
+    # Rebuilt from its kwargs, as a triggerer restart does: the moments are absolute.
+    (event,) = await asyncio.wait_for(events(FireRedBatchStatusTrigger(**trigger.serialize()[1])), timeout=10)
+    fired = time.time()
+    assert event["ended"] == {}
+    assert event["pending"] == [request_id]
+    assert event["ahead_of"] == began + 30
+    assert began + 1.5 <= event["fired_at"] <= fired
+    assert fired - began < 2.5
+    assert read_times(firered_emulator, request_id) == []  # the task reads the wave itself
+
+
+async def test_jobs_that_end_before_ready_at_fire_as_usual(
+    firered_emulator: Emulator, firered_conn: str
+) -> None:
+    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0.5)
+    request_id = submit(firered_emulator, firered_conn)
+    began = time.time()
+    trigger = FireRedBatchStatusTrigger(
+        [[request_id, None]],
+        firered_conn,
+        poll_interval=1,
+        deadline=began + 60,
+        ready_at=began + 20,
+        due=began + 25,
+    )
+    (event,) = await asyncio.wait_for(events(trigger), timeout=10)
+    assert event["ended"][request_id]["status"] == "COMPLETED"
+    assert "ahead_of" not in event
+    assert began < event["fired_at"] < began + 5

@@ -22,6 +22,22 @@ def test_kwargs_hold_only_ids_and_plain_values_and_round_trip() -> None:
     assert FireRedBatchStatusTrigger(**kwargs).serialize() == (classpath, kwargs)
     assert kwargs["min_ended"] == 1
     assert kwargs["not_before"] == 0.0
+    assert (kwargs["ready_at"], kwargs["due"]) == (0.0, 0.0)  # fires only when enough jobs ended
+
+
+def test_ready_at_and_due_round_trip() -> None:
+    trigger = FireRedBatchStatusTrigger(
+        [[RID.format(1), None]],
+        "firered_default",
+        5,
+        1_900_000_100.0,
+        1,
+        ready_at=1_900_000_018.5,
+        due=1_900_000_021.0,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert (kwargs["ready_at"], kwargs["due"]) == (1_900_000_018.5, 1_900_000_021.0)
+    assert FireRedBatchStatusTrigger(**kwargs).serialize() == (classpath, kwargs)
 
 
 def test_the_trigger_row_at_a_thousand_items_is_small() -> None:
