@@ -122,17 +122,36 @@ def test_the_worker_path_follows_the_same_policy(firered_emulator: Emulator) -> 
     assert len(grown) <= 4
 
 
+def one_job_trigger(
+    emulator: Emulator, conn_id: str, job_seconds: float, **moments: float
+) -> tuple[str, float, FireRedBatchStatusTrigger]:
+    """
+    Submit one job of ``job_seconds``; return its id, when it was sent, and a batch trigger for it.
+
+    :param moments: the trigger's moments, in seconds from the submit (``deadline`` defaults to 60).
+    """
+    emulator.set_timings(queued_seconds=0, processing_seconds=job_seconds)
+    request_id = submit(emulator, conn_id)
+    began = time.time()
+    at = {name: began + seconds for name, seconds in {"deadline": 60.0, **moments}.items()}
+    trigger = FireRedBatchStatusTrigger(
+        [[request_id, None]],
+        conn_id,
+        poll_interval=1,
+        deadline=at["deadline"],
+        not_before=at.get("not_before", 0.0),
+        ready_at=at.get("ready_at", 0.0),
+        due=at.get("due", 0.0),
+    )
+    return request_id, began, trigger
+
+
 async def test_a_batch_trigger_makes_no_read_before_not_before(
     firered_emulator: Emulator, firered_conn: str
 ) -> None:
     # Its jobs already ended, but a task that deferred a moment ago must not resume at once (Airflow 3.3
     # can fail a task resumed before the scheduler heard its deferring process exit).
-    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0)
-    request_id = submit(firered_emulator, firered_conn)
-    began = time.time()
-    trigger = FireRedBatchStatusTrigger(
-        [[request_id, None]], firered_conn, poll_interval=1, deadline=began + 60, not_before=began + 1.5
-    )
+    request_id, began, trigger = one_job_trigger(firered_emulator, firered_conn, 0, not_before=1.5)
     # Rebuilt from its kwargs, as a triggerer restart does: the moment is absolute.
     (event,) = await events(FireRedBatchStatusTrigger(**trigger.serialize()[1]))
     assert event["ended"][request_id]["status"] == "COMPLETED"
@@ -140,11 +159,8 @@ async def test_a_batch_trigger_makes_no_read_before_not_before(
 
 
 async def test_not_before_gives_way_to_the_deadline(firered_emulator: Emulator, firered_conn: str) -> None:
-    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0)
-    request_id = submit(firered_emulator, firered_conn)
-    began = time.time()
-    trigger = FireRedBatchStatusTrigger(
-        [[request_id, None]], firered_conn, poll_interval=1, deadline=began + 0.5, not_before=began + 30
+    request_id, began, trigger = one_job_trigger(
+        firered_emulator, firered_conn, 0, deadline=0.5, not_before=30
     )
     (event,) = await asyncio.wait_for(events(trigger), timeout=10)
     assert event["ended"][request_id]["status"] == "COMPLETED"
@@ -154,17 +170,8 @@ async def test_not_before_gives_way_to_the_deadline(firered_emulator: Emulator, 
 async def test_ready_at_fires_ahead_of_the_wave_without_reading(
     firered_emulator: Emulator, firered_conn: str
 ) -> None:
-    firered_emulator.set_timings(queued_seconds=0, processing_seconds=30)
-    request_id = submit(firered_emulator, firered_conn)
-    began = time.time()
-    trigger = FireRedBatchStatusTrigger(
-        [[request_id, None]],
-        firered_conn,
-        poll_interval=1,
-        deadline=began + 60,
-        not_before=began + 10,
-        ready_at=began + 1.5,
-        due=began + 30,
+    request_id, began, trigger = one_job_trigger(
+        firered_emulator, firered_conn, 30, not_before=10, ready_at=1.5, due=30
     )
     # Rebuilt from its kwargs, as a triggerer restart does: the moments are absolute.
     (event,) = await asyncio.wait_for(events(FireRedBatchStatusTrigger(**trigger.serialize()[1])), timeout=10)
@@ -180,17 +187,7 @@ async def test_ready_at_fires_ahead_of_the_wave_without_reading(
 async def test_jobs_that_end_before_ready_at_fire_as_usual(
     firered_emulator: Emulator, firered_conn: str
 ) -> None:
-    firered_emulator.set_timings(queued_seconds=0, processing_seconds=0.5)
-    request_id = submit(firered_emulator, firered_conn)
-    began = time.time()
-    trigger = FireRedBatchStatusTrigger(
-        [[request_id, None]],
-        firered_conn,
-        poll_interval=1,
-        deadline=began + 60,
-        ready_at=began + 20,
-        due=began + 25,
-    )
+    request_id, began, trigger = one_job_trigger(firered_emulator, firered_conn, 0.5, ready_at=20, due=25)
     (event,) = await asyncio.wait_for(events(trigger), timeout=10)
     assert event["ended"][request_id]["status"] == "COMPLETED"
     assert "ahead_of" not in event
