@@ -78,13 +78,14 @@ demo: $(VENV)/.installed
 # in a real Airflow (B, about 10 minutes more). BENCH_ARGS go to the trigger cost, e.g. the larger runs
 # its docstring lists: make bench BENCH_ARGS="--sizes 100,1000,10000 --poll 10 --polls-per-job 2"
 # `make bench CATALOGUE_COST=1` adds the catalogue on PostgreSQL (D, over an hour); `CATALOGUE_CELERY=1`
-# adds it at 10,000 SKUs on Celery workers with outputs on S3 (D, Celery + S3; 45 min under load).
+# adds it at 10,000 SKUs on Celery workers with outputs on S3, one batch of 2,500 per pool slot (D, Celery +
+# S3; about 15 minutes on a quiet machine).
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/emulator_throughput.py
 	$(VENV)/bin/python benchmarks/trigger_cost.py $(BENCH_ARGS)
 	$(if $(WORKER_COST),$(VENV)/bin/python benchmarks/worker_cost.py)
 	$(if $(CATALOGUE_COST),$(VENV)/bin/python benchmarks/catalogue_cost.py --skus 1000 --variants batch$(COMMA)per-sku --nights 3)
-	$(if $(CATALOGUE_CELERY),$(VENV)/bin/python benchmarks/catalogue_cost.py --skus 10000 --variants batch --nights 3 --deployment celery-s3 --limit 2100)
+	$(if $(CATALOGUE_CELERY),$(VENV)/bin/python benchmarks/catalogue_cost.py --skus 10000 --variants batch --nights 3 --deployment celery-s3 --limit 2100 --batch-size 2500)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
