@@ -95,7 +95,7 @@ def wave_end(batch: BatchState) -> float | None:
     The jobs of one wave tend to end together, about as long after their submits as the jobs of the
     wave before took (the median of their durations by the gateway's clock), plus
     :data:`READ_MARGIN`. Without a duration (the try's first wave) or a submit of this process in
-    flight: the end an event that came ahead of the wave named, else None.
+    flight: None.
 
     :param batch: the batch's state, its latest wave submitted.
     """
@@ -103,7 +103,7 @@ def wave_end(batch: BatchState) -> float | None:
     if batch.job_seconds is not None and sent:
         due = max(sent) + batch.job_seconds + READ_MARGIN
         return due if due < math.inf else None
-    return batch.ahead_of or None
+    return None
 
 
 def first_read_at(due: float | None, earliest: float, poll_interval: float) -> float:

@@ -298,7 +298,10 @@ class FireRedBatchEditOperator(BaseOperator):
         now = time.time()
         # The trigger fired at most MAX_LEAD before the end it names: never wait here longer than that.
         due = min(batch.ahead_of, now + MAX_LEAD)
-        self.log.info("Back %.1fs ahead of the wave's expected end: waiting for it here", max(due - now, 0.0))
+        if due > now:
+            self.log.info("Back %.1fs ahead of the wave's expected end: waiting for it here", due - now)
+        else:
+            self.log.info("Back %.1fs after the wave's expected end: reading it here", now - due)
         trigger = self._trigger(
             batch,
             not_before=first_read_at(due, now, run.settings.poll_interval),

@@ -182,7 +182,8 @@ def _finite(value: Any) -> float:
 # -- the batch event ------------------------------------------------------------------------------
 # The batch trigger waits for many jobs and sends one event per wait. On the wire it is
 # ``{"ended": {request_id: {"status", ...}}, "pending": [request_id, ...], "starts": {request_id:
-# start deadline}, "deadline": ...}``; each ended entry holds only the keys of its status
+# start deadline}, "deadline": ..., "fired_at": ..., "ahead_of": ...}`` (the last two only when set);
+# each ended entry holds only the keys of its status
 # (:data:`ENDED_FIELDS`). Its statuses are spelt as the gateway spells a job's (the manifest records them).
 
 

@@ -120,3 +120,14 @@ def test_odd_values_beside_the_ended_jobs_are_read_defensively() -> None:
     )
     assert event.ended[RID.format(0)] == EndedJob(EndedStatus.API_ERROR, error="12")
     assert (event.pending, event.starts, event.deadline) == ((), {RID.format(2): 5.0}, 0.0)
+
+
+def test_the_times_round_trip_when_set_and_anything_else_reads_as_unknown() -> None:
+    timed = {**EVENT_WIRE, "fired_at": 1_900_000_010.5, "ahead_of": 1_900_000_012.0}
+    event = BatchEvent.from_dict(timed)
+    assert (event.fired_at, event.ahead_of) == (1_900_000_010.5, 1_900_000_012.0)
+    assert event.to_dict() == timed
+    for junk in ("soon", None, True, -1.0, 0, float("inf"), float("nan"), [1.0]):
+        event = BatchEvent.from_dict({**EVENT_WIRE, "fired_at": junk, "ahead_of": junk})
+        assert (event.fired_at, event.ahead_of) == (0.0, 0.0), junk
+        assert event.to_dict() == EVENT_WIRE
