@@ -284,7 +284,7 @@ class FireRedBatchEditOperator(BaseOperator):
                     method_name="execute_complete",
                     timeout=timedelta(seconds=max(batch.deadline - time.time(), 0) + DEFER_SLACK),
                 )
-            batch.take_event(BatchEvent.from_dict(asyncio.run(_first_event(trigger))))
+            batch.take_event(_event_here(trigger))
 
     def _wait_here(self, run: BatchRun, batch: BatchState) -> None:
         """
@@ -307,7 +307,7 @@ class FireRedBatchEditOperator(BaseOperator):
             not_before=first_read_at(due, now, run.settings.poll_interval),
             ready_at=max(due, now) + run.settings.poll_interval + 1.0,
         )
-        batch.take_event(BatchEvent.from_dict(asyncio.run(_first_event(trigger))))
+        batch.take_event(_event_here(trigger))
 
     def _trigger(
         self, batch: BatchState, *, not_before: float, ready_at: float, due: float = 0.0
@@ -381,8 +381,13 @@ class FireRedBatchEditOperator(BaseOperator):
         return batch_lineage(self)
 
 
+def _event_here(trigger: FireRedBatchStatusTrigger) -> BatchEvent:
+    """Run the trigger on the worker (``deferrable=False``, or back ahead of a wave); return its event."""
+    return BatchEvent.from_dict(asyncio.run(_first_event(trigger)))
+
+
 async def _first_event(trigger: FireRedBatchStatusTrigger) -> dict[str, Any]:
-    """Run the trigger here on the worker (``deferrable=False``); return its event's payload."""
+    """Return the payload of the trigger's one event, run on this event loop."""
     async for event in trigger.run():
         return dict(event.payload)
     raise FireRedError("the FireRed batch trigger ended without an event")

@@ -125,7 +125,7 @@ class FireRedBatchStatusTrigger(BaseTrigger):
         refreshed = False
         async with FireRedHook(self.firered_conn_id) as hook:
             while True:
-                if time.time() >= ready_at - READY_SLACK and time.time() < self.deadline:
+                if ready_at - READY_SLACK <= time.time() < self.deadline:
                     # Nothing is read: the task reads the wave itself, from the moment it is due.
                     yield self._event(ended, pending, ahead_of=self.due)
                     return
